@@ -1,0 +1,117 @@
+//! Addresses as written in the config: listeners and upstream servers.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Where a backend listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendAddr::Tcp(a) => write!(f, "{a}"),
+            BackendAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `host:port`, `[v6]:port`, `http://host:port`, or `unix:/path`. Names are resolved now,
+/// once (a name that resolves to nothing is an error).
+pub fn parse_server(s: &str) -> Result<BackendAddr, String> {
+    let s = s.trim();
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a socket path, e.g. \"unix:/run/app.sock\"".into());
+        }
+        return Ok(BackendAddr::Unix(PathBuf::from(path)));
+    }
+    if s.starts_with("https://") {
+        return Err(format!(
+            "{s:?}: TLS to upstreams is not available yet; use http:// or host:port"
+        ));
+    }
+    let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(format!("{s:?}: a server is host:port, without a path"));
+    }
+    if let Ok(a) = hostport.parse::<SocketAddr>() {
+        return Ok(BackendAddr::Tcp(a));
+    }
+    let (host, port) = split_port(hostport)?;
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: cannot resolve {host:?}: {e}"))?;
+    addrs
+        .next()
+        .map(BackendAddr::Tcp)
+        .ok_or_else(|| format!("{s:?}: {host:?} resolves to no address"))
+}
+
+/// `ip:port`, `[v6]:port`, `localhost:port`, `*:port` or a bare port (all interfaces).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    let (host, port) = split_port(s)?;
+    match host {
+        "*" | "" => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+        "localhost" => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        _ => Err(format!(
+            "{s:?} is not a listen address; expected ip:port such as \"127.0.0.1:8080\" or \"[::]:8080\""
+        )),
+    }
+}
+
+fn split_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port; expected host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535"))?;
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers() {
+        assert_eq!(
+            parse_server("127.0.0.1:5001").unwrap(),
+            BackendAddr::Tcp("127.0.0.1:5001".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("http://[::1]:80/").unwrap(),
+            BackendAddr::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_server("unix:/run/app.sock").unwrap(),
+            BackendAddr::Unix("/run/app.sock".into())
+        );
+        assert!(matches!(parse_server("localhost:9"), Ok(BackendAddr::Tcp(_))));
+        assert!(parse_server("127.0.0.1").is_err());
+        assert!(parse_server("127.0.0.1:99999").is_err());
+        assert!(parse_server("unix:").is_err());
+        assert!(parse_server("http://a:1/x").is_err());
+    }
+
+    #[test]
+    fn listens() {
+        assert_eq!(parse_listen("8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
+        assert_eq!(parse_listen("localhost:1").unwrap(), "127.0.0.1:1".parse().unwrap());
+        assert!(parse_listen("example.com:80").is_err());
+        assert!(parse_listen("1.2.3.4").is_err());
+    }
+}

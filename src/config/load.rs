@@ -1,0 +1,183 @@
+//! Reading a config file: `${VAR}` expansion, YAML parsing, and errors that name the file,
+//! line and column.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::types::Config;
+use super::validate;
+
+/// A config problem, located as precisely as it can be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub at: Option<(u64, u64)>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &str, at: Option<(u64, u64)>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            at,
+            message: message.into(),
+        }
+    }
+
+    pub fn at(file: &str, loc: &serde_saphyr::Location, message: impl Into<String>) -> Self {
+        ConfigError::new(file, Some((loc.line(), loc.column())), message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "{}:{}:{}: {}", self.file, line, col, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A parsed and validated configuration, with the directory relative paths resolve against.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: String,
+    pub dir: PathBuf,
+}
+
+/// Reads, expands, parses and validates `path`.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&file, None, format!("cannot read config file: {e}")))?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&text, &file, dir)
+}
+
+/// Parses and validates config text; `file` names it in errors, `dir` anchors relative paths.
+pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigError> {
+    let expanded = expand_env(text, file, |name| std::env::var(name).ok())?;
+    let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
+        let at = e.location().map(|l| (l.line(), l.column()));
+        ConfigError::new(file, at, strip_location(&e.without_snippet().to_string()))
+    })?;
+    let loaded = Loaded {
+        config,
+        file: file.to_string(),
+        dir,
+    };
+    validate::validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// serde-saphyr appends " at line L, column C"; the location is already in front.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`. An unset variable without
+/// a default is an error at its place in the file.
+pub fn expand_env(
+    text: &str,
+    file: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        let mut col = 1u64;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            col += rest[..i].chars().count() as u64;
+            let after = &rest[i + 1..];
+            if let Some(tail) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = tail;
+                col += 3;
+                continue;
+            }
+            let Some(body) = after.strip_prefix('{') else {
+                out.push('$');
+                rest = after;
+                col += 1;
+                continue;
+            };
+            let at = Some((lineno as u64 + 1, col));
+            let Some(end) = body.find('}') else {
+                return Err(ConfigError::new(file, at, "unterminated ${ in value"));
+            };
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(ConfigError::new(
+                    file,
+                    at,
+                    format!("invalid variable name {name:?} in ${{...}}"),
+                ));
+            }
+            match lookup(name).filter(|v| !v.is_empty()).or(default.map(str::to_string)) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    return Err(ConfigError::new(
+                        file,
+                        at,
+                        format!("environment variable {name} is not set and has no default (use ${{{name}:-default}})"),
+                    ))
+                }
+            }
+            col += expr.chars().count() as u64 + 3;
+            rest = &body[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("8000".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_set_unset_and_defaults() {
+        let out = expand_env("a: ${PORT}\nb: ${NOPE:-7}\nc: ${EMPTY:-x}\nd: $${PORT} $5\n", "f", env);
+        assert_eq!(out.unwrap(), "a: 8000\nb: 7\nc: x\nd: ${PORT} $5\n");
+    }
+
+    #[test]
+    fn unset_without_default_names_place() {
+        let err = expand_env("x: 1\naddr: \"${HOST}:80\"\n", "p.yaml", env).unwrap_err();
+        assert_eq!(err.at, Some((2, 8)));
+        assert!(err.message.contains("HOST"), "{err}");
+        assert!(err.to_string().starts_with("p.yaml:2:8: "), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_unterminated() {
+        assert!(expand_env("${1A}", "f", env).unwrap_err().message.contains("invalid"));
+        assert!(expand_env("${PORT", "f", env).unwrap_err().message.contains("unterminated"));
+    }
+}

@@ -1,0 +1,301 @@
+//! The configuration file's shape. Every struct denies unknown keys, so a typo is an error
+//! with a line and column instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+/// The whole `proxy.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Vec<Listen>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub headers: Headers,
+    #[serde(default)]
+    pub log: Log,
+    /// Runtime threads; default: one per core.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub addr: Spanned<String>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Overrides `limits.max_connections` for this listener.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub addr: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port`, `[v6]:port`, or `unix:/path`.
+    #[serde(default)]
+    pub servers: Vec<Spanned<String>>,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head (504 past it).
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    pub response_timeout: Duration,
+    #[serde(default)]
+    pub pool: Pool,
+}
+
+/// The keepalive pool kept for each backend of an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    #[serde(default = "default_max_idle")]
+    pub max_idle: usize,
+    /// Must be shorter than the backend's own keep-alive time-out (gunicorn: 2 s), or a reused
+    /// connection can race the backend closing it.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`); absent matches any host.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Path prefix; the longest matching prefix wins.
+    #[serde(default = "default_path")]
+    pub path: String,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Request line plus headers (431 past it).
+    #[serde(default = "default_max_header_bytes", deserialize_with = "size")]
+    pub max_header_bytes: u64,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Largest request body accepted (413 past it).
+    #[serde(default = "default_max_body", deserialize_with = "size")]
+    pub max_body: u64,
+    /// Bodies up to this size are read whole before a backend is picked; larger ones stream.
+    #[serde(default = "default_buffer_body", deserialize_with = "size")]
+    pub buffer_body: u64,
+    /// Open client connections per listener; past it, accepting pauses.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_body: default_max_body(),
+            buffer_body: default_buffer_body(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (408 past it).
+    #[serde(default = "default_client_header", deserialize_with = "duration")]
+    pub client_header: Duration,
+    /// Between two reads of a request body (408 past it).
+    #[serde(default = "default_client_body", deserialize_with = "duration")]
+    pub client_body: Duration,
+    /// An idle client keep-alive connection is closed after this.
+    #[serde(default = "default_keepalive", deserialize_with = "duration")]
+    pub keepalive: Duration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header: default_client_header(),
+            client_body: default_client_body(),
+            keepalive: default_keepalive(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    /// Kept when the client sends one, generated otherwise.
+    #[serde(default = "default_request_id")]
+    pub request_id: String,
+    /// Pass the client's Host upstream (nginx's `proxy_set_header Host $host`).
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    /// Add `proxyd-backend` and `proxyd-reused` to responses (for tests and debugging).
+    #[serde(default)]
+    pub debug: bool,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            request_id: default_request_id(),
+            preserve_host: true,
+            debug: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter (`info`, `proxyd=debug`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); expected e.g. \"500ms\" or \"30s\""
+        ))
+    })
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Text(s) => s
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}; expected e.g. \"64KiB\" or \"1MiB\""
+                ))
+            }),
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_idle() -> usize {
+    64
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_header_bytes() -> u64 {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_body() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_buffer_body() -> u64 {
+    1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_client_header() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_client_body() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_request_id() -> String {
+    "x-request-id".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}

@@ -1,0 +1,151 @@
+//! Checks beyond the YAML's shape: addresses, references between sections, files, limits.
+//! Each error points at the offending value.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use http::HeaderName;
+use serde_saphyr::Spanned;
+
+use super::addr::{parse_listen, parse_server};
+use super::load::{ConfigError, Loaded};
+use crate::proxy::route::HostMatch;
+
+/// hyper refuses a read buffer smaller than this.
+const MIN_HEADER_BYTES: u64 = 8192;
+
+pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let file = loaded.file.as_str();
+    let err = |s: &Spanned<String>, msg: String| ConfigError::at(file, &s.referenced, msg);
+
+    if cfg.listen.is_empty() {
+        return Err(ConfigError::new(file, None, "listen: at least one listener is needed"));
+    }
+    let mut seen: Vec<SocketAddr> = Vec::new();
+    for l in &cfg.listen {
+        let addr = parse_listen(&l.addr.value).map_err(|m| err(&l.addr, format!("listen: {m}")))?;
+        if seen.iter().any(|s| overlaps(*s, addr)) {
+            return Err(err(&l.addr, format!("listen: {addr} is listed twice")));
+        }
+        seen.push(addr);
+        if let Some(tls) = &l.tls {
+            if tls.certs.is_empty() {
+                return Err(err(&l.addr, "listen: tls.certs needs at least one cert/key pair".into()));
+            }
+            for pair in &tls.certs {
+                for f in [&pair.cert, &pair.key] {
+                    let path = loaded.dir.join(&f.value);
+                    if let Err(e) = std::fs::metadata(&path) {
+                        return Err(err(f, format!("cannot read {}: {e}", path.display())));
+                    }
+                }
+            }
+        }
+        if l.max_connections == Some(0) {
+            return Err(err(&l.addr, "listen: max_connections must be at least 1".into()));
+        }
+    }
+    if let Some(admin) = &cfg.admin {
+        let addr = parse_listen(&admin.addr.value).map_err(|m| err(&admin.addr, format!("admin: {m}")))?;
+        if seen.iter().any(|s| overlaps(*s, addr)) {
+            return Err(err(&admin.addr, format!("admin: {addr} is also a proxy listener")));
+        }
+    }
+
+    if cfg.upstreams.is_empty() {
+        return Err(ConfigError::new(file, None, "upstreams: at least one upstream is needed"));
+    }
+    for (name, up) in &cfg.upstreams {
+        if up.servers.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                None,
+                format!("upstreams.{name}: servers needs at least one address"),
+            ));
+        }
+        for s in &up.servers {
+            parse_server(&s.value).map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
+        }
+    }
+
+    if cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
+        return Err(ConfigError::new(
+            file,
+            None,
+            "routes: needed when there is more than one upstream (each route names one)",
+        ));
+    }
+    let mut routes: HashMap<(Option<String>, &str), ()> = HashMap::new();
+    for r in &cfg.routes {
+        if !cfg.upstreams.contains_key(&r.upstream.value) {
+            let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
+            return Err(err(
+                &r.upstream,
+                format!(
+                    "routes: unknown upstream {:?}; expected one of {}",
+                    r.upstream.value,
+                    known.join(", ")
+                ),
+            ));
+        }
+        if !r.path.starts_with('/') {
+            return Err(err(&r.upstream, format!("routes: path {:?} must start with /", r.path)));
+        }
+        let host = match &r.host {
+            Some(h) => Some(
+                HostMatch::parse(&h.value)
+                    .map_err(|m| err(h, format!("routes: {m}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if routes.insert((host, r.path.as_str()), ()).is_some() {
+            return Err(err(&r.upstream, "routes: the same host and path appear twice".into()));
+        }
+    }
+
+    let limits = &cfg.limits;
+    if limits.max_header_bytes < MIN_HEADER_BYTES {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("limits.max_header_bytes: at least {MIN_HEADER_BYTES} bytes"),
+        ));
+    }
+    if limits.buffer_body > limits.max_body {
+        return Err(ConfigError::new(
+            file,
+            None,
+            "limits.buffer_body: must not be larger than limits.max_body",
+        ));
+    }
+    if limits.max_connections == 0 {
+        return Err(ConfigError::new(file, None, "limits.max_connections: must be at least 1"));
+    }
+    if HeaderName::from_bytes(cfg.headers.request_id.as_bytes()).is_err() {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("headers.request_id: {:?} is not a header name", cfg.headers.request_id),
+        ));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&cfg.log.level).is_err() {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("log.level: {:?} is not a level or filter (e.g. \"info\")", cfg.log.level),
+        ));
+    }
+    if cfg.threads == Some(0) {
+        return Err(ConfigError::new(file, None, "threads: must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Two listeners clash on the same port when either is the wildcard address of its family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}

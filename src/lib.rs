@@ -1,0 +1,22 @@
+//! proxyd: a reverse proxy and load balancer.
+//!
+//! The module map, following one request:
+//!
+//! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
+//!   file:line:column errors (`proxyd check`).
+//! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
+//!   time-outs (408 for a slow head, idle keep-alive), HTTP/1.1 and h2c via hyper-util's auto
+//!   server, and the graceful drain on shutdown.
+//! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
+//!   the header rules, the runtime [`proxy::Snapshot`], and the ONE error-to-response mapping
+//!   ([`proxy::error::error_response`]).
+//! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`logging`]: tracing to stderr.
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

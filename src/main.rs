@@ -1,0 +1,79 @@
+//! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use proxyd::config::load_file;
+use proxyd::server::Server;
+
+#[derive(Parser)]
+#[command(name = "proxyd", version, about = "Reverse proxy and load balancer that runs its app workers")]
+struct Cli {
+    /// The config file.
+    #[arg(short = 'c', long = "config", global = true, default_value = "proxy.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and exit: 0 when it is good, 1 with the error otherwise.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match load_file(&cli.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("proxyd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!("proxyd: {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
+    let threads = loaded
+        .config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("proxyd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("proxyd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
+    let server = Server::bind(&loaded).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    server
+        .run(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        })
+        .await
+}

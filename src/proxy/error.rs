@@ -1,0 +1,172 @@
+//! The one error type of the request pipeline and the ONE mapping from errors to responses.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// What failed. Each cause has one status and one `proxyd-error` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Malformed request, bad framing headers, smuggling attempt.
+    BadRequest(&'static str),
+    BodyTooLarge,
+    ClientHeaderTimeout,
+    ClientBodyTimeout,
+    NoRoute,
+    NoBackend,
+    UpstreamConnectRefused,
+    UpstreamConnectTimeout,
+    UpstreamConnectFailed,
+    /// The backend closed or reset the connection before a complete response head.
+    UpstreamClosed,
+    UpstreamResponseTimeout,
+    /// The backend sent something that is not HTTP.
+    UpstreamProtocol,
+    Internal,
+}
+
+impl Cause {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Cause::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::NoRoute => StatusCode::NOT_FOUND,
+            Cause::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamConnectTimeout
+            | Cause::UpstreamConnectFailed
+            | Cause::UpstreamClosed
+            | Cause::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Cause::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Cause::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `proxyd-error` header value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Cause::BadRequest(code) => code,
+            Cause::BodyTooLarge => "body-too-large",
+            Cause::ClientHeaderTimeout => "client-header-timeout",
+            Cause::ClientBodyTimeout => "client-body-timeout",
+            Cause::NoRoute => "no-route",
+            Cause::NoBackend => "no-healthy-backend",
+            Cause::UpstreamConnectRefused => "upstream-connect-refused",
+            Cause::UpstreamConnectTimeout => "upstream-connect-timeout",
+            Cause::UpstreamConnectFailed => "upstream-connect-failed",
+            Cause::UpstreamClosed => "upstream-closed-early",
+            Cause::UpstreamResponseTimeout => "upstream-response-timeout",
+            Cause::UpstreamProtocol => "upstream-bad-response",
+            Cause::Internal => "internal",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            Cause::BadRequest(_)
+            | Cause::BodyTooLarge
+            | Cause::ClientHeaderTimeout
+            | Cause::ClientBodyTimeout => Side::Client,
+            Cause::NoRoute | Cause::NoBackend | Cause::Internal => Side::Internal,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// After these the client connection is not trusted for another request.
+    fn closes_connection(self) -> bool {
+        self.side() == Side::Client
+    }
+}
+
+/// An error in the pipeline: its cause, whether a retry elsewhere is safe, and its source.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub cause: Cause,
+    /// True when nothing of the request reached a backend, so any method may be retried.
+    pub nothing_sent: bool,
+    pub detail: String,
+}
+
+impl ProxyError {
+    pub fn new(cause: Cause, detail: impl fmt::Display) -> ProxyError {
+        ProxyError {
+            cause,
+            nothing_sent: false,
+            detail: detail.to_string(),
+        }
+    }
+
+    pub fn nothing_sent(mut self) -> ProxyError {
+        self.nothing_sent = true;
+        self
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.cause.code(), self.detail)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// How long a client should wait after a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The response proxyd sends for `err`: the status, `proxyd-error: <code>`, and a short body.
+pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
+    let cause = err.cause;
+    let status = cause.status();
+    let body = format!(
+        "{} {}\nproxyd: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        cause.code()
+    );
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("proxyd-error", HeaderValue::from_static(cause.code()));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    if cause.closes_connection() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// `error_response` as raw HTTP/1.1 bytes, for the rare answer written below hyper (a client
+/// that never finished its request head).
+pub fn error_response_h1(cause: Cause) -> Vec<u8> {
+    let (parts, body) = error_response(&ProxyError::new(cause, "")).into_parts();
+    let body = match body {
+        ResponseBody::Full(Some(b)) => b,
+        _ => Bytes::new(),
+    };
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", parts.status.as_u16()).into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}

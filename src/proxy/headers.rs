@@ -1,0 +1,316 @@
+//! Header rules: request framing checks, hop-by-hop removal, X-Forwarded-*, request ids,
+//! Host, and turning any request into an origin-form HTTP/1.1 request for the backend.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, response, Method, Uri, Version};
+
+use super::body::RequestBody;
+use super::error::{Cause, ProxyError};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+fn bad(code: &'static str, detail: &str) -> ProxyError {
+    ProxyError::new(Cause::BadRequest(code), detail)
+}
+
+/// Refuses requests whose framing or target a backend could read differently than proxyd.
+pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
+    let h = &parts.headers;
+    if parts.method == Method::CONNECT {
+        return Err(bad("connect-not-supported", "CONNECT is not supported: proxyd is not a forward proxy"));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(bad("duplicate-host", "more than one Host header"));
+    }
+    if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() && !h.contains_key(header::HOST) {
+        return Err(bad("missing-host", "HTTP/1.1 request without Host"));
+    }
+    if let (Some(auth), Some(host)) = (parts.uri.authority(), h.get(header::HOST)) {
+        // Absolute-form: the URI's authority wins (RFC 9112, 3.2.2); a Host that is not even a
+        // valid authority is still refused.
+        if host.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_none() {
+            return Err(bad("bad-host", &format!("invalid Host beside authority {auth}")));
+        }
+    } else if let Some(host) = h.get(header::HOST) {
+        let valid = host.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok());
+        if valid.is_none_or(|a| a.as_str().contains('@')) {
+            return Err(bad("bad-host", "invalid Host header"));
+        }
+    }
+    if parts.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad("bad-host", "userinfo in the request target"));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(bad("duplicate-content-length", "more than one Content-Length"));
+    }
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(bad("bad-transfer-encoding", "Transfer-Encoding other than a single chunked"));
+        }
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err(bad("content-length-with-transfer-encoding", "both Content-Length and Transfer-Encoding"));
+        }
+    }
+    Ok(())
+}
+
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+pub fn is_upgrade(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && connection_has(&parts.headers, "upgrade")
+}
+
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: the fixed set and every header named in `Connection`.
+/// `te: trailers` survives (it asks for trailers end to end); so does `upgrade` when kept.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) && name != header::TE {
+            h.remove(&name);
+        }
+    }
+    h.remove(header::CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    if !keep_upgrade {
+        h.remove(header::UPGRADE);
+    }
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What the request rewrite needs to know about the client side.
+pub struct ClientSide<'a> {
+    pub client_ip: Option<IpAddr>,
+    /// "http" or "https".
+    pub proto: &'static str,
+    pub request_id: &'a HeaderName,
+    pub preserve_host: bool,
+}
+
+/// Rewrites a client request head into the one sent to the backend at `backend_host`.
+/// Returns the request id, for logs and the response.
+pub fn prepare_request(
+    parts: &mut request::Parts,
+    body: &RequestBody,
+    upgrade: bool,
+    side: &ClientSide<'_>,
+    backend_host: &str,
+) -> HeaderValue {
+    let had_body_framing = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    // The authority of an absolute-form or h2 request wins over Host.
+    let host: Option<HeaderValue> = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    // proxyd already answered (or skipped) any 100-continue while reading the body.
+    h.remove(header::EXPECT);
+
+    if let Some(ip) = side.client_ip {
+        let ip = ip.to_string();
+        let mut all = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+        let value = if all.peek().is_some() {
+            let mut joined = all.collect::<Vec<_>>().join(", ");
+            joined.push_str(", ");
+            joined.push_str(&ip);
+            joined
+        } else {
+            ip
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(&X_FORWARDED_FOR, v);
+        }
+    }
+    h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(side.proto));
+    match &host {
+        Some(v) => {
+            h.insert(&X_FORWARDED_HOST, v.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_HOST);
+        }
+    }
+    let request_id = match h.get(side.request_id) {
+        Some(v) if !v.is_empty() => v.clone(),
+        _ => {
+            let id = new_request_id();
+            h.insert(side.request_id, id.clone());
+            id
+        }
+    };
+    match (side.preserve_host, host) {
+        (true, Some(v)) => {
+            h.insert(header::HOST, v);
+        }
+        _ => {
+            if let Ok(v) = HeaderValue::from_str(backend_host) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+
+    if parts.version == Version::HTTP_2 || parts.version == Version::HTTP_3 {
+        join_cookies(h);
+    }
+
+    // Framing: the buffered length, chunked when trailers follow or the length is unknown.
+    match body {
+        RequestBody::Buffered { .. } if body.has_trailers() => {
+            h.remove(header::CONTENT_LENGTH);
+            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        RequestBody::Buffered { data, .. } => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+        }
+        RequestBody::Empty if had_body_framing => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        RequestBody::Empty => {}
+        RequestBody::Streaming(_) => {
+            if !h.contains_key(header::CONTENT_LENGTH) {
+                h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+        }
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+
+    let origin_form = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.authority().is_some() || parts.uri.scheme().is_some() => {
+            Uri::try_from(pq.as_str()).ok()
+        }
+        _ => None,
+    };
+    if let Some(uri) = origin_form {
+        parts.uri = uri;
+    }
+    parts.version = Version::HTTP_11;
+    request_id
+}
+
+/// HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one, joined by "; ".
+fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes hop-by-hop headers from a backend's response (kept for a 101 switch).
+pub fn prepare_response(parts: &mut response::Parts) {
+    let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut parts.headers, switching);
+    parts.headers.remove(header::TE);
+    if switching {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// 16 hex digits, random: unique enough to find one request in the logs.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u64(..);
+    let mut buf = [0u8; 16];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(req: Request<()>) -> request::Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn framing_checks() {
+        let ok = parts(Request::post("/").header("host", "a").header("content-length", "3").body(()).unwrap());
+        assert!(check_request(&ok).is_ok());
+        let dup = parts(
+            Request::post("/").header("host", "a").header("content-length", "3").header("content-length", "3").body(()).unwrap(),
+        );
+        assert_eq!(check_request(&dup).unwrap_err().cause, Cause::BadRequest("duplicate-content-length"));
+        let gz = parts(Request::post("/").header("host", "a").header("transfer-encoding", "gzip, chunked").body(()).unwrap());
+        assert!(check_request(&gz).is_err());
+        let no_host = parts(Request::get("/").body(()).unwrap());
+        assert_eq!(check_request(&no_host).unwrap_err().cause, Cause::BadRequest("missing-host"));
+    }
+
+    #[test]
+    fn rewrite_strips_and_forwards() {
+        let mut p = parts(
+            Request::get("http://example.com:8080/a?b=1")
+                .header("host", "other")
+                .header("connection", "keep-alive, x-secret")
+                .header("x-secret", "1")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers, deflate")
+                .header("x-forwarded-for", "1.1.1.1")
+                .body(())
+                .unwrap(),
+        );
+        let rid = HeaderName::from_static("x-request-id");
+        let side = ClientSide {
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            proto: "http",
+            request_id: &rid,
+            preserve_host: true,
+        };
+        let id = prepare_request(&mut p, &RequestBody::Empty, false, &side, "127.0.0.1:1");
+        let h = &p.headers;
+        assert_eq!(p.uri, "/a?b=1");
+        assert_eq!(h["host"], "example.com:8080");
+        assert_eq!(h["x-forwarded-host"], "example.com:8080");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-request-id"], id);
+        assert_eq!(id.len(), 16);
+        for gone in ["connection", "x-secret", "keep-alive"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+}

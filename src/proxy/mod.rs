@@ -1,0 +1,130 @@
+//! The request pipeline, one phase a function: check → route → read body → pick → forward →
+//! respond. `handle` runs them and turns any error into proxyd's one error response.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod route;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use body::{read_request_body, ResponseBody};
+use error::{error_response, Cause, ProxyError};
+use headers::ClientSide;
+pub use snapshot::Snapshot;
+
+use crate::upstream::pool::UpstreamBody;
+
+/// What the pipeline knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: Option<SocketAddr>,
+    /// "http" or "https".
+    pub proto: &'static str,
+}
+
+/// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
+pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, conn: &ConnInfo) -> Response<ResponseBody> {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    match proxy(req, &snap, conn).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            match e.cause.side() {
+                error::Side::Client => tracing::debug!(%method, %uri, error = %e, "refused request"),
+                _ => tracing::warn!(%method, %uri, error = %e, "request failed"),
+            }
+            error_response(&e)
+        }
+    }
+}
+
+async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> Result<Response<ResponseBody>, ProxyError> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, incoming) = req.into_parts();
+    let client_version = parts.version;
+
+    // check
+    headers::check_request(&parts)?;
+    let upgrade = headers::is_upgrade(&parts);
+
+    // route
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(route::host_only));
+    let target = snap
+        .router
+        .pick(host, parts.uri.path())
+        .ok_or_else(|| ProxyError::new(Cause::NoRoute, format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path())))?;
+    let upstream = &snap.upstreams[target];
+
+    // read body
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = read_request_body(incoming, declared, &snap.body_limits).await?;
+
+    // pick
+    let backend = upstream
+        .pick()
+        .ok_or_else(|| ProxyError::new(Cause::NoBackend, format_args!("upstream {} has no backend", upstream.name)))?;
+
+    // forward
+    let side = ClientSide {
+        client_ip: conn.peer.map(|p| p.ip()),
+        proto: conn.proto,
+        request_id: &snap.request_id,
+        preserve_host: snap.preserve_host,
+    };
+    headers::prepare_request(&mut parts, &body, upgrade, &side, &backend.label);
+    let out = Request::from_parts(parts, body);
+    let sent = forward::send(backend, out, upstream.connect_timeout, upstream.response_timeout).await?;
+
+    // respond
+    let reused = sent.conn.reused;
+    let mut response = sent.response;
+    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_upgrade, backend_upgrade));
+    }
+    let (mut rparts, rbody) = response.into_parts();
+    rparts.version = client_version;
+    headers::prepare_response(&mut rparts);
+    if snap.debug_headers {
+        if let Ok(v) = HeaderValue::from_str(&backend.label) {
+            rparts.headers.insert("proxyd-backend", v);
+        }
+        rparts.headers.insert("proxyd-reused", HeaderValue::from_static(if reused { "1" } else { "0" }));
+    }
+    let body = UpstreamBody::new(rbody, backend.clone(), sent.conn.sender);
+    Ok(Response::from_parts(rparts, ResponseBody::Upstream(body)))
+}
+
+/// Copies bytes both ways between an upgraded client and backend connection until either
+/// side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(error = %e, "tunnel ended with an error");
+    }
+}

@@ -1,0 +1,206 @@
+//! Listeners and the accept loop: connection limits, the HTTP/1.1 + h2c server, and the
+//! graceful drain on shutdown.
+
+pub mod conn;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{addr::parse_listen, Loaded};
+use crate::proxy::{self, ConnInfo, Snapshot};
+use conn::{Activity, ClientIo, ServerBody};
+
+/// Settings of the client side that do not change per request.
+#[derive(Debug, Clone)]
+struct ClientSettings {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+}
+
+struct Listener {
+    socket: TcpListener,
+    addr: SocketAddr,
+    max_connections: usize,
+}
+
+/// Bound listeners and the state they serve. `run` serves until shutdown.
+pub struct Server {
+    listeners: Vec<Listener>,
+    admin: Option<TcpListener>,
+    state: Arc<ArcSwap<Snapshot>>,
+    client: ClientSettings,
+    grace: Duration,
+}
+
+impl Server {
+    /// Binds every listener of a validated config (port 0 picks a free port).
+    pub async fn bind(loaded: &Loaded) -> anyhow::Result<Server> {
+        let cfg = &loaded.config;
+        let snapshot = Snapshot::build(loaded)?;
+        let mut listeners = Vec::with_capacity(cfg.listen.len());
+        for l in &cfg.listen {
+            let addr = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
+            let socket = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+            listeners.push(Listener {
+                addr: socket.local_addr()?,
+                socket,
+                max_connections: l.max_connections.unwrap_or(cfg.limits.max_connections),
+            });
+        }
+        let admin = match &cfg.admin {
+            Some(a) => {
+                let addr = parse_listen(&a.addr.value).map_err(anyhow::Error::msg)?;
+                Some(bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?)
+            }
+            None => None,
+        };
+        Ok(Server {
+            listeners,
+            admin,
+            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            client: ClientSettings {
+                header_timeout: cfg.timeouts.client_header,
+                idle_timeout: cfg.timeouts.keepalive,
+                max_header_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
+                max_headers: cfg.limits.max_headers,
+            },
+            grace: cfg.timeouts.shutdown_grace,
+        })
+    }
+
+    /// The proxy listeners' bound addresses, in config order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and gives open connections up to
+    /// the grace period to finish their requests.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(self.client.max_header_bytes)
+            .max_headers(self.client.max_headers)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(self.client.max_header_bytes).unwrap_or(u32::MAX));
+        let builder = Arc::new(builder);
+
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            tracing::info!(addr = %l.addr, "listening");
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                self.state.clone(),
+                builder.clone(),
+                self.client.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let admin = self.admin.map(|admin| {
+            tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
+            tokio::spawn(crate::admin::serve(admin, stop_rx.clone()))
+        });
+
+        shutdown.await;
+        tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        match tokio::time::timeout(self.grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        Ok(())
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    l: Listener,
+    state: Arc<ArcSwap<Snapshot>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    client: ClientSettings,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(l.max_connections));
+    loop {
+        // At the connection cap, stop accepting: new clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = l.socket.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
+        let io = ClientIo::new(stream, activity.clone(), client.header_timeout, client.idle_timeout);
+        let info = Arc::new(ConnInfo { peer: Some(peer), proto: "http" });
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let guard = activity.begin();
+            let snap = state.load_full();
+            let info = info.clone();
+            async move {
+                let resp = proxy::handle(req, snap, &info).await;
+                Ok::<_, Infallible>(resp.map(|body| ServerBody { body, _guard: guard }))
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
