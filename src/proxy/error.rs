@@ -21,6 +21,7 @@ pub enum Side {
 pub enum Cause {
     /// Malformed request, bad framing headers, smuggling attempt.
     BadRequest(&'static str),
+    HeadersTooLarge,
     BodyTooLarge,
     ClientHeaderTimeout,
     ClientBodyTimeout,
@@ -41,6 +42,7 @@ impl Cause {
     pub fn status(self) -> StatusCode {
         match self {
             Cause::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::NoRoute => StatusCode::NOT_FOUND,
@@ -59,6 +61,7 @@ impl Cause {
     pub fn code(self) -> &'static str {
         match self {
             Cause::BadRequest(code) => code,
+            Cause::HeadersTooLarge => "headers-too-large",
             Cause::BodyTooLarge => "body-too-large",
             Cause::ClientHeaderTimeout => "client-header-timeout",
             Cause::ClientBodyTimeout => "client-body-timeout",
@@ -77,6 +80,7 @@ impl Cause {
     pub fn side(self) -> Side {
         match self {
             Cause::BadRequest(_)
+            | Cause::HeadersTooLarge
             | Cause::BodyTooLarge
             | Cause::ClientHeaderTimeout
             | Cause::ClientBodyTimeout => Side::Client,
@@ -151,7 +155,7 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
 }
 
 /// `error_response` as raw HTTP/1.1 bytes, for the rare answer written below hyper (a client
-/// that never finished its request head).
+/// whose request head is refused before hyper parses it, or never finished).
 pub fn error_response_h1(cause: Cause) -> Vec<u8> {
     let (parts, body) = error_response(&ProxyError::new(cause, "")).into_parts();
     let body = match body {

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::body::{BoxError, ResponseBody};
+use super::head::{self, Verdict};
 use crate::proxy::error::{error_response_h1, Cause};
 
 /// Requests a connection is serving right now, shared by its IO and its response bodies.
@@ -87,13 +88,27 @@ pub struct ClientIo<T> {
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     http2: Option<bool>,
+    max_head_bytes: usize,
+    max_headers: usize,
+    /// The start of a request head that arrived in pieces.
+    head_buf: Vec<u8>,
+    head_checked: bool,
+}
+
+/// Limits the head check applies.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T> ClientIo<T> {
     /// `header_timeout` also bounds the wait for a new connection's first request.
-    pub fn new(inner: T, activity: Arc<Activity>, header_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(inner: T, activity: Arc<Activity>, limits: HeadLimits) -> Self {
         let now = Instant::now();
         ClientIo {
             inner,
@@ -101,33 +116,85 @@ impl<T> ClientIo<T> {
             phase: Phase::Head,
             since: now,
             seen_finished: 0,
-            header_timeout,
-            idle_timeout,
-            timer: Box::pin(tokio::time::sleep_until(now + header_timeout)),
-            timer_at: now + header_timeout,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            timer_at: now + limits.header_timeout,
             http2: None,
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+            head_buf: Vec::new(),
+            head_checked: false,
         }
     }
 
-    fn on_bytes(&mut self, bytes: &[u8]) {
-        if self.http2.is_none() {
-            let n = bytes.len().min(H2_PREFACE.len());
-            self.http2 = Some(bytes[..n] == H2_PREFACE[..n]);
-        }
-        if self.activity.active.load(Ordering::Acquire) == 0 && self.phase == Phase::Idle {
-            self.phase = Phase::Head;
-            self.since = Instant::now();
-        }
-    }
-
-    /// The deadline in force while no request is being served.
-    fn deadline(&mut self) -> Instant {
+    /// A request finished since we last looked: back to the idle clock.
+    fn sync(&mut self) {
         let finished = self.activity.finished.load(Ordering::Acquire);
         if finished != self.seen_finished {
             self.seen_finished = finished;
             self.phase = Phase::Idle;
             self.since = Instant::now();
         }
+    }
+
+    /// Notes bytes read; the cause is set when they start a head proxyd refuses.
+    fn on_bytes(&mut self, bytes: &[u8]) -> Option<Cause> {
+        if self.http2.is_none() {
+            let n = bytes.len().min(H2_PREFACE.len());
+            self.http2 = Some(bytes[..n] == H2_PREFACE[..n]);
+        }
+        self.sync();
+        if self.activity.active.load(Ordering::Acquire) != 0 {
+            // Body bytes, or a pipelined head that hyper alone will judge.
+            return None;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.since = Instant::now();
+            self.head_checked = false;
+            self.head_buf.clear();
+        }
+        if self.head_checked || self.http2 != Some(false) {
+            return None;
+        }
+        let verdict = if self.head_buf.is_empty() {
+            head::check(bytes, self.max_head_bytes, self.max_headers)
+        } else {
+            self.head_buf.extend_from_slice(bytes);
+            head::check(&self.head_buf, self.max_head_bytes, self.max_headers)
+        };
+        match verdict {
+            Verdict::Good => {
+                self.head_checked = true;
+                self.head_buf = Vec::new();
+                None
+            }
+            Verdict::Partial => {
+                if self.head_buf.is_empty() {
+                    self.head_buf.extend_from_slice(bytes);
+                }
+                None
+            }
+            Verdict::Refuse(cause) => Some(cause),
+        }
+    }
+
+    /// Writes proxyd's answer under hyper and reports the connection as failed.
+    fn refuse(&mut self, cx: &mut Context<'_>, cause: Cause) -> io::Error
+    where
+        T: AsyncWrite + Unpin,
+    {
+        // Best effort: nothing else is being written on this connection right now.
+        let msg = error_response_h1(cause);
+        let _ = Pin::new(&mut self.inner).poll_write(cx, &msg);
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        io::Error::new(io::ErrorKind::InvalidData, cause.code())
+    }
+
+    /// The deadline in force while no request is being served.
+    fn deadline(&mut self) -> Instant {
+        self.sync();
         match self.phase {
             // HTTP/2 streams carry their own heads; only the idle clock applies there.
             Phase::Head if self.http2 != Some(true) => self.since + self.header_timeout,
@@ -143,7 +210,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.on_bytes(&buf.filled()[before..]);
+                    if let Some(cause) = this.on_bytes(&buf.filled()[before..]) {
+                        tracing::debug!(code = cause.code(), "refused request head");
+                        return Poll::Ready(Err(this.refuse(cx, cause)));
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -162,11 +232,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             return Poll::Pending;
         }
         if this.phase == Phase::Head && this.http2 == Some(false) {
-            // Best effort: the socket is idle on our side, so a small write goes through.
-            let msg = error_response_h1(Cause::ClientHeaderTimeout);
-            let _ = Pin::new(&mut this.inner).poll_write(cx, &msg);
-            let _ = Pin::new(&mut this.inner).poll_flush(cx);
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client request head timed out")));
+            return Poll::Ready(Err(this.refuse(cx, Cause::ClientHeaderTimeout)));
         }
         // Idle keep-alive connection (or one that never sent a byte): end it quietly.
         Poll::Ready(Ok(()))

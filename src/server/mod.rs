@@ -2,6 +2,7 @@
 //! graceful drain on shutdown.
 
 pub mod conn;
+pub mod head;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,16 +21,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::{self, ConnInfo, Snapshot};
-use conn::{Activity, ClientIo, ServerBody};
+use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
-/// Settings of the client side that do not change per request.
-#[derive(Debug, Clone)]
-struct ClientSettings {
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    max_header_bytes: usize,
-    max_headers: usize,
-}
 
 struct Listener {
     socket: TcpListener,
@@ -42,7 +35,7 @@ pub struct Server {
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     state: Arc<ArcSwap<Snapshot>>,
-    client: ClientSettings,
+    client: HeadLimits,
     grace: Duration,
 }
 
@@ -72,10 +65,10 @@ impl Server {
             listeners,
             admin,
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
-            client: ClientSettings {
+            client: HeadLimits {
                 header_timeout: cfg.timeouts.client_header,
                 idle_timeout: cfg.timeouts.keepalive,
-                max_header_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
+                max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
                 max_headers: cfg.limits.max_headers,
             },
             grace: cfg.timeouts.shutdown_grace,
@@ -101,14 +94,15 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(self.client.max_header_bytes)
+            // Above the head limit: server::head answers oversize heads, with a proper 431.
+            .max_buf_size(self.client.max_head_bytes.saturating_add(8192))
             .max_headers(self.client.max_headers)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(self.client.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(self.client.max_head_bytes).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
 
         let mut tasks = Vec::new();
@@ -157,7 +151,7 @@ async fn accept_loop(
     l: Listener,
     state: Arc<ArcSwap<Snapshot>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    client: ClientSettings,
+    client: HeadLimits,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -182,7 +176,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
-        let io = ClientIo::new(stream, activity.clone(), client.header_timeout, client.idle_timeout);
+        let io = ClientIo::new(stream, activity.clone(), client);
         let info = Arc::new(ConnInfo { peer: Some(peer), proto: "http" });
         let state = state.clone();
         let service = service_fn(move |req| {
