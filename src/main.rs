@@ -10,10 +10,19 @@ use proxyd::config::load_file;
 use proxyd::server::Server;
 
 #[derive(Parser)]
-#[command(name = "proxyd", version, about = "Reverse proxy and load balancer that runs its app workers")]
+#[command(
+    name = "proxyd",
+    version,
+    about = "Reverse proxy and load balancer that runs its app workers"
+)]
 struct Cli {
     /// The config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "proxy.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "proxy.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

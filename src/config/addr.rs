@@ -99,7 +99,10 @@ mod tests {
             parse_server("unix:/run/app.sock").unwrap(),
             BackendAddr::Unix("/run/app.sock".into())
         );
-        assert!(matches!(parse_server("localhost:9"), Ok(BackendAddr::Tcp(_))));
+        assert!(matches!(
+            parse_server("localhost:9"),
+            Ok(BackendAddr::Tcp(_))
+        ));
         assert!(parse_server("127.0.0.1").is_err());
         assert!(parse_server("127.0.0.1:99999").is_err());
         assert!(parse_server("unix:").is_err());
@@ -108,9 +111,15 @@ mod tests {
 
     #[test]
     fn listens() {
-        assert_eq!(parse_listen("8080").unwrap(), "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
         assert_eq!(parse_listen("[::]:80").unwrap(), "[::]:80".parse().unwrap());
-        assert_eq!(parse_listen("localhost:1").unwrap(), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(
+            parse_listen("localhost:1").unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        );
         assert!(parse_listen("example.com:80").is_err());
         assert!(parse_listen("1.2.3.4").is_err());
     }

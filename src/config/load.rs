@@ -163,7 +163,11 @@ mod tests {
 
     #[test]
     fn expands_set_unset_and_defaults() {
-        let out = expand_env("a: ${PORT}\nb: ${NOPE:-7}\nc: ${EMPTY:-x}\nd: $${PORT} $5\n", "f", env);
+        let out = expand_env(
+            "a: ${PORT}\nb: ${NOPE:-7}\nc: ${EMPTY:-x}\nd: $${PORT} $5\n",
+            "f",
+            env,
+        );
         assert_eq!(out.unwrap(), "a: 8000\nb: 7\nc: x\nd: ${PORT} $5\n");
     }
 
@@ -177,7 +181,13 @@ mod tests {
 
     #[test]
     fn bad_names_and_unterminated() {
-        assert!(expand_env("${1A}", "f", env).unwrap_err().message.contains("invalid"));
-        assert!(expand_env("${PORT", "f", env).unwrap_err().message.contains("unterminated"));
+        assert!(expand_env("${1A}", "f", env)
+            .unwrap_err()
+            .message
+            .contains("invalid"));
+        assert!(expand_env("${PORT", "f", env)
+            .unwrap_err()
+            .message
+            .contains("unterminated"));
     }
 }

@@ -20,7 +20,11 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let err = |s: &Spanned<String>, msg: String| ConfigError::at(file, &s.referenced, msg);
 
     if cfg.listen.is_empty() {
-        return Err(ConfigError::new(file, None, "listen: at least one listener is needed"));
+        return Err(ConfigError::new(
+            file,
+            None,
+            "listen: at least one listener is needed",
+        ));
     }
     let mut seen: Vec<SocketAddr> = Vec::new();
     for l in &cfg.listen {
@@ -31,7 +35,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         seen.push(addr);
         if let Some(tls) = &l.tls {
             if tls.certs.is_empty() {
-                return Err(err(&l.addr, "listen: tls.certs needs at least one cert/key pair".into()));
+                return Err(err(
+                    &l.addr,
+                    "listen: tls.certs needs at least one cert/key pair".into(),
+                ));
             }
             for pair in &tls.certs {
                 for f in [&pair.cert, &pair.key] {
@@ -43,18 +50,29 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             }
         }
         if l.max_connections == Some(0) {
-            return Err(err(&l.addr, "listen: max_connections must be at least 1".into()));
+            return Err(err(
+                &l.addr,
+                "listen: max_connections must be at least 1".into(),
+            ));
         }
     }
     if let Some(admin) = &cfg.admin {
-        let addr = parse_listen(&admin.addr.value).map_err(|m| err(&admin.addr, format!("admin: {m}")))?;
+        let addr =
+            parse_listen(&admin.addr.value).map_err(|m| err(&admin.addr, format!("admin: {m}")))?;
         if seen.iter().any(|s| overlaps(*s, addr)) {
-            return Err(err(&admin.addr, format!("admin: {addr} is also a proxy listener")));
+            return Err(err(
+                &admin.addr,
+                format!("admin: {addr} is also a proxy listener"),
+            ));
         }
     }
 
     if cfg.upstreams.is_empty() {
-        return Err(ConfigError::new(file, None, "upstreams: at least one upstream is needed"));
+        return Err(ConfigError::new(
+            file,
+            None,
+            "upstreams: at least one upstream is needed",
+        ));
     }
     for (name, up) in &cfg.upstreams {
         if up.servers.is_empty() {
@@ -90,7 +108,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ));
         }
         if !r.path.starts_with('/') {
-            return Err(err(&r.upstream, format!("routes: path {:?} must start with /", r.path)));
+            return Err(err(
+                &r.upstream,
+                format!("routes: path {:?} must start with /", r.path),
+            ));
         }
         let host = match &r.host {
             Some(h) => Some(
@@ -101,7 +122,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             None => None,
         };
         if routes.insert((host, r.path.as_str()), ()).is_some() {
-            return Err(err(&r.upstream, "routes: the same host and path appear twice".into()));
+            return Err(err(
+                &r.upstream,
+                "routes: the same host and path appear twice".into(),
+            ));
         }
     }
 
@@ -121,20 +145,30 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ));
     }
     if limits.max_connections == 0 {
-        return Err(ConfigError::new(file, None, "limits.max_connections: must be at least 1"));
+        return Err(ConfigError::new(
+            file,
+            None,
+            "limits.max_connections: must be at least 1",
+        ));
     }
     if HeaderName::from_bytes(cfg.headers.request_id.as_bytes()).is_err() {
         return Err(ConfigError::new(
             file,
             None,
-            format!("headers.request_id: {:?} is not a header name", cfg.headers.request_id),
+            format!(
+                "headers.request_id: {:?} is not a header name",
+                cfg.headers.request_id
+            ),
         ));
     }
     if tracing_subscriber::EnvFilter::try_new(&cfg.log.level).is_err() {
         return Err(ConfigError::new(
             file,
             None,
-            format!("log.level: {:?} is not a level or filter (e.g. \"info\")", cfg.log.level),
+            format!(
+                "log.level: {:?} is not a level or filter (e.g. \"info\")",
+                cfg.log.level
+            ),
         ));
     }
     if cfg.threads == Some(0) {
@@ -147,5 +181,6 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && a.port() != 0
-        && (a.ip() == b.ip() || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }

@@ -58,7 +58,13 @@ impl RequestBody {
     }
 
     pub fn has_trailers(&self) -> bool {
-        matches!(self, RequestBody::Buffered { trailers: Some(_), .. })
+        matches!(
+            self,
+            RequestBody::Buffered {
+                trailers: Some(_),
+                ..
+            }
+        )
     }
 }
 
@@ -70,7 +76,10 @@ pub async fn read_request_body(
     limits: &BodyLimits,
 ) -> Result<RequestBody, ProxyError> {
     if declared.is_some_and(|n| n > limits.max_body) {
-        return Err(ProxyError::new(Cause::BodyTooLarge, "declared Content-Length over max_body"));
+        return Err(ProxyError::new(
+            Cause::BodyTooLarge,
+            "declared Content-Length over max_body",
+        ));
     }
     if body.is_end_stream() {
         return Ok(RequestBody::Empty);
@@ -80,11 +89,24 @@ pub async fn read_request_body(
     let mut total: u64 = 0;
     let mut trailers = None;
     loop {
-        let frame = match tokio::time::timeout(limits.read_timeout, http_body_util::BodyExt::frame(&mut body)).await {
-            Err(_) => return Err(ProxyError::new(Cause::ClientBodyTimeout, "client sent no body data in time")),
+        let frame = match tokio::time::timeout(
+            limits.read_timeout,
+            http_body_util::BodyExt::frame(&mut body),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    Cause::ClientBodyTimeout,
+                    "client sent no body data in time",
+                ))
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(ProxyError::new(Cause::BadRequest("bad-body"), format!("request body: {e}")))
+                return Err(ProxyError::new(
+                    Cause::BadRequest("bad-body"),
+                    format!("request body: {e}"),
+                ))
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -99,7 +121,10 @@ pub async fn read_request_body(
         };
         total += frame.len() as u64;
         if total > limits.max_body {
-            return Err(ProxyError::new(Cause::BodyTooLarge, "request body over max_body"));
+            return Err(ProxyError::new(
+                Cause::BodyTooLarge,
+                "request body over max_body",
+            ));
         }
         match (&mut first, &mut more) {
             (None, _) => first = Some(frame),

@@ -143,10 +143,16 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert("proxyd-error", HeaderValue::from_static(cause.code()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER.as_secs()),
+        );
     }
     if cause.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -31,8 +31,14 @@ pub async fn send(
             Some(c) => c,
             None => {
                 let sender = connect(&backend.addr, connect_timeout).await?;
-                backend.pool.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Conn { sender, reused: false }
+                backend
+                    .pool
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Conn {
+                    sender,
+                    reused: false,
+                }
             }
         };
         let sent = tokio::time::timeout(response_timeout, conn.sender.try_send_request(req)).await;
@@ -51,7 +57,10 @@ pub async fn send(
             Err(_) => {
                 return Err(ProxyError::new(
                     Cause::UpstreamResponseTimeout,
-                    format_args!("{} sent no response head within {response_timeout:?}", backend.label),
+                    format_args!(
+                        "{} sent no response head within {response_timeout:?}",
+                        backend.label
+                    ),
                 ))
             }
         }

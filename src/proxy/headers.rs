@@ -23,27 +23,48 @@ fn bad(code: &'static str, detail: &str) -> ProxyError {
 pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     let h = &parts.headers;
     if parts.method == Method::CONNECT {
-        return Err(bad("connect-not-supported", "CONNECT is not supported: proxyd is not a forward proxy"));
+        return Err(bad(
+            "connect-not-supported",
+            "CONNECT is not supported: proxyd is not a forward proxy",
+        ));
     }
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad("duplicate-host", "more than one Host header"));
     }
-    if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() && !h.contains_key(header::HOST) {
+    if parts.version == Version::HTTP_11
+        && parts.uri.authority().is_none()
+        && !h.contains_key(header::HOST)
+    {
         return Err(bad("missing-host", "HTTP/1.1 request without Host"));
     }
     if let (Some(auth), Some(host)) = (parts.uri.authority(), h.get(header::HOST)) {
         // Absolute-form: the URI's authority wins (RFC 9112, 3.2.2); a Host that is not even a
         // valid authority is still refused.
-        if host.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_none() {
-            return Err(bad("bad-host", &format!("invalid Host beside authority {auth}")));
+        if host
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_none()
+        {
+            return Err(bad(
+                "bad-host",
+                &format!("invalid Host beside authority {auth}"),
+            ));
         }
     } else if let Some(host) = h.get(header::HOST) {
-        let valid = host.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok());
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok());
         if valid.is_none_or(|a| a.as_str().contains('@')) {
             return Err(bad("bad-host", "invalid Host header"));
         }
     }
-    if parts.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+    if parts
+        .uri
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
         return Err(bad("bad-host", "userinfo in the request target"));
     }
     // Content-Length/Transfer-Encoding clashes are refused in server::head, before hyper
@@ -51,7 +72,10 @@ pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
         if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(bad("bad-transfer-encoding", "Transfer-Encoding other than a single chunked"));
+            return Err(bad(
+                "bad-transfer-encoding",
+                "Transfer-Encoding other than a single chunked",
+            ));
         }
     }
     Ok(())
@@ -99,7 +123,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -138,7 +166,11 @@ pub fn prepare_request(
 
     if let Some(ip) = side.client_ip {
         let ip = ip.to_string();
-        let mut all = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+        let mut all = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
         let value = if all.peek().is_some() {
             let mut joined = all.collect::<Vec<_>>().join(", ");
             joined.push_str(", ");
@@ -187,7 +219,10 @@ pub fn prepare_request(
     match body {
         RequestBody::Buffered { .. } if body.has_trailers() => {
             h.remove(header::CONTENT_LENGTH);
-            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         RequestBody::Buffered { data, .. } => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
@@ -198,7 +233,10 @@ pub fn prepare_request(
         RequestBody::Empty => {}
         RequestBody::Streaming(_) => {
             if !h.contains_key(header::CONTENT_LENGTH) {
-                h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                h.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
             }
         }
     }
@@ -224,7 +262,11 @@ fn join_cookies(h: &mut HeaderMap) {
     if h.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
-    let joined: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let joined: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         h.insert(header::COOKIE, v);
     }
@@ -236,7 +278,9 @@ pub fn prepare_response(parts: &mut response::Parts) {
     strip_hop_by_hop(&mut parts.headers, switching);
     parts.headers.remove(header::TE);
     if switching {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -263,12 +307,27 @@ mod tests {
 
     #[test]
     fn framing_checks() {
-        let ok = parts(Request::post("/").header("host", "a").header("content-length", "3").body(()).unwrap());
+        let ok = parts(
+            Request::post("/")
+                .header("host", "a")
+                .header("content-length", "3")
+                .body(())
+                .unwrap(),
+        );
         assert!(check_request(&ok).is_ok());
-        let gz = parts(Request::post("/").header("host", "a").header("transfer-encoding", "gzip, chunked").body(()).unwrap());
+        let gz = parts(
+            Request::post("/")
+                .header("host", "a")
+                .header("transfer-encoding", "gzip, chunked")
+                .body(())
+                .unwrap(),
+        );
         assert!(check_request(&gz).is_err());
         let no_host = parts(Request::get("/").body(()).unwrap());
-        assert_eq!(check_request(&no_host).unwrap_err().cause, Cause::BadRequest("missing-host"));
+        assert_eq!(
+            check_request(&no_host).unwrap_err().cause,
+            Cause::BadRequest("missing-host")
+        );
     }
 
     #[test]

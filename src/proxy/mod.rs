@@ -32,14 +32,20 @@ pub struct ConnInfo {
 }
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
-pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, conn: &ConnInfo) -> Response<ResponseBody> {
+pub async fn handle(
+    req: Request<Incoming>,
+    snap: Arc<Snapshot>,
+    conn: &ConnInfo,
+) -> Response<ResponseBody> {
     let method = req.method().clone();
     let uri = req.uri().clone();
     match proxy(req, &snap, conn).await {
         Ok(resp) => resp,
         Err(e) => {
             match e.cause.side() {
-                error::Side::Client => tracing::debug!(%method, %uri, error = %e, "refused request"),
+                error::Side::Client => {
+                    tracing::debug!(%method, %uri, error = %e, "refused request")
+                }
                 _ => tracing::warn!(%method, %uri, error = %e, "request failed"),
             }
             error_response(&e)
@@ -47,7 +53,11 @@ pub async fn handle(req: Request<Incoming>, snap: Arc<Snapshot>, conn: &ConnInfo
     }
 }
 
-async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> Result<Response<ResponseBody>, ProxyError> {
+async fn proxy(
+    mut req: Request<Incoming>,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
@@ -57,15 +67,19 @@ async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> 
     let upgrade = headers::is_upgrade(&parts);
 
     // route
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.host())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(route::host_only));
-    let target = snap
-        .router
-        .pick(host, parts.uri.path())
-        .ok_or_else(|| ProxyError::new(Cause::NoRoute, format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path())))?;
+    let host = parts.uri.authority().map(|a| a.host()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(route::host_only)
+    });
+    let target = snap.router.pick(host, parts.uri.path()).ok_or_else(|| {
+        ProxyError::new(
+            Cause::NoRoute,
+            format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path()),
+        )
+    })?;
     let upstream = &snap.upstreams[target];
 
     // read body
@@ -77,9 +91,12 @@ async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> 
     let body = read_request_body(incoming, declared, &snap.body_limits).await?;
 
     // pick
-    let backend = upstream
-        .pick()
-        .ok_or_else(|| ProxyError::new(Cause::NoBackend, format_args!("upstream {} has no backend", upstream.name)))?;
+    let backend = upstream.pick().ok_or_else(|| {
+        ProxyError::new(
+            Cause::NoBackend,
+            format_args!("upstream {} has no backend", upstream.name),
+        )
+    })?;
 
     // forward
     let side = ClientSide {
@@ -90,7 +107,13 @@ async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> 
     };
     headers::prepare_request(&mut parts, &body, upgrade, &side, &backend.label);
     let out = Request::from_parts(parts, body);
-    let sent = forward::send(backend, out, upstream.connect_timeout, upstream.response_timeout).await?;
+    let sent = forward::send(
+        backend,
+        out,
+        upstream.connect_timeout,
+        upstream.response_timeout,
+    )
+    .await?;
 
     // respond
     let reused = sent.conn.reused;
@@ -106,7 +129,10 @@ async fn proxy(mut req: Request<Incoming>, snap: &Snapshot, conn: &ConnInfo) -> 
         if let Ok(v) = HeaderValue::from_str(&backend.label) {
             rparts.headers.insert("proxyd-backend", v);
         }
-        rparts.headers.insert("proxyd-reused", HeaderValue::from_static(if reused { "1" } else { "0" }));
+        rparts.headers.insert(
+            "proxyd-reused",
+            HeaderValue::from_static(if reused { "1" } else { "0" }),
+        );
     }
     let body = UpstreamBody::new(rbody, backend.clone(), sent.conn.sender);
     Ok(Response::from_parts(rparts, ResponseBody::Upstream(body)))

@@ -21,7 +21,9 @@ impl HostMatch {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
         let body = if wild { &name[1..] } else { name };
         if body.is_empty() || !body.chars().all(ok_char) || body.contains("..") {
-            return Err(format!("host {s:?} is not a host name (no port, no scheme)"));
+            return Err(format!(
+                "host {s:?} is not a host name (no port, no scheme)"
+            ));
         }
         Ok(if wild {
             HostMatch::Wildcard(name.to_string())
@@ -141,13 +143,20 @@ mod tests {
         assert_eq!(r.pick(Some("x.eu.example.com"), "/"), Some(4));
         assert_eq!(r.pick(Some("example.com"), "/static/a.css"), Some(1));
         assert_eq!(r.pick(None, "/x"), Some(0));
-        assert_eq!(Router::new([(None, "/api/".to_string(), 0)]).pick(None, "/x"), None);
+        assert_eq!(
+            Router::new([(None, "/api/".to_string(), 0)]).pick(None, "/x"),
+            None
+        );
     }
 
     #[test]
     fn host_patterns() {
-        assert!(HostMatch::parse("*.example.com").unwrap().matches("a.b.example.com"));
-        assert!(!HostMatch::parse("*.example.com").unwrap().matches("example.com"));
+        assert!(HostMatch::parse("*.example.com")
+            .unwrap()
+            .matches("a.b.example.com"));
+        assert!(!HostMatch::parse("*.example.com")
+            .unwrap()
+            .matches("example.com"));
         assert!(HostMatch::parse("example.com:80").is_err());
         assert!(HostMatch::parse("*example.com").is_err());
         assert!(HostMatch::parse("a*.b").is_err());

@@ -2,8 +2,8 @@
 //! (hyper's own header time-out closes silently; proxyd answers 408), and the response body
 //! that tells the connection when a request is done.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::body::{BoxError, ResponseBody};
 use super::head::{self, Verdict};
+use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::error::{error_response_h1, Cause};
 
 /// Requests a connection is serving right now, shared by its IO and its response bodies.
@@ -204,7 +204,11 @@ impl<T> ClientIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -240,7 +244,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(

@@ -95,13 +95,31 @@ mod tests {
             v("POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             bad("content-length-with-transfer-encoding")
         );
-        assert_eq!(v("POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\n"), bad("duplicate-content-length"));
-        assert_eq!(v("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), bad("bad-content-length"));
-        assert_eq!(v("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), bad("bad-transfer-encoding"));
-        assert_eq!(v("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), bad("bad-transfer-encoding"));
-        assert_eq!(v("GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n"), bad("bad-header-name"));
+        assert_eq!(
+            v("POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 1\r\n\r\n"),
+            bad("duplicate-content-length")
+        );
+        assert_eq!(
+            v("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n"),
+            bad("bad-content-length")
+        );
+        assert_eq!(
+            v("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            bad("bad-transfer-encoding")
+        );
+        assert_eq!(
+            v("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            bad("bad-transfer-encoding")
+        );
+        assert_eq!(
+            v("GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n"),
+            bad("bad-header-name")
+        );
         assert_eq!(v("GET / HTTP/1.1\r\nA : b\r\n\r\n"), bad("bad-header-name"));
         assert_eq!(v("G(T / HTTP/1.1\r\n\r\n"), bad("bad-method"));
-        assert_eq!(check(&[b'a'; 9000], 8192, 100), Verdict::Refuse(Cause::HeadersTooLarge));
+        assert_eq!(
+            check(&[b'a'; 9000], 8192, 100),
+            Verdict::Refuse(Cause::HeadersTooLarge)
+        );
     }
 }

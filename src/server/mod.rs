@@ -23,7 +23,6 @@ use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::{self, ConnInfo, Snapshot};
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
-
 struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
@@ -141,7 +140,11 @@ impl Server {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
@@ -177,7 +180,10 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
         let io = ClientIo::new(stream, activity.clone(), client);
-        let info = Arc::new(ConnInfo { peer: Some(peer), proto: "http" });
+        let info = Arc::new(ConnInfo {
+            peer: Some(peer),
+            proto: "http",
+        });
         let state = state.clone();
         let service = service_fn(move |req| {
             let guard = activity.begin();
@@ -185,10 +191,15 @@ async fn accept_loop(
             let info = info.clone();
             async move {
                 let resp = proxy::handle(req, snap, &info).await;
-                Ok::<_, Infallible>(resp.map(|body| ServerBody { body, _guard: guard }))
+                Ok::<_, Infallible>(resp.map(|body| ServerBody {
+                    body,
+                    _guard: guard,
+                }))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -13,7 +13,10 @@ use crate::proxy::body::RequestBody;
 use crate::proxy::error::{Cause, ProxyError};
 
 /// Connects within `timeout` and performs the (free) HTTP/1.1 handshake.
-pub async fn connect(addr: &BackendAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, ProxyError> {
+pub async fn connect(
+    addr: &BackendAddr,
+    timeout: Duration,
+) -> Result<SendRequest<RequestBody>, ProxyError> {
     let result = match addr {
         BackendAddr::Tcp(a) => tokio::time::timeout(timeout, TcpStream::connect(a))
             .await

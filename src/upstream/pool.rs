@@ -63,7 +63,10 @@ impl Pool {
                 continue;
             }
             self.reused.fetch_add(1, Ordering::Relaxed);
-            return Some(Conn { sender, reused: true });
+            return Some(Conn {
+                sender,
+                reused: true,
+            });
         }
     }
 
