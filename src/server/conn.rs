@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,6 +26,9 @@ pub struct Activity {
     active: AtomicUsize,
     /// Bumped whenever a request finishes, so the IO can restart its idle clock.
     finished: AtomicUsize,
+    /// The connection's read, parked while requests run: woken when the last one ends so the
+    /// idle clock starts even if hyper has nothing else to read.
+    reader: AtomicWaker,
 }
 
 impl Activity {
@@ -40,7 +44,9 @@ pub struct ActiveGuard(Arc<Activity>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Ordering::AcqRel);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -224,6 +230,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
+        this.activity.reader.register(cx.waker());
         if this.activity.active.load(Ordering::Acquire) > 0 {
             return Poll::Pending;
         }

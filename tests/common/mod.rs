@@ -360,7 +360,7 @@ impl H2 {
 }
 
 /// Sends raw bytes on a new connection and returns everything read until the proxy closes
-/// the connection (or 10 s pass, which a test then sees as a missing close).
+/// the connection. Panics when the connection is still open after 10 s.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
@@ -372,8 +372,12 @@ pub async fn read_until_close(stream: &mut TcpStream) -> String {
     let mut buf = [0u8; 16384];
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after 10 s; read so far: {:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     String::from_utf8_lossy(&out).into_owned()
