@@ -213,6 +213,9 @@ pub fn prepare_request(
 
     if parts.version == Version::HTTP_2 || parts.version == Version::HTTP_3 {
         join_cookies(h);
+        // An h2/h3 client always accepts trailers (RFC 9113, 8.1) and needs not send `TE`; an
+        // HTTP/1.1 backend only sends them when asked (gRPC's status lives in trailers).
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 
     // Framing: the buffered length, chunked when trailers follow or the length is unknown.

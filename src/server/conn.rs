@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub struct Activity {
     /// The connection's read, parked while requests run: woken when the last one ends so the
     /// idle clock starts even if hyper has nothing else to read.
     reader: AtomicWaker,
+    /// Set when a 101 goes out: the bytes that follow belong to a tunnel (WebSocket and the
+    /// like), which no HTTP head check or HTTP clock may judge.
+    upgraded: AtomicBool,
 }
 
 impl Activity {
@@ -40,6 +43,13 @@ impl Activity {
 
 /// Held by a response body; dropping it ends the request.
 pub struct ActiveGuard(Arc<Activity>);
+
+impl ActiveGuard {
+    /// This request's response switches protocols: from now on the connection is a tunnel.
+    pub fn switching_protocols(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -216,6 +226,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.activity.upgraded.load(Ordering::Acquire) {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

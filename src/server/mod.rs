@@ -111,7 +111,7 @@ impl Server {
                 l,
                 self.state.clone(),
                 builder.clone(),
-                self.client.clone(),
+                self.client,
                 graceful.clone(),
                 stop_rx.clone(),
             )));
@@ -191,6 +191,9 @@ async fn accept_loop(
             let info = info.clone();
             async move {
                 let resp = proxy::handle(req, snap, &info).await;
+                if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    guard.switching_protocols();
+                }
                 Ok::<_, Infallible>(resp.map(|body| ServerBody {
                     body,
                     _guard: guard,
