@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::head::{self, Verdict};
+use super::framing::RequestStream;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::error::{error_response_h1, Cause};
 
@@ -32,12 +32,23 @@ pub struct Activity {
     /// Set when a 101 goes out: the bytes that follow belong to a tunnel (WebSocket and the
     /// like), which no HTTP head check or HTTP clock may judge.
     upgraded: AtomicBool,
+    /// Requests handed to the service so far.
+    started: AtomicUsize,
+    /// A pipelined head refused below hyper: its request index and why.
+    refused: OnceLock<(usize, Cause)>,
 }
 
 impl Activity {
-    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+    /// Starts a request; with the cause when its head was refused before hyper parsed it.
+    pub fn begin(self: &Arc<Self>) -> (ActiveGuard, Option<Cause>) {
         self.active.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(self.clone())
+        let index = self.started.fetch_add(1, Ordering::AcqRel);
+        let refused = self
+            .refused
+            .get()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, cause)| *cause);
+        (ActiveGuard(self.clone()), refused)
     }
 }
 
@@ -104,11 +115,8 @@ pub struct ClientIo<T> {
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     http2: Option<bool>,
-    max_head_bytes: usize,
-    max_headers: usize,
-    /// The start of a request head that arrived in pieces.
-    head_buf: Vec<u8>,
-    head_checked: bool,
+    /// Where each request head starts, so that pipelined ones are checked too.
+    stream: RequestStream,
 }
 
 /// Limits the head check applies.
@@ -137,10 +145,7 @@ impl<T> ClientIo<T> {
             timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
             timer_at: now + limits.header_timeout,
             http2: None,
-            max_head_bytes: limits.max_head_bytes,
-            max_headers: limits.max_headers,
-            head_buf: Vec::new(),
-            head_checked: false,
+            stream: RequestStream::new(limits.max_head_bytes, limits.max_headers),
         }
     }
 
@@ -161,39 +166,23 @@ impl<T> ClientIo<T> {
             self.http2 = Some(bytes[..n] == H2_PREFACE[..n]);
         }
         self.sync();
-        if self.activity.active.load(Ordering::Acquire) != 0 {
-            // Body bytes, or a pipelined head that hyper alone will judge.
-            return None;
-        }
-        if self.phase == Phase::Idle {
+        let idle = self.activity.active.load(Ordering::Acquire) == 0;
+        if idle && self.phase == Phase::Idle {
             self.phase = Phase::Head;
             self.since = Instant::now();
-            self.head_checked = false;
-            self.head_buf.clear();
         }
-        if self.head_checked || self.http2 != Some(false) {
+        if self.http2 != Some(false) {
             return None;
         }
-        let verdict = if self.head_buf.is_empty() {
-            head::check(bytes, self.max_head_bytes, self.max_headers)
-        } else {
-            self.head_buf.extend_from_slice(bytes);
-            head::check(&self.head_buf, self.max_head_bytes, self.max_headers)
-        };
-        match verdict {
-            Verdict::Good => {
-                self.head_checked = true;
-                self.head_buf = Vec::new();
-                None
-            }
-            Verdict::Partial => {
-                if self.head_buf.is_empty() {
-                    self.head_buf.extend_from_slice(bytes);
-                }
-                None
-            }
-            Verdict::Refuse(cause) => Some(cause),
+        let refusal = self.stream.feed(bytes)?;
+        // With every request before it served, proxyd answers right here. Otherwise hyper
+        // still owes earlier responses: it parses this head too, and the service answers it in
+        // turn (or hyper refuses it itself, for what it cannot parse).
+        if idle && refusal.index == self.activity.started.load(Ordering::Acquire) {
+            return Some(refusal.cause);
         }
+        let _ = self.activity.refused.set((refusal.index, refusal.cause));
+        None
     }
 
     /// Writes proxyd's answer under hyper and reports the connection as failed.

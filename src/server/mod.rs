@@ -2,6 +2,7 @@
 //! graceful drain on shutdown.
 
 pub mod conn;
+mod framing;
 pub mod head;
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::{addr::parse_listen, Loaded};
+use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::{self, ConnInfo, Snapshot};
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
@@ -186,11 +188,18 @@ async fn accept_loop(
         });
         let state = state.clone();
         let service = service_fn(move |req| {
-            let guard = activity.begin();
+            let (guard, refused) = activity.begin();
             let snap = state.load_full();
             let info = info.clone();
             async move {
-                let resp = proxy::handle(req, snap, &info).await;
+                let resp = match refused {
+                    // A pipelined head that conn refused: answered in turn, never proxied.
+                    Some(cause) => {
+                        tracing::debug!(code = cause.code(), "refused pipelined request head");
+                        error_response(&ProxyError::new(cause, "pipelined request head"))
+                    }
+                    None => proxy::handle(req, snap, &info).await,
+                };
                 if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                     guard.switching_protocols();
                 }
