@@ -16,8 +16,14 @@ fn check(yaml: &str) -> (bool, String) {
 }
 
 fn check_path(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(proxyd_bin()).arg("check").arg("-c").arg(path).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(proxyd_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -39,9 +45,15 @@ fn every_shipped_config_passes_check() {
 
 #[test]
 fn version_prints() {
-    let out = Command::new(proxyd_bin()).arg("--version").output().unwrap();
+    let out = Command::new(proxyd_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("proxyd {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("proxyd {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 const GOOD: &str = "listen:\n  - addr: \"127.0.0.1:8080\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:5001\"]\n";
@@ -50,7 +62,10 @@ const GOOD: &str = "listen:\n  - addr: \"127.0.0.1:8080\"\nupstreams:\n  app:\n 
 fn unknown_key_names_file_line_column_and_expected() {
     let (ok, text) = check(&format!("{GOOD}    retries: 3\n"));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:6:5: unknown field `retries`, expected one of"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:6:5: unknown field `retries`, expected one of"),
+        "{text}"
+    );
     assert!(text.contains("servers"), "{text}");
 }
 
@@ -66,7 +81,10 @@ fn bad_listen_address_is_located() {
 fn bad_server_address_is_located() {
     let (ok, text) = check(&GOOD.replace("127.0.0.1:5001", "127.0.0.1"));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:5:15: upstreams.app.servers:"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:5:15: upstreams.app.servers:"),
+        "{text}"
+    );
     assert!(text.contains("no port"), "{text}");
 }
 
@@ -78,24 +96,36 @@ fn duplicate_listener_is_refused() {
     );
     let (ok, text) = check(&yaml);
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:3:11: listen: 0.0.0.0:8080 is listed twice"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:3:11: listen: 0.0.0.0:8080 is listed twice"),
+        "{text}"
+    );
 }
 
 #[test]
 fn missing_file_is_named() {
     let (ok, text) = check_path(std::path::Path::new("/nonexistent/proxy.yaml"));
     assert!(!ok);
-    assert!(text.contains("/nonexistent/proxy.yaml: cannot read config file"), "{text}");
+    assert!(
+        text.contains("/nonexistent/proxy.yaml: cannot read config file"),
+        "{text}"
+    );
 }
 
 #[test]
 fn wrong_types_and_values_are_located() {
     let (ok, text) = check(&format!("{GOOD}timeouts:\n  keepalive: \"forever\"\n"));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:7:14:") && text.contains("invalid duration"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:7:14:") && text.contains("invalid duration"),
+        "{text}"
+    );
     let (ok, text) = check(&format!("{GOOD}limits:\n  max_body: \"lots\"\n"));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:7:13:") && text.contains("invalid size"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:7:13:") && text.contains("invalid size"),
+        "{text}"
+    );
     let (ok, text) = check("listen: 8080\n");
     assert!(!ok);
     assert!(text.contains("proxy.yaml:1:9:"), "{text}");
@@ -103,14 +133,21 @@ fn wrong_types_and_values_are_located() {
 
 #[test]
 fn route_to_unknown_upstream_is_located() {
-    let (ok, text) = check(&format!("{GOOD}routes:\n  - {{ path: \"/\", upstream: nope }}\n"));
+    let (ok, text) = check(&format!(
+        "{GOOD}routes:\n  - {{ path: \"/\", upstream: nope }}\n"
+    ));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:7:28: routes: unknown upstream \"nope\"; expected one of app"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:7:28: routes: unknown upstream \"nope\"; expected one of app"),
+        "{text}"
+    );
 }
 
 #[test]
 fn two_upstreams_need_routes() {
-    let (ok, text) = check(&format!("{GOOD}  other:\n    servers: [\"127.0.0.1:5002\"]\n"));
+    let (ok, text) = check(&format!(
+        "{GOOD}  other:\n    servers: [\"127.0.0.1:5002\"]\n"
+    ));
     assert!(!ok);
     assert!(text.contains("routes: needed"), "{text}");
 }
@@ -119,7 +156,10 @@ fn two_upstreams_need_routes() {
 fn unset_env_var_without_default_is_located() {
     let (ok, text) = check(&GOOD.replace("127.0.0.1:5001", "${PROXYD_TEST_SURELY_UNSET}:5001"));
     assert!(!ok);
-    assert!(text.contains("proxy.yaml:5:16: environment variable PROXYD_TEST_SURELY_UNSET is not set"), "{text}");
+    assert!(
+        text.contains("proxy.yaml:5:16: environment variable PROXYD_TEST_SURELY_UNSET is not set"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -135,14 +175,25 @@ fn bind_failure_exits_nonzero_with_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, GOOD.replace("8080", &port.to_string())).unwrap();
-    let out = Command::new(proxyd_bin()).arg("-c").arg(&path).output().unwrap();
+    let out = Command::new(proxyd_bin())
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
 }
 
 /// A backend that holds each request until `release` is sent, to have one in flight.
-async fn held_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()>, tokio::sync::mpsc::Sender<()>) {
+async fn held_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<()>,
+    tokio::sync::mpsc::Sender<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (got_tx, got_rx) = tokio::sync::mpsc::channel(8);
@@ -157,7 +208,9 @@ async fn held_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()
         }
         got_tx.send(()).await.unwrap();
         release_rx.recv().await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlate!").await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlate!")
+            .await
+            .unwrap();
         let _ = s.read(&mut buf).await;
     });
     (addr, got_rx, release_tx)
@@ -167,7 +220,8 @@ async fn held_backend() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     for sig in ["TERM", "INT"] {
         let (backend, mut got, release) = held_backend().await;
-        let mut proxy = ProxydProcess::start(&yaml_to(&[backend], "timeouts: { shutdown_grace: 30s }\n"));
+        let mut proxy =
+            ProxydProcess::start(&yaml_to(&[backend], "timeouts: { shutdown_grace: 30s }\n"));
         let addr = proxy.addr;
         let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
         got.recv().await.unwrap();
@@ -186,7 +240,9 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         let resp = in_flight.await.unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), "late!");
-        let code = tokio::task::spawn_blocking(move || proxy.wait_exit()).await.unwrap();
+        let code = tokio::task::spawn_blocking(move || proxy.wait_exit())
+            .await
+            .unwrap();
         assert_eq!(code, Some(0), "SIG{sig}");
     }
 }
@@ -194,19 +250,44 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_period_bounds_the_drain() {
     let (backend, mut got, _release) = held_backend().await;
-    let mut proxy = ProxydProcess::start(&yaml_to(&[backend], "timeouts: { shutdown_grace: 200ms }\n"));
+    let mut proxy = ProxydProcess::start(&yaml_to(
+        &[backend],
+        "timeouts: { shutdown_grace: 200ms }\n",
+    ));
     let addr = proxy.addr;
     let in_flight = tokio::spawn(async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         tokio::spawn(conn);
-        let req = http::Request::get("/").header("host", "x").body(full("")).unwrap();
+        let req = http::Request::get("/")
+            .header("host", "x")
+            .body(full(""))
+            .unwrap();
         sender.send_request(req).await
     });
     got.recv().await.unwrap();
     proxy.signal("TERM");
-    let code = tokio::task::spawn_blocking(move || proxy.wait_exit()).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || proxy.wait_exit())
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
     // The held request was cut off when the grace period ended.
     assert!(in_flight.await.unwrap().is_err());
+}
+
+#[test]
+fn tls_listener_is_refused_until_supported() {
+    let yaml = GOOD.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:8443\"\n    tls:\n      certs: [{ cert: a.pem, key: a.key }]\n",
+    );
+    let (ok, text) = check(&yaml);
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:2:11: listen: tls is not supported by this build yet"),
+        "{text}"
+    );
 }

@@ -100,3 +100,26 @@ async fn upstream_connect_timeout_is_502() {
     assert_eq!(got.header("proxyd-error"), Some("upstream-connect-timeout"));
     drop(fillers);
 }
+
+#[tokio::test]
+async fn pooled_connections_expire_after_idle_timeout() {
+    let backend = TestBackend::start(|_| http::Response::new(full("hi"))).await;
+    let extra = "headers: { debug: true }\n";
+    let yaml = yaml_to(&[backend.addr], extra).replace(
+        "    servers:",
+        "    pool: { idle_timeout: 100ms }\n    servers:",
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let mut client = H1::connect(proxy.addr).await;
+    assert_eq!(client.get("/").await.header("proxyd-reused"), Some("0"));
+    assert_eq!(client.get("/").await.header("proxyd-reused"), Some("1"));
+    // Let the idle connection outlive the pool's idle_timeout (not a readiness wait).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.get("/").await.header("proxyd-reused"), Some("0"));
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
