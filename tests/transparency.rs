@@ -475,8 +475,8 @@ async fn request_id_header_name_is_configurable() {
     let backend = TestBackend::echo().await;
     let proxy = TestProxy::to(&[backend.addr], "headers: { request_id: x-trace }\n").await;
     let mut client = H1::connect(proxy.addr).await;
-    within("generated", client.get("/a")).await;
-    within(
+    let first = within("generated", client.get("/a")).await;
+    let second = within(
         "kept",
         client.send(
             request(Method::GET, "/b", "test.local")
@@ -489,6 +489,9 @@ async fn request_id_header_name_is_configurable() {
     let seen = backend.requests();
     assert!(is_request_id(header(&seen[0].headers, "x-trace")));
     assert_eq!(header(&seen[1].headers, "x-trace"), Some("abc-123"));
+    // The client gets the same id back, generated or its own.
+    assert_eq!(first.header("x-trace"), header(&seen[0].headers, "x-trace"));
+    assert_eq!(second.header("x-trace"), Some("abc-123"));
     for s in &seen {
         assert!(!s.headers.contains_key("x-request-id"));
     }
@@ -702,6 +705,10 @@ async fn routes_by_exact_and_wildcard_host() {
         let got = get_host(&mut client, host, "/x").await;
         assert_eq!(got.status, 404, "{host}");
         assert_eq!(got.header("proxyd-error"), Some("no-route"), "{host}");
+        assert!(
+            is_request_id(got.header("x-request-id")),
+            "error responses carry the id too"
+        );
     }
     assert_eq!((a.request_count(), b.request_count()), (2, 2));
 }

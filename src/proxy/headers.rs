@@ -135,23 +135,34 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// What the request rewrite needs to know about the client side.
-pub struct ClientSide<'a> {
+pub struct ClientSide {
     pub client_ip: Option<IpAddr>,
     /// "http" or "https".
     pub proto: &'static str,
-    pub request_id: &'a HeaderName,
     pub preserve_host: bool,
 }
 
+/// The request's id under `name`: the client's own when it sent one, else a new one (set on
+/// the request, so the backend sees it too).
+pub fn ensure_request_id(h: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
+    match h.get(name) {
+        Some(v) if !v.is_empty() => v.clone(),
+        _ => {
+            let id = new_request_id();
+            h.insert(name.clone(), id.clone());
+            id
+        }
+    }
+}
+
 /// Rewrites a client request head into the one sent to the backend at `backend_host`.
-/// Returns the request id, for logs and the response.
 pub fn prepare_request(
     parts: &mut request::Parts,
     body: &RequestBody,
     upgrade: bool,
-    side: &ClientSide<'_>,
+    side: &ClientSide,
     backend_host: &str,
-) -> HeaderValue {
+) {
     let had_body_framing = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
     // The authority of an absolute-form or h2 request wins over Host.
@@ -192,14 +203,6 @@ pub fn prepare_request(
             h.remove(&X_FORWARDED_HOST);
         }
     }
-    let request_id = match h.get(side.request_id) {
-        Some(v) if !v.is_empty() => v.clone(),
-        _ => {
-            let id = new_request_id();
-            h.insert(side.request_id, id.clone());
-            id
-        }
-    };
     match (side.preserve_host, host) {
         (true, Some(v)) => {
             h.insert(header::HOST, v);
@@ -257,7 +260,6 @@ pub fn prepare_request(
         parts.uri = uri;
     }
     parts.version = Version::HTTP_11;
-    request_id
 }
 
 /// HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one, joined by "; ".
@@ -347,13 +349,14 @@ mod tests {
                 .unwrap(),
         );
         let rid = HeaderName::from_static("x-request-id");
+        let id = ensure_request_id(&mut p.headers, &rid);
+        assert_eq!(ensure_request_id(&mut p.headers, &rid), id, "kept once set");
         let side = ClientSide {
             client_ip: Some("10.0.0.1".parse().unwrap()),
             proto: "http",
-            request_id: &rid,
             preserve_host: true,
         };
-        let id = prepare_request(&mut p, &RequestBody::Empty, false, &side, "127.0.0.1:1");
+        prepare_request(&mut p, &RequestBody::Empty, false, &side, "127.0.0.1:1");
         let h = &p.headers;
         assert_eq!(p.uri, "/a?b=1");
         assert_eq!(h["host"], "example.com:8080");

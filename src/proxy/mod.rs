@@ -32,25 +32,30 @@ pub struct ConnInfo {
 }
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
+/// Every response carries the request's id, so a client can quote it.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     snap: Arc<Snapshot>,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
+    let request_id = headers::ensure_request_id(req.headers_mut(), &snap.request_id);
     let method = req.method().clone();
     let uri = req.uri().clone();
-    match proxy(req, &snap, conn).await {
+    let mut resp = match proxy(req, &snap, conn).await {
         Ok(resp) => resp,
         Err(e) => {
             match e.cause.side() {
                 error::Side::Client => {
                     tracing::debug!(%method, %uri, error = %e, "refused request")
                 }
-                _ => tracing::warn!(%method, %uri, error = %e, "request failed"),
+                _ => tracing::warn!(%method, %uri, ?request_id, error = %e, "request failed"),
             }
             error_response(&e)
         }
-    }
+    };
+    resp.headers_mut()
+        .insert(snap.request_id.clone(), request_id);
+    resp
 }
 
 async fn proxy(
@@ -102,7 +107,6 @@ async fn proxy(
     let side = ClientSide {
         client_ip: conn.peer.map(|p| p.ip()),
         proto: conn.proto,
-        request_id: &snap.request_id,
         preserve_host: snap.preserve_host,
     };
     headers::prepare_request(&mut parts, &body, upgrade, &side, &backend.label);
