@@ -1,6 +1,7 @@
 #!/bin/sh
 # A bounded load run: wrk (64 keepalive connections, 2 threads, DURATION seconds) against
-# proxyd in front of a small hyper backend, all on loopback. Prints wrk's summary.
+# proxyd (config/bench.yaml) in front of a small hyper backend, all on loopback. Prints wrk's
+# summary.
 # Usage: benches/load.sh [DURATION_SECONDS]   (needs wrk: apt-get install wrk)
 set -eu
 cd "$(dirname "$0")/.."
@@ -12,16 +13,8 @@ backend_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 proxy_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/release/examples/hello_backend "127.0.0.1:$backend_port" 2>"$dir/backend.log" &
 backend=$!
-cat >"$dir/proxy.yaml" <<YAML
-listen:
-  - addr: "127.0.0.1:$proxy_port"
-upstreams:
-  app:
-    servers: ["127.0.0.1:$backend_port"]
-log:
-  level: warn
-YAML
-./target/release/proxyd -c "$dir/proxy.yaml" 2>"$dir/proxyd.log" &
+PORT=$proxy_port BACKEND="127.0.0.1:$backend_port" \
+  ./target/release/proxyd -c config/bench.yaml 2>"$dir/proxyd.log" &
 proxy=$!
 trap 'kill "$proxy" "$backend" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
 for _ in $(seq 50); do

@@ -1,6 +1,8 @@
 //! Client connection limits and time-outs, and the upstream connect time-out.
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -122,4 +124,60 @@ async fn pooled_connections_expire_after_idle_timeout() {
             .load(std::sync::atomic::Ordering::SeqCst),
         2
     );
+}
+
+/// A backend that answers only once `n` requests are in flight together, so a burst of `n`
+/// needs `n` upstream connections.
+async fn burst_backend(n: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let barrier = barrier.clone();
+                    async move {
+                        barrier.wait().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("hi")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+async fn burst(addr: std::net::SocketAddr, n: usize) {
+    let all = (0..n).map(|_| tokio::spawn(async move { get(addr, "/").await.status }));
+    for status in futures_util::future::join_all(all).await {
+        assert_eq!(status.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn pool_keeps_at_most_max_idle_connections() {
+    for (max_idle, expected) in [(1, 4 + 3), (8, 4)] {
+        let (backend, conns) = burst_backend(4).await;
+        let yaml = yaml_to(&[backend], "").replace(
+            "    servers:",
+            &format!("    pool: {{ max_idle: {max_idle} }}\n    servers:"),
+        );
+        let proxy = TestProxy::from_yaml(&yaml).await;
+        burst(proxy.addr, 4).await;
+        // The second burst finds max_idle pooled connections and opens the rest.
+        burst(proxy.addr, 4).await;
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            expected,
+            "max_idle {max_idle}"
+        );
+    }
 }
