@@ -62,6 +62,17 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Parses and validates config text; `file` names it in errors, `dir` anchors relative paths.
+///
+/// ```
+/// use proxyd::config::load_str;
+///
+/// let good = "listen:\n  - addr: \"127.0.0.1:8080\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:5001\"]\n";
+/// assert!(load_str(good, "proxy.yaml", ".".into()).is_ok());
+///
+/// let typo = good.replace("servers", "server");
+/// let err = load_str(&typo, "proxy.yaml", ".".into()).unwrap_err();
+/// assert!(err.to_string().starts_with("proxy.yaml:5:5: unknown field `server`"), "{err}");
+/// ```
 pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigError> {
     let expanded = expand_env(text, file, |name| std::env::var(name).ok())?;
     let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
