@@ -15,7 +15,7 @@ use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -37,16 +37,6 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 // HTTP/2 prior knowledge
 
 /// An h2c connection whose sender can be cloned for concurrent streams.
-async fn h2_sender(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
 #[tokio::test]
 async fn h2_get_and_post_reach_an_http11_backend() {
     let backend = TestBackend::echo().await;
@@ -95,17 +85,15 @@ async fn h2_get_and_post_reach_an_http11_backend() {
 async fn h2_concurrent_streams_on_one_connection() {
     let backend = TestBackend::echo().await;
     let proxy = TestProxy::to(&[backend.addr], DEBUG).await;
-    let sender = h2_sender(proxy.addr).await;
+    let client = H2::connect(proxy.addr).await;
     let streams = (0..16).map(|i| {
-        let mut sender = sender.clone();
+        let mut client = client.clone();
         async move {
             let body = format!("stream {i} body");
             let req = Request::post(format!("http://test.local/s/{i}"))
                 .body(full(body.clone()))
                 .unwrap();
-            sender.ready().await.unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            let got = read_whole(resp).await;
+            let got = client.send(req).await;
             assert_eq!(got.status, 200);
             assert_eq!(got.header("x-echo-uri"), Some(format!("/s/{i}").as_str()));
             assert_eq!(got.text(), body);

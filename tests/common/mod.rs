@@ -336,7 +336,8 @@ pub async fn get(addr: SocketAddr, path: &str) -> Got {
     H1::connect(addr).await.get(path).await
 }
 
-/// An h2c (prior knowledge) client connection.
+/// An h2c (prior knowledge) client connection; clones open more streams on it.
+#[derive(Clone)]
 pub struct H2 {
     sender: hyper::client::conn::http2::SendRequest<BoxBody>,
 }
