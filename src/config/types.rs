@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+pub use super::workers::{Health, Restart, WorkerListen, Workers};
+
 /// The whole `proxy.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +75,29 @@ pub struct Upstream {
     pub response_timeout: Duration,
     #[serde(default)]
     pub pool: Pool,
+    /// App processes proxyd launches and supervises, instead of `servers`.
+    #[serde(default)]
+    pub workers: Option<Workers>,
+}
+
+impl Upstream {
+    /// The pool settings in force: for workers, idle connections close well before the
+    /// worker's own keep-alive could close them (so a reused connection never races it).
+    pub fn effective_pool(&self) -> Pool {
+        let mut pool = self.pool.clone();
+        if let Some(w) = &self.workers {
+            pool.idle_timeout = pool.idle_timeout.min(w.keepalive / 2);
+        }
+        pool
+    }
+
+    /// The time a backend has for a response head: `request_timeout` for workers.
+    pub fn effective_response_timeout(&self) -> Duration {
+        match &self.workers {
+            Some(w) => w.request_timeout,
+            None => self.response_timeout,
+        }
+    }
 }
 
 /// The keepalive pool kept for each backend of an upstream.
@@ -218,13 +243,18 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(s.trim()).map_err(|e| {
         serde::de::Error::custom(format!(
             "invalid duration {s:?} ({e}); expected e.g. \"500ms\" or \"30s\""
         ))
     })
+}
+
+/// An optional size (`max_memory: "512MiB"`).
+pub(super) fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

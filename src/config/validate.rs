@@ -9,6 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::addr::{parse_listen, parse_server};
 use super::load::{ConfigError, Loaded};
+use super::workers::Workers;
 use crate::proxy::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
@@ -66,12 +67,24 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         ));
     }
     for (name, up) in &cfg.upstreams {
-        if up.servers.is_empty() {
-            return Err(ConfigError::new(
-                file,
-                None,
-                format!("upstreams.{name}: servers needs at least one address"),
-            ));
+        match (&up.workers, up.servers.first()) {
+            (Some(_), Some(s)) => {
+                return Err(err(
+                    s,
+                    format!("upstreams.{name}: has both servers and workers; use one"),
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    file,
+                    None,
+                    format!(
+                        "upstreams.{name}: needs servers (addresses) or workers (a command to run)"
+                    ),
+                ))
+            }
+            (Some(w), None) => validate_workers(loaded, name, w)?,
+            (None, Some(_)) => {}
         }
         for s in &up.servers {
             parse_server(&s.value).map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
@@ -164,6 +177,67 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     }
     if cfg.threads == Some(0) {
         return Err(ConfigError::new(file, None, "threads: must be at least 1"));
+    }
+    Ok(())
+}
+
+fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), ConfigError> {
+    let file = loaded.file.as_str();
+    let at = |loc: &serde_saphyr::Location, msg: String| ConfigError::at(file, loc, msg);
+    let key = format!("upstreams.{name}.workers");
+    if w.command.value.first().is_none_or(|p| p.is_empty()) {
+        return Err(at(
+            &w.command.referenced,
+            format!("{key}.command: needs a program to run"),
+        ));
+    }
+    if w.count == Some(0) {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("{key}.count: must be at least 1"),
+        ));
+    }
+    if let Some(p) = &w.health.path {
+        if !p.value.starts_with('/') {
+            return Err(at(
+                &p.referenced,
+                format!("{key}.health.path: must start with /"),
+            ));
+        }
+    }
+    let h = &w.health;
+    if h.healthy == 0 || h.unhealthy == 0 || h.unhealthy_restart == 0 {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("{key}.health: healthy, unhealthy and unhealthy_restart must be at least 1"),
+        ));
+    }
+    if let Some(cwd) = &w.cwd {
+        let dir = loaded.dir.join(&cwd.value);
+        if !dir.is_dir() {
+            return Err(at(
+                &cwd.referenced,
+                format!("{key}.cwd: {} is not a directory", dir.display()),
+            ));
+        }
+    }
+    if let Some(user) = &w.user {
+        if !matches!(nix::unistd::User::from_name(&user.value), Ok(Some(_))) {
+            return Err(at(
+                &user.referenced,
+                format!("{key}.user: no user {:?}", user.value),
+            ));
+        }
+    }
+    if let Some(group) = &w.group {
+        if !matches!(nix::unistd::Group::from_name(&group.value), Ok(Some(_))) {
+            return Err(at(
+                &group.referenced,
+                format!("{key}.group: no group {:?}", group.value),
+            ));
+        }
     }
     Ok(())
 }

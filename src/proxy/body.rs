@@ -57,6 +57,18 @@ impl RequestBody {
         }
     }
 
+    /// A copy for a retry, when the body was read whole.
+    pub fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Buffered { data, trailers } => Some(RequestBody::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+
     pub fn has_trailers(&self) -> bool {
         matches!(
             self,

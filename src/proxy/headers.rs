@@ -155,14 +155,14 @@ pub fn ensure_request_id(h: &mut HeaderMap, name: &HeaderName) -> HeaderValue {
     }
 }
 
-/// Rewrites a client request head into the one sent to the backend at `backend_host`.
+/// Rewrites a client request head into the one sent to a backend. Returns true when the
+/// backend's own address must go in `Host` (not preserving it, or the client sent none).
 pub fn prepare_request(
     parts: &mut request::Parts,
     body: &RequestBody,
     upgrade: bool,
     side: &ClientSide,
-    backend_host: &str,
-) {
+) -> bool {
     let had_body_framing = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
     // The authority of an absolute-form or h2 request wins over Host.
@@ -203,16 +203,13 @@ pub fn prepare_request(
             h.remove(&X_FORWARDED_HOST);
         }
     }
-    match (side.preserve_host, host) {
+    let backend_host = match (side.preserve_host, host) {
         (true, Some(v)) => {
             h.insert(header::HOST, v);
+            false
         }
-        _ => {
-            if let Ok(v) = HeaderValue::from_str(backend_host) {
-                h.insert(header::HOST, v);
-            }
-        }
-    }
+        _ => true,
+    };
 
     if parts.version == Version::HTTP_2 || parts.version == Version::HTTP_3 {
         join_cookies(h);
@@ -260,6 +257,7 @@ pub fn prepare_request(
         parts.uri = uri;
     }
     parts.version = Version::HTTP_11;
+    backend_host
 }
 
 /// HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one, joined by "; ".
@@ -356,7 +354,7 @@ mod tests {
             proto: "http",
             preserve_host: true,
         };
-        prepare_request(&mut p, &RequestBody::Empty, false, &side, "127.0.0.1:1");
+        assert!(!prepare_request(&mut p, &RequestBody::Empty, false, &side));
         let h = &p.headers;
         assert_eq!(p.uri, "/a?b=1");
         assert_eq!(h["host"], "example.com:8080");

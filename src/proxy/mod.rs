@@ -22,6 +22,7 @@ use headers::ClientSide;
 pub use snapshot::Snapshot;
 
 use crate::upstream::pool::UpstreamBody;
+use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
 
 /// What the pipeline knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -95,29 +96,22 @@ async fn proxy(
         .and_then(|v| v.parse::<u64>().ok());
     let body = read_request_body(incoming, declared, &snap.body_limits).await?;
 
-    // pick
-    let backend = upstream.pick().ok_or_else(|| {
-        ProxyError::new(
-            Cause::NoBackend,
-            format_args!("upstream {} has no backend", upstream.name),
-        )
-    })?;
-
-    // forward
+    // pick + forward
     let side = ClientSide {
         client_ip: conn.peer.map(|p| p.ip()),
         proto: conn.proto,
         preserve_host: snap.preserve_host,
     };
-    headers::prepare_request(&mut parts, &body, upgrade, &side, &backend.label);
-    let out = Request::from_parts(parts, body);
-    let sent = forward::send(
-        backend,
-        out,
-        upstream.connect_timeout,
-        upstream.response_timeout,
+    let idempotent = forward::is_idempotent(&parts.method, &parts.headers);
+    let backend_host = headers::prepare_request(&mut parts, &body, upgrade, &side);
+    let (sent, flight) = pick_and_send(
+        upstream,
+        Request::from_parts(parts, body),
+        idempotent,
+        backend_host,
     )
     .await?;
+    let backend = flight.backend().clone();
 
     // respond
     let reused = sent.conn.reused;
@@ -138,8 +132,69 @@ async fn proxy(
             HeaderValue::from_static(if reused { "1" } else { "0" }),
         );
     }
-    let body = UpstreamBody::new(rbody, backend.clone(), sent.conn.sender);
+    let body = UpstreamBody::new(rbody, flight, sent.conn.sender);
     Ok(Response::from_parts(rparts, ResponseBody::Upstream(body)))
+}
+
+/// Attempts per request: the first and up to two retries on other backends.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Picks a backend and sends; retries on another backend what is safe to retry: any request
+/// none of which reached the failed backend, and an idempotent one with a replayable body
+/// when the backend failed before any response byte.
+async fn pick_and_send(
+    upstream: &Upstream,
+    mut req: Request<body::RequestBody>,
+    idempotent: bool,
+    backend_host: bool,
+) -> Result<(forward::Sent, InFlight), ProxyError> {
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    loop {
+        let Some(backend) = upstream.pick(&tried) else {
+            return Err(ProxyError::new(
+                Cause::NoBackend,
+                format_args!("upstream {} has no ready backend", upstream.name),
+            ));
+        };
+        if backend_host {
+            forward::set_backend_host(&mut req, &backend);
+        }
+        let last = tried.len() + 1 >= MAX_ATTEMPTS || upstream.ready_count() <= tried.len() + 1;
+        let spare = if idempotent && !last {
+            forward::replayable_copy(&req)
+        } else {
+            None
+        };
+        let flight = backend.begin();
+        let failed = match forward::send(
+            &backend,
+            req,
+            upstream.connect_timeout,
+            upstream.response_timeout,
+        )
+        .await
+        {
+            Ok(sent) => return Ok((sent, flight)),
+            Err(f) => f,
+        };
+        drop(flight);
+        if failed.error.cause == Cause::UpstreamResponseTimeout {
+            backend.report(WorkerEvent::Hung);
+        }
+        let again = match (failed.request, spare) {
+            (Some(unsent), _) => Some(unsent),
+            (None, Some(copy)) if failed.error.cause == Cause::UpstreamClosed => Some(copy),
+            _ => None,
+        };
+        match again {
+            Some(r) if !last => {
+                tracing::debug!(backend = %backend.label, error = %failed.error, "retrying on another backend");
+                req = r;
+                tried.push(backend);
+            }
+            _ => return Err(failed.error),
+        }
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and backend connection until either

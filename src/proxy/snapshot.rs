@@ -26,6 +26,7 @@ impl Snapshot {
         let fail = |m: String| ConfigError::new(&loaded.file, None, m);
         let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
         for (name, up) in &cfg.upstreams {
+            // A workers upstream starts empty: its supervisor adds each worker once ready.
             let addrs = up
                 .servers
                 .iter()

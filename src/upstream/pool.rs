@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
-use super::Backend;
+use super::InFlight;
 use crate::proxy::body::RequestBody;
 
 /// Idle connections, most recently used last (reused first, so the rest can expire).
@@ -97,24 +97,25 @@ impl Pool {
 
 /// A backend's response body. Read to its end, it puts its connection back in the pool;
 /// dropped early, the connection closes (its remaining bytes are unknown).
+/// It also holds the request's in-flight slot on the backend until the body ends.
 pub struct UpstreamBody {
     inner: Incoming,
-    backend: Arc<Backend>,
+    flight: InFlight,
     sender: Option<SendRequest<RequestBody>>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, backend: Arc<Backend>, sender: SendRequest<RequestBody>) -> Self {
+    pub fn new(inner: Incoming, flight: InFlight, sender: SendRequest<RequestBody>) -> Self {
         UpstreamBody {
             inner,
-            backend,
+            flight,
             sender: Some(sender),
         }
     }
 
     fn release(&mut self) {
         if let Some(sender) = self.sender.take() {
-            self.backend.pool.checkin(sender);
+            self.flight.backend().pool.checkin(sender);
         }
     }
 }
