@@ -1,54 +1,74 @@
 #!/usr/bin/env python3
-"""The demo app: one request at a time, like Flask's development server.
+"""The demo app: a WSGI app on the standard library's one-request-at-a-time server (wsgiref),
+the shape of a Flask app on its development server. Nothing to install.
 
-Usage: app.py PORT  (or PORT in the environment). Answers:
-  /          a greeting naming this process
-  /slow?ms=N sleeps N ms first (to see queueing and time-outs)
-  /echo      echoes a POST body
-  /healthz   200 ok
-Python's standard library only, so the demo needs nothing installed.
+proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment. Paths:
+  /           a greeting naming this process
+  /pid        this worker's process id
+  /healthz    200 ok
+  /slow?ms=N  sleeps N ms first (to see queueing and time-outs)
+  /crash      the process dies mid-request, as a crashing app would
+  /echo       (POST) echoes the body
 """
 import os
+import socket
+import socketserver
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/healthz":
+        body = b"ok\n"
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/crash":
+        sys.stderr.write("crashing on purpose\n")
+        sys.stderr.flush()
+        os._exit(1)
+    elif path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+    else:
+        if path == "/slow":
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
+        body = f"hello from pid {os.getpid()}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
 
-    def _send(self, status, body, ctype="text/plain; charset=utf-8"):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
-    def do_GET(self):
-        url = urlparse(self.path)
-        if url.path == "/healthz":
-            return self._send(200, b"ok\n")
-        if url.path == "/slow":
-            ms = int(parse_qs(url.query).get("ms", ["100"])[0])
-            time.sleep(ms / 1000)
-        who = f"hello from pid {os.getpid()} on port {self.server.server_port}\n"
-        self._send(200, who.encode())
-
-    do_HEAD = do_GET
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length", "0"))
-        self._send(200, self.rfile.read(length), "application/octet-stream")
+class Handler(WSGIRequestHandler):
+    def setup(self):
+        if not isinstance(self.client_address, tuple):  # a unix socket peer has no address
+            self.client_address = ("local", 0)
+        super().setup()
 
     def log_message(self, fmt, *args):
-        sys.stderr.write("app[%d] %s\n" % (self.server.server_port, fmt % args))
+        sys.stderr.write("%s\n" % (fmt % args))
+
+
+class UnixWSGIServer(WSGIServer):
+    address_family = socket.AF_UNIX
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", 0
+        self.setup_environ()
 
 
 def main():
-    port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PORT", "5001"))
-    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    sock = os.environ.get("SOCKET")
+    if sock:
+        server = UnixWSGIServer(sock, Handler)
+        server.set_app(app)
+    else:
+        port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PORT", "5001"))
+        server = make_server("127.0.0.1", port, app, handler_class=Handler)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

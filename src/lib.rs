@@ -20,3 +20,4 @@ pub mod logging;
 pub mod proxy;
 pub mod server;
 pub mod upstream;
+pub mod workers;

@@ -77,6 +77,15 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
     let server = Server::bind(&loaded).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let supervisors = server.supervisors();
+    // SIGHUP: replace every worker, one at a time (gunicorn's HUP).
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: rolling restart of the workers");
+            let _ = supervisors.rolling_restart(None).await;
+        }
+    });
     server
         .run(async move {
             tokio::select! {

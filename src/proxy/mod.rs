@@ -141,7 +141,8 @@ const MAX_ATTEMPTS: usize = 3;
 
 /// Picks a backend and sends; retries on another backend what is safe to retry: any request
 /// none of which reached the failed backend, and an idempotent one with a replayable body
-/// when the backend failed before any response byte.
+/// when the backend failed before any response byte. That replay happens once only, so a
+/// request that kills its worker cannot take down more than two.
 async fn pick_and_send(
     upstream: &Upstream,
     mut req: Request<body::RequestBody>,
@@ -149,6 +150,7 @@ async fn pick_and_send(
     backend_host: bool,
 ) -> Result<(forward::Sent, InFlight), ProxyError> {
     let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut replayed = false;
     loop {
         let Some(backend) = upstream.pick(&tried) else {
             return Err(ProxyError::new(
@@ -160,7 +162,7 @@ async fn pick_and_send(
             forward::set_backend_host(&mut req, &backend);
         }
         let last = tried.len() + 1 >= MAX_ATTEMPTS || upstream.ready_count() <= tried.len() + 1;
-        let spare = if idempotent && !last {
+        let spare = if idempotent && !last && !replayed {
             forward::replayable_copy(&req)
         } else {
             None
@@ -183,7 +185,10 @@ async fn pick_and_send(
         }
         let again = match (failed.request, spare) {
             (Some(unsent), _) => Some(unsent),
-            (None, Some(copy)) if failed.error.cause == Cause::UpstreamClosed => Some(copy),
+            (None, Some(copy)) if failed.error.cause == Cause::UpstreamClosed => {
+                replayed = true;
+                Some(copy)
+            }
             _ => None,
         };
         match again {

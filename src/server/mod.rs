@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::{self, ConnInfo, Snapshot};
+use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
 struct Listener {
@@ -36,12 +37,14 @@ pub struct Server {
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
     state: Arc<ArcSwap<Snapshot>>,
+    supervisors: Arc<Supervisors>,
     client: HeadLimits,
     grace: Duration,
 }
 
 impl Server {
-    /// Binds every listener of a validated config (port 0 picks a free port).
+    /// Binds every listener of a validated config (port 0 picks a free port) and starts the
+    /// workers of upstreams that have them; they join the rotation as they become ready.
     pub async fn bind(loaded: &Loaded) -> anyhow::Result<Server> {
         let cfg = &loaded.config;
         let snapshot = Snapshot::build(loaded)?;
@@ -62,9 +65,11 @@ impl Server {
             }
             None => None,
         };
+        let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
         Ok(Server {
             listeners,
             admin,
+            supervisors,
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             client: HeadLimits {
                 header_timeout: cfg.timeouts.client_header,
@@ -83,6 +88,11 @@ impl Server {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The worker supervisors, for rolling restarts (SIGHUP, the admin API).
+    pub fn supervisors(&self) -> Arc<Supervisors> {
+        self.supervisors.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting and gives open connections up to
@@ -120,7 +130,12 @@ impl Server {
         }
         let admin = self.admin.map(|admin| {
             tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
-            tokio::spawn(crate::admin::serve(admin, stop_rx.clone()))
+            tokio::spawn(crate::admin::serve(
+                admin,
+                stop_rx.clone(),
+                self.state.clone(),
+                self.supervisors.clone(),
+            ))
         });
 
         shutdown.await;
@@ -134,6 +149,8 @@ impl Server {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
+        // Workers go last: the requests drained above needed them.
+        self.supervisors.shutdown().await;
         if let Some(admin) = admin {
             admin.abort();
         }

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""The origin story's app: Flask on its development server, one request at a time
+(threaded=False). proxyd starts it with PORT in the environment. Same paths as app.py.
+Needs Flask (pip install flask).
+"""
+import os
+import sys
+import time
+
+from flask import Flask, request
+
+app = Flask(__name__)
+
+
+@app.route("/")
+def index():
+    return f"hello from pid {os.getpid()}\n"
+
+
+@app.route("/pid")
+def pid():
+    return str(os.getpid())
+
+
+@app.route("/healthz")
+def healthz():
+    return "ok\n"
+
+
+@app.route("/slow")
+def slow():
+    time.sleep(int(request.args.get("ms", "100")) / 1000)
+    return f"hello from pid {os.getpid()}\n"
+
+
+@app.route("/crash")
+def crash():
+    sys.stderr.write("crashing on purpose\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+@app.route("/echo", methods=["POST"])
+def echo():
+    return request.get_data()
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), threaded=False)
