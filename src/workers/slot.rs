@@ -85,6 +85,13 @@ impl Group {
         Some(base + base.mul_f64(fastrand::f64() * 0.25))
     }
 
+    fn clear_failure(&self) {
+        if self.failed.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            self.restarts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            tracing::info!(upstream = %self.spec.upstream, "restart requested: starting workers again");
+        }
+    }
+
     fn is_failed(&self) -> bool {
         self.failed
             .lock()
@@ -120,6 +127,9 @@ pub async fn run(group: Arc<Group>, mut commands: mpsc::Receiver<Command>) {
             if group.is_failed() || group.stopping.load(Ordering::Acquire) {
                 match commands.recv().await {
                     Some(Command::Replace { done }) => {
+                        // An operator's restart gives a crash-looping group a fresh start
+                        // (after a fix was deployed, say).
+                        group.clear_failure();
                         let _ = done.send(());
                     }
                     Some(Command::Shutdown { done }) => {
