@@ -389,7 +389,7 @@ pub struct ProxydProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr_lines: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 pub fn proxyd_bin() -> &'static str {
@@ -399,10 +399,17 @@ pub fn proxyd_bin() -> &'static str {
 impl ProxydProcess {
     /// Writes `yaml` to a temp dir, starts `proxyd -c`, and waits for its "listening" line.
     pub fn start(yaml: &str) -> ProxydProcess {
-        use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.yaml");
         std::fs::write(&path, yaml).unwrap();
+        let mut p = ProxydProcess::start_file(&path);
+        p._dir = Some(dir);
+        p
+    }
+
+    /// Starts `proxyd -c path` and waits for its "listening" line.
+    pub fn start_file(path: &std::path::Path) -> ProxydProcess {
+        use std::io::BufRead;
         let mut child = Command::new(proxyd_bin())
             .arg("-c")
             .arg(&path)
@@ -443,7 +450,7 @@ impl ProxydProcess {
             child,
             addr,
             stderr_lines: lines,
-            _dir: dir,
+            _dir: None,
         }
     }
 
