@@ -178,3 +178,25 @@ fn servers_and_workers_exclude_each_other() {
         "{err}"
     );
 }
+
+#[test]
+fn missing_program_is_a_config_error() {
+    let yaml = workers_yaml("      command: [\"pyhton3-typo\", \"app.py\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(proxyd_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "proxy.yaml:6:16: upstreams.app.workers.command: program \"pyhton3-typo\" not found"
+        ),
+        "{err}"
+    );
+}

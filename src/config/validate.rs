@@ -191,6 +191,17 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
             format!("{key}.command: needs a program to run"),
         ));
     }
+    let cwd = loaded
+        .dir
+        .join(w.cwd.as_ref().map_or("", |c| c.value.as_str()));
+    if let Some(program) = w.command.value.first() {
+        if !program_exists(program, &cwd) {
+            return Err(at(
+                &w.command.referenced,
+                format!("{key}.command: program {program:?} not found (looked in the PATH, or relative to {})", cwd.display()),
+            ));
+        }
+    }
     if w.count == Some(0) {
         return Err(ConfigError::new(
             file,
@@ -240,6 +251,20 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
         }
     }
     Ok(())
+}
+
+/// Whether `program` would run: a path (relative to the worker's cwd) to an executable file,
+/// or a name found in the PATH.
+fn program_exists(program: &str, cwd: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return runnable(&cwd.join(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(program))))
 }
 
 /// Two listeners clash on the same port when either is the wildcard address of its family.
