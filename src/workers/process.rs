@@ -35,6 +35,9 @@ pub struct Spec {
 /// Lines of a worker's stderr kept for reports.
 const TAIL_LINES: usize = 20;
 
+/// How long an exited worker's stderr may take to reach its end.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
+
 /// Loopback ports given to live workers, so a new worker never gets one still in use.
 #[derive(Debug, Default)]
 pub struct Ports(Mutex<HashSet<u16>>);
@@ -144,21 +147,27 @@ impl Process {
         if let Some(out) = child.stdout.take() {
             tokio::spawn(relay(out, spec.upstream.clone(), id, "stdout", None));
         }
-        if let Some(err) = child.stderr.take() {
+        let stderr = child.stderr.take().map(|err| {
             tokio::spawn(relay(
                 err,
                 spec.upstream.clone(),
                 id,
                 "stderr",
                 Some(tail.clone()),
-            ));
-        }
+            ))
+        });
         let (tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child
                 .wait()
                 .await
                 .unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            // A crash's last lines explain it: let the relay read stderr to its end before
+            // the exit is known, or the crash report can miss them. Bounded, as something the
+            // worker started may hold the pipe open.
+            if let Some(relay) = stderr {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, relay).await;
+            }
             let _ = tx.send(Some(status));
         });
         tracing::info!(upstream = %spec.upstream, worker = id, pid, addr = %addr, "worker started");
