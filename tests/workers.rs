@@ -674,7 +674,11 @@ async fn sigterm_stops_every_worker_before_exit() {
     // Stopped by the shutdown, not by the parent-death signal as proxyd exited.
     wait_for("a 'worker stopped' log line per worker", || {
         let lines = p.stderr_lines.lock().unwrap();
-        lines.iter().filter(|l| l.contains("worker stopped")).count() == pids.len()
+        lines
+            .iter()
+            .filter(|l| l.contains("worker stopped"))
+            .count()
+            == pids.len()
     })
     .await;
 }
