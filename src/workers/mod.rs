@@ -141,6 +141,9 @@ impl Supervisors {
         for w in waits {
             let _ = w.await;
         }
+        for g in &self.groups {
+            g.group.wait_leaving().await;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::probe::probe;
@@ -28,6 +29,8 @@ pub struct Group {
     /// Set when the workers keep crashing: why, with their last output.
     failed: Mutex<Option<String>>,
     stopping: AtomicBool,
+    /// Old workers being drained and stopped; shutdown waits for them.
+    leaving: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Group {
@@ -41,6 +44,7 @@ impl Group {
             restarts: Mutex::new(VecDeque::new()),
             failed: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            leaving: Mutex::new(Vec::new()),
         }
     }
 
@@ -53,6 +57,21 @@ impl Group {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Runs the stopping of an old worker without holding up its slot.
+    fn in_background(&self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        leaving.retain(|h| !h.is_finished());
+        leaving.push(tokio::spawn(stop));
+    }
+
+    /// Waits until every old worker stopped in the background is gone.
+    pub async fn wait_leaving(&self) {
+        let handles = std::mem::take(&mut *self.leaving.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            let _ = h.await;
+        }
     }
 
     /// Records a crash or failed start; returns the wait before the next start, or None once
@@ -86,8 +105,17 @@ impl Group {
     }
 
     fn clear_failure(&self) {
-        if self.failed.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
-            self.restarts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+        {
+            self.restarts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             tracing::info!(upstream = %self.spec.upstream, "restart requested: starting workers again");
         }
     }
@@ -336,7 +364,7 @@ async fn replace(
             o.backend.set_state(BackendState::Draining);
             group.upstream.remove(&o.backend);
             let g = group.clone();
-            tokio::spawn(async move { o.process.stop(g.cfg.kill_timeout, &g.ports).await });
+            group.in_background(async move { o.process.stop(g.cfg.kill_timeout, &g.ports).await });
             None
         }
         other => other,
@@ -345,7 +373,7 @@ async fn replace(
         Ok(new) => {
             if let Some(o) = old {
                 let g = group.clone();
-                tokio::spawn(async move { retire(&g, o).await });
+                group.in_background(async move { retire(&g, o).await });
             }
             Some(new)
         }

@@ -412,7 +412,7 @@ impl ProxydProcess {
         use std::io::BufRead;
         let mut child = Command::new(proxyd_bin())
             .arg("-c")
-            .arg(&path)
+            .arg(path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
