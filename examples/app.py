@@ -5,7 +5,8 @@ the shape of a Flask app on its development server. Nothing to install.
 proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment. Paths:
   /           a greeting naming this process
   /pid        this worker's process id
-  /healthz    200 ok
+  /healthz    200 ok (500 once /sick was called)
+  /sick       this worker's health check fails from now on; answers its pid
   /slow?ms=N  sleeps N ms first (to see queueing and time-outs)
   /crash      the process dies mid-request, as a crashing app would
   /echo       (POST) echoes the body
@@ -19,10 +20,18 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 
+SICK = False
+
+
 def app(environ, start_response):
+    global SICK
     path = environ.get("PATH_INFO", "/")
+    status = "200 OK"
     if path == "/healthz":
-        body = b"ok\n"
+        status, body = ("500 Internal Server Error", b"sick\n") if SICK else (status, b"ok\n")
+    elif path == "/sick":
+        SICK = True
+        body = str(os.getpid()).encode()
     elif path == "/pid":
         body = str(os.getpid()).encode()
     elif path == "/crash":
@@ -37,7 +46,7 @@ def app(environ, start_response):
             query = parse_qs(environ.get("QUERY_STRING", ""))
             time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
         body = f"hello from pid {os.getpid()}\n".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
 

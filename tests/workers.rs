@@ -822,3 +822,56 @@ async fn crash_of_a_ready_worker_is_reported_with_its_last_output() {
     assert!(marker.pids().is_empty(), "{:?}", marker.pids());
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_worker_gets_no_requests_then_is_restarted() {
+    let marker = Marker::new("unhealthy");
+    // Phase 1: never restarted, so its exclusion from the rotation can be watched.
+    let health =
+        "{path: /healthz, interval: 100ms, timeout: 1s, unhealthy: 2, unhealthy_restart: 1000}";
+    let (proxy, admin) = start_proxy(&app_config(&marker, 2, &[("health", health)])).await;
+    wait_ready(admin).await;
+    let both = wait_all_serving(proxy.addr, 2).await;
+    let sick: u32 = get(proxy.addr, "/sick")
+        .await
+        .text()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(both.contains(&sick));
+    // Once two health rounds failed, every request goes to the other worker.
+    let deadline = Instant::now() + PATIENCE;
+    let mut streak = 0;
+    while streak < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the sick worker kept getting requests"
+        );
+        streak = if pid_of_next(proxy.addr).await == sick {
+            0
+        } else {
+            streak + 1
+        };
+    }
+    assert!(alive(sick), "phase 1 must not restart it");
+    wait_ready(admin).await;
+    proxy.shutdown().await;
+    marker.wait_none_left().await;
+
+    // Phase 2: after 3 failed rounds it is replaced by a healthy worker.
+    let health =
+        "{path: /healthz, interval: 100ms, timeout: 1s, unhealthy: 1, unhealthy_restart: 3}";
+    let (proxy, admin) = start_proxy(&app_config(&marker, 1, &[("health", health)])).await;
+    wait_ready(admin).await;
+    let sick: u32 = get(proxy.addr, "/sick")
+        .await
+        .text()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the unhealthy worker to be stopped", || !alive(sick)).await;
+    let fresh = wait_new_pid(proxy.addr, &HashSet::from([sick])).await;
+    assert_ne!(fresh, sick);
+    proxy.shutdown().await;
+    marker.wait_none_left().await;
+}

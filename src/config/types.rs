@@ -329,3 +329,33 @@ fn default_request_id() -> String {
 fn default_log_level() -> String {
     "info".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn upstream(extra: &str) -> crate::config::Upstream {
+        let yaml = format!(
+            "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"sh\"]\n{extra}"
+        );
+        let loaded = load_str(&yaml, "t.yaml", ".".into()).unwrap();
+        loaded.config.upstreams["app"].clone()
+    }
+
+    #[test]
+    fn worker_pool_idles_less_than_the_worker_keeps_alive() {
+        use std::time::Duration;
+        let defaults = upstream("");
+        assert_eq!(
+            defaults.effective_pool().idle_timeout,
+            Duration::from_secs(1)
+        );
+        // A pool configured past the worker's own keep-alive is brought under it.
+        let long = upstream("      keepalive: 1s\n    pool: { idle_timeout: 30s }\n");
+        assert_eq!(
+            long.effective_pool().idle_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(long.effective_response_timeout(), Duration::from_secs(30));
+    }
+}
