@@ -60,10 +60,10 @@ const GOOD: &str = "listen:\n  - addr: \"127.0.0.1:8080\"\nupstreams:\n  app:\n 
 
 #[test]
 fn unknown_key_names_file_line_column_and_expected() {
-    let (ok, text) = check(&format!("{GOOD}    retries: 3\n"));
+    let (ok, text) = check(&format!("{GOOD}    retry: 3\n"));
     assert!(!ok);
     assert!(
-        text.contains("proxy.yaml:6:5: unknown field `retries`, expected one of"),
+        text.contains("proxy.yaml:6:5: unknown field `retry`, expected one of"),
         "{text}"
     );
     assert!(text.contains("servers"), "{text}");

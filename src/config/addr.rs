@@ -52,6 +52,26 @@ pub fn parse_server(s: &str) -> Result<BackendAddr, String> {
         .ok_or_else(|| format!("{s:?}: {host:?} resolves to no address"))
 }
 
+/// A `servers:` entry: an address, optionally followed by `weight=N` (nginx's form).
+pub fn parse_server_entry(s: &str) -> Result<(BackendAddr, u32), String> {
+    let mut parts = s.split_whitespace();
+    let addr = parse_server(parts.next().unwrap_or(""))?;
+    let mut weight = 1;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("weight", n)) => {
+                weight = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|w| *w >= 1)
+                    .ok_or_else(|| format!("{s:?}: weight must be a whole number from 1"))?;
+            }
+            _ => return Err(format!("{s:?}: unknown option {opt:?} (expected weight=N)")),
+        }
+    }
+    Ok((addr, weight))
+}
+
 /// `ip:port`, `[v6]:port`, `localhost:port`, `*:port` or a bare port (all interfaces).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
@@ -107,6 +127,10 @@ mod tests {
         assert!(parse_server("127.0.0.1:99999").is_err());
         assert!(parse_server("unix:").is_err());
         assert!(parse_server("http://a:1/x").is_err());
+        assert_eq!(parse_server_entry("127.0.0.1:1 weight=3").unwrap().1, 3);
+        assert_eq!(parse_server_entry("127.0.0.1:1").unwrap().1, 1);
+        assert!(parse_server_entry("127.0.0.1:1 weight=0").is_err());
+        assert!(parse_server_entry("127.0.0.1:1 backup").is_err());
     }
 
     #[test]

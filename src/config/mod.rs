@@ -3,6 +3,7 @@
 //! (`validate`).
 
 pub mod addr;
+pub mod balance;
 pub mod load;
 pub mod types;
 pub mod validate;

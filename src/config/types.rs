@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::workers::{Health, Restart, WorkerListen, Workers};
 
 /// The whole `proxy.yaml`.
@@ -78,6 +79,23 @@ pub struct Upstream {
     /// App processes proxyd launches and supervises, instead of `servers`.
     #[serde(default)]
     pub workers: Option<Workers>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `balance: hash`: `client_ip`, `header:NAME` or `cookie:NAME`.
+    #[serde(default)]
+    pub hash_key: Option<Spanned<String>>,
+    /// Requests in flight per server at most (`servers:`; workers have their own).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    #[serde(default)]
+    pub queue: Queue,
+    #[serde(default)]
+    pub retries: Retries,
+    #[serde(default)]
+    pub eject: Eject,
+    /// A backend that just became healthy ramps its weight up over this long (0: off).
+    #[serde(default = "zero", deserialize_with = "duration")]
+    pub slow_start: Duration,
 }
 
 impl Upstream {
@@ -89,6 +107,14 @@ impl Upstream {
             pool.idle_timeout = pool.idle_timeout.min(w.keepalive / 2);
         }
         pool
+    }
+
+    /// Requests in flight per backend at most.
+    pub fn concurrency(&self) -> usize {
+        match &self.workers {
+            Some(w) => w.concurrency,
+            None => self.concurrency.unwrap_or(usize::MAX),
+        }
     }
 
     /// The time a backend has for a response head: `request_timeout` for workers.
@@ -144,9 +170,14 @@ pub struct Limits {
     /// Largest request body accepted (413 past it).
     #[serde(default = "default_max_body", deserialize_with = "size")]
     pub max_body: u64,
-    /// Bodies up to this size are read whole before a backend is picked; larger ones stream.
+    /// Bodies up to this size are read whole into memory before a backend is picked; larger
+    /// ones stream, except to workers: for them the rest goes to a temp file first.
     #[serde(default = "default_buffer_body", deserialize_with = "size")]
     pub buffer_body: u64,
+    /// A worker's response is read ahead of a slow client into this much memory, the rest to
+    /// a temp file, so the worker is free once it has answered.
+    #[serde(default = "default_buffer_response", deserialize_with = "size")]
+    pub buffer_response: u64,
     /// Open client connections per listener; past it, accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -159,6 +190,7 @@ impl Default for Limits {
             max_headers: default_max_headers(),
             max_body: default_max_body(),
             buffer_body: default_buffer_body(),
+            buffer_response: default_buffer_response(),
             max_connections: default_max_connections(),
         }
     }
@@ -257,7 +289,7 @@ pub(super) fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D
     size(d).map(Some)
 }
 
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -278,6 +310,9 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+fn zero() -> Duration {
+    Duration::ZERO
+}
 fn yes() -> bool {
     true
 }
@@ -306,6 +341,9 @@ fn default_max_body() -> u64 {
     100 * 1024 * 1024
 }
 fn default_buffer_body() -> u64 {
+    1024 * 1024
+}
+fn default_buffer_response() -> u64 {
     1024 * 1024
 }
 fn default_max_connections() -> usize {

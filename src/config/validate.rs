@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
-use super::addr::{parse_listen, parse_server};
+use super::addr::{parse_listen, parse_server_entry};
+use super::balance::{Balance, HashKey};
 use super::load::{ConfigError, Loaded};
 use super::workers::Workers;
 use crate::proxy::route::HostMatch;
@@ -87,8 +88,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             (None, Some(_)) => {}
         }
         for s in &up.servers {
-            parse_server(&s.value).map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
+            parse_server_entry(&s.value)
+                .map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
         }
+        validate_balancing(file, name, up)?;
     }
 
     if cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
@@ -177,6 +180,41 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     }
     if cfg.threads == Some(0) {
         return Err(ConfigError::new(file, None, "threads: must be at least 1"));
+    }
+    Ok(())
+}
+
+fn validate_balancing(file: &str, name: &str, up: &super::Upstream) -> Result<(), ConfigError> {
+    let key = format!("upstreams.{name}");
+    let plain = |msg: String| Err(ConfigError::new(file, None, msg));
+    match (&up.hash_key, up.balance) {
+        (Some(k), Balance::Hash) => {
+            HashKey::parse(k)
+                .map_err(|m| ConfigError::at(file, &k.referenced, format!("{key}: {m}")))?;
+        }
+        (None, Balance::Hash) => return plain(format!("{key}: balance: hash needs a hash_key")),
+        (Some(k), _) => {
+            return Err(ConfigError::at(
+                file,
+                &k.referenced,
+                format!("{key}.hash_key: only used with balance: hash"),
+            ))
+        }
+        (None, _) => {}
+    }
+    if up.concurrency == Some(0) || up.workers.as_ref().is_some_and(|w| w.concurrency == 0) {
+        return plain(format!("{key}: concurrency must be at least 1"));
+    }
+    if up.retries.attempts == 0 {
+        return plain(format!(
+            "{key}.retries.attempts: at least 1 (the first try)"
+        ));
+    }
+    if !(up.retries.budget >= 0.0 && up.retries.budget.is_finite()) {
+        return plain(format!("{key}.retries.budget: a ratio such as 0.2"));
+    }
+    if up.eject.failures > 0 && up.eject.base.is_zero() {
+        return plain(format!("{key}.eject.base: must be longer than 0s"));
     }
     Ok(())
 }

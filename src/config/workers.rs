@@ -18,6 +18,9 @@ pub struct Workers {
     /// Default: 2 x cores + 1 (gunicorn's advice).
     #[serde(default)]
     pub count: Option<usize>,
+    /// Requests one worker takes at a time; more wait in the upstream's queue.
+    #[serde(default = "one_usize")]
+    pub concurrency: usize,
     /// `tcp` (a loopback port per worker) or `unix` (a socket per worker).
     #[serde(default)]
     pub listen: WorkerListen,
@@ -137,6 +140,9 @@ impl Workers {
     }
 }
 
+fn one_usize() -> usize {
+    1
+}
 fn one() -> u32 {
     1
 }

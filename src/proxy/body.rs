@@ -1,5 +1,6 @@
-//! Request bodies (buffered before a backend is picked, or streamed past `buffer_body`) and
-//! response bodies (a backend's stream, or a body proxyd wrote itself).
+//! Request bodies (buffered before a backend is picked; past `buffer_body` streamed, or for
+//! workers spooled to a temp file) and response bodies (a backend's stream, a worker's body
+//! read ahead into a buffer, or a body proxyd wrote itself).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::error::{Cause, ProxyError};
+use super::spool::{RequestSpooler, SpooledRequest, SpooledResponse};
 use crate::upstream::pool::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,6 +26,8 @@ pub struct BodyLimits {
     pub buffer_body: u64,
     /// Longest wait between two reads.
     pub read_timeout: Duration,
+    /// Memory for a worker's response read ahead of its client; the rest goes to a file.
+    pub buffer_response: u64,
 }
 
 /// The request body proxyd sends upstream.
@@ -36,6 +40,8 @@ pub enum RequestBody {
     },
     /// Larger than `buffer_body`: what was read so far, then the rest as it arrives.
     Streaming(Box<Streaming>),
+    /// Larger than `buffer_body`, for a worker: read whole, the rest in a temp file; replayable.
+    Spooled(Box<SpooledRequest>),
 }
 
 pub struct Streaming {
@@ -53,6 +59,7 @@ impl RequestBody {
         match self {
             RequestBody::Empty => Some(0),
             RequestBody::Buffered { data, .. } => Some(data.len() as u64),
+            RequestBody::Spooled(s) => Some(s.len()),
             RequestBody::Streaming(_) => None,
         }
     }
@@ -65,27 +72,29 @@ impl RequestBody {
                 data: data.clone(),
                 trailers: trailers.clone(),
             }),
+            RequestBody::Spooled(s) => Some(RequestBody::Spooled(Box::new(s.replay()))),
             RequestBody::Streaming(_) => None,
         }
     }
 
     pub fn has_trailers(&self) -> bool {
-        matches!(
-            self,
-            RequestBody::Buffered {
-                trailers: Some(_),
-                ..
-            }
-        )
+        match self {
+            RequestBody::Buffered { trailers, .. } => trailers.is_some(),
+            RequestBody::Spooled(s) => s.has_trailers(),
+            _ => false,
+        }
     }
 }
 
-/// Reads `body` up to `limits.buffer_body`; past that the rest streams. Bodies declared or found
-/// larger than `max_body` are refused, malformed ones too, before anything goes upstream.
+/// Reads `body` up to `limits.buffer_body`; past that the rest streams, or with `spool` (for
+/// one-request-at-a-time workers) is read whole into a temp file, so a slow upload holds no
+/// worker. Bodies declared or found larger than `max_body` are refused, malformed ones too,
+/// before anything goes upstream.
 pub async fn read_request_body(
     mut body: Incoming,
     declared: Option<u64>,
     limits: &BodyLimits,
+    spool: bool,
 ) -> Result<RequestBody, ProxyError> {
     if declared.is_some_and(|n| n > limits.max_body) {
         return Err(ProxyError::new(
@@ -100,6 +109,7 @@ pub async fn read_request_body(
     let mut more: Option<BytesMut> = None;
     let mut total: u64 = 0;
     let mut trailers = None;
+    let mut spooler: Option<RequestSpooler> = None;
     loop {
         let frame = match tokio::time::timeout(
             limits.read_timeout,
@@ -138,6 +148,10 @@ pub async fn read_request_body(
                 "request body over max_body",
             ));
         }
+        if let Some(s) = &mut spooler {
+            s.push(&frame).await.map_err(temp_file_error)?;
+            continue;
+        }
         match (&mut first, &mut more) {
             (None, _) => first = Some(frame),
             (Some(f), None) => {
@@ -149,10 +163,14 @@ pub async fn read_request_body(
             (Some(_), Some(buf)) => buf.extend_from_slice(&frame),
         }
         if total > limits.buffer_body {
-            let prefix = match more {
+            let prefix = match more.take() {
                 Some(buf) => buf.freeze(),
-                None => first.unwrap_or_default(),
+                None => first.take().unwrap_or_default(),
             };
+            if spool {
+                spooler = Some(RequestSpooler::new(prefix).await.map_err(temp_file_error)?);
+                continue;
+            }
             return Ok(RequestBody::Streaming(Box::new(Streaming {
                 prefix: Some(prefix),
                 rest: body,
@@ -162,6 +180,10 @@ pub async fn read_request_body(
             })));
         }
     }
+    if let Some(s) = spooler {
+        let spooled = s.finish(trailers).await.map_err(temp_file_error)?;
+        return Ok(RequestBody::Spooled(Box::new(spooled)));
+    }
     let data = match more {
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
@@ -170,6 +192,10 @@ pub async fn read_request_body(
         return Ok(RequestBody::Empty);
     }
     Ok(RequestBody::Buffered { data, trailers })
+}
+
+fn temp_file_error(e: std::io::Error) -> ProxyError {
+    ProxyError::new(Cause::Internal, format_args!("request body temp file: {e}"))
 }
 
 impl Body for RequestBody {
@@ -189,6 +215,7 @@ impl Body for RequestBody {
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
             RequestBody::Streaming(s) => s.poll_next(cx),
+            RequestBody::Spooled(s) => s.poll_next(cx),
         }
     }
 
@@ -196,6 +223,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::Buffered { data, trailers } => data.is_empty() && trailers.is_none(),
+            RequestBody::Spooled(s) => s.is_end_stream(),
             RequestBody::Streaming(_) => false,
         }
     }
@@ -204,6 +232,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Buffered { data, .. } => SizeHint::with_exact(data.len() as u64),
+            RequestBody::Spooled(s) => SizeHint::with_exact(s.len()),
             RequestBody::Streaming(_) => SizeHint::default(),
         }
     }
@@ -242,6 +271,8 @@ pub enum ResponseBody {
     /// Written by proxyd itself (errors, admin pages).
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// A worker's body, read ahead so the worker is free before the client has it all.
+    Spooled(SpooledResponse),
 }
 
 impl ResponseBody {
@@ -265,6 +296,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Spooled(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -272,6 +304,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Spooled(b) => b.is_end_stream(),
         }
     }
 
@@ -281,6 +314,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Spooled(b) => b.size_hint(),
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Cause {
     ClientBodyTimeout,
     NoRoute,
     NoBackend,
+    /// Every backend slot is taken and the queue is full.
+    QueueFull,
+    /// A queued request waited `queue.timeout` for a slot.
+    QueueTimeout,
     UpstreamConnectRefused,
     UpstreamConnectTimeout,
     UpstreamConnectFailed,
@@ -46,7 +50,9 @@ impl Cause {
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::NoRoute => StatusCode::NOT_FOUND,
-            Cause::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::NoBackend | Cause::QueueFull | Cause::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Cause::UpstreamConnectRefused
             | Cause::UpstreamConnectTimeout
             | Cause::UpstreamConnectFailed
@@ -67,6 +73,8 @@ impl Cause {
             Cause::ClientBodyTimeout => "client-body-timeout",
             Cause::NoRoute => "no-route",
             Cause::NoBackend => "no-healthy-backend",
+            Cause::QueueFull => "queue-full",
+            Cause::QueueTimeout => "queue-timeout",
             Cause::UpstreamConnectRefused => "upstream-connect-refused",
             Cause::UpstreamConnectTimeout => "upstream-connect-timeout",
             Cause::UpstreamConnectFailed => "upstream-connect-failed",
@@ -84,7 +92,11 @@ impl Cause {
             | Cause::BodyTooLarge
             | Cause::ClientHeaderTimeout
             | Cause::ClientBodyTimeout => Side::Client,
-            Cause::NoRoute | Cause::NoBackend | Cause::Internal => Side::Internal,
+            Cause::NoRoute
+            | Cause::NoBackend
+            | Cause::QueueFull
+            | Cause::QueueTimeout
+            | Cause::Internal => Side::Internal,
             _ => Side::Upstream,
         }
     }

@@ -8,6 +8,8 @@ use http::{request, response, Method, Uri, Version};
 
 use super::body::RequestBody;
 use super::error::{Cause, ProxyError};
+use crate::config::HashKey;
+use crate::upstream::backend::hash_str;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -220,7 +222,7 @@ pub fn prepare_request(
 
     // Framing: the buffered length, chunked when trailers follow or the length is unknown.
     match body {
-        RequestBody::Buffered { .. } if body.has_trailers() => {
+        RequestBody::Buffered { .. } | RequestBody::Spooled(_) if body.has_trailers() => {
             h.remove(header::CONTENT_LENGTH);
             h.insert(
                 header::TRANSFER_ENCODING,
@@ -229,6 +231,9 @@ pub fn prepare_request(
         }
         RequestBody::Buffered { data, .. } => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+        }
+        RequestBody::Spooled(s) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(s.len()));
         }
         RequestBody::Empty if had_body_framing => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -258,6 +263,30 @@ pub fn prepare_request(
     }
     parts.version = Version::HTTP_11;
     backend_host
+}
+
+/// The request's key for `balance: hash`; None when it has none (it is then balanced by
+/// load).
+pub fn hash_key(key: &HashKey, h: &HeaderMap, peer: Option<std::net::SocketAddr>) -> Option<u64> {
+    match key {
+        HashKey::ClientIp => peer.map(|p| hash_str(&p.ip().to_string())),
+        HashKey::Header(name) => h.get(name).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => h
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| hash_str(v)),
+    }
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
 }
 
 /// HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one, joined by "; ".

@@ -7,12 +7,14 @@ pub mod forward;
 pub mod headers;
 pub mod route;
 pub mod snapshot;
+pub mod spool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -20,8 +22,10 @@ use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
 pub use snapshot::Snapshot;
+use spool::SpooledResponse;
 
 use crate::upstream::pool::UpstreamBody;
+use crate::upstream::stats::Stats;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
 
 /// What the pipeline knows about the client connection a request came on.
@@ -94,7 +98,13 @@ async fn proxy(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = read_request_body(incoming, declared, &snap.body_limits).await?;
+    let body = read_request_body(
+        incoming,
+        declared,
+        &snap.body_limits,
+        upstream.buffer_bodies,
+    )
+    .await?;
 
     // pick + forward
     let side = ClientSide {
@@ -103,12 +113,17 @@ async fn proxy(
         preserve_host: snap.preserve_host,
     };
     let idempotent = forward::is_idempotent(&parts.method, &parts.headers);
+    let key = upstream
+        .hash_key
+        .as_ref()
+        .and_then(|k| headers::hash_key(k, &parts.headers, conn.peer));
     let backend_host = headers::prepare_request(&mut parts, &body, upgrade, &side);
     let (sent, flight) = pick_and_send(
         upstream,
         Request::from_parts(parts, body),
         idempotent,
         backend_host,
+        key,
     )
     .await?;
     let backend = flight.backend().clone();
@@ -133,72 +148,115 @@ async fn proxy(
         );
     }
     let body = UpstreamBody::new(rbody, flight, sent.conn.sender);
-    Ok(Response::from_parts(rparts, ResponseBody::Upstream(body)))
+    let body = if upstream.buffer_bodies && !body.is_end_stream() {
+        ResponseBody::Spooled(SpooledResponse::start(
+            body,
+            snap.body_limits.buffer_response,
+        ))
+    } else {
+        ResponseBody::Upstream(body)
+    };
+    Ok(Response::from_parts(rparts, body))
 }
 
-/// Attempts per request: the first and up to two retries on other backends.
-const MAX_ATTEMPTS: usize = 3;
-
-/// Picks a backend and sends; retries on another backend what is safe to retry: any request
-/// none of which reached the failed backend, and an idempotent one with a replayable body
-/// when the backend failed before any response byte. That replay happens once only, so a
-/// request that kills its worker cannot take down more than two.
+/// Takes a backend slot (waiting in the queue if need be) and sends; retries on another
+/// backend what is safe to retry, within `retries.attempts` and the retry budget: any request
+/// none of which reached the failed backend, and once, an idempotent one with a replayable
+/// body when the backend failed before any response byte (so a request that kills its worker
+/// cannot take down more than two).
 async fn pick_and_send(
+    upstream: &Upstream,
+    req: Request<body::RequestBody>,
+    idempotent: bool,
+    backend_host: bool,
+    key: Option<u64>,
+) -> Result<(forward::Sent, InFlight), ProxyError> {
+    Stats::add(&upstream.stats.requests);
+    upstream.budget.deposit();
+    let result = attempts(upstream, req, idempotent, backend_host, key).await;
+    if let Err(e) = &result {
+        upstream.stats.error(e.cause);
+    }
+    result
+}
+
+async fn attempts(
     upstream: &Upstream,
     mut req: Request<body::RequestBody>,
     idempotent: bool,
     backend_host: bool,
+    key: Option<u64>,
 ) -> Result<(forward::Sent, InFlight), ProxyError> {
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut replayed = false;
+    // The failure being retried: if no backend can be had for the retry, it is the answer.
+    let mut previous: Option<ProxyError> = None;
+    let replayable = req
+        .body()
+        .buffered_len()
+        .is_some_and(|n| n <= upstream.retries.max_body);
     loop {
-        let Some(backend) = upstream.pick(&tried) else {
-            return Err(ProxyError::new(
-                Cause::NoBackend,
-                format_args!("upstream {} has no ready backend", upstream.name),
-            ));
+        let flight = match upstream.acquire(key, tried.clone()).await {
+            Ok(f) => f,
+            Err(cause) => {
+                return Err(previous.take().unwrap_or_else(|| {
+                    ProxyError::new(cause, format_args!("upstream {}", upstream.name))
+                }))
+            }
         };
+        let backend = flight.backend().clone();
         if backend_host {
             forward::set_backend_host(&mut req, &backend);
         }
-        let last = tried.len() + 1 >= MAX_ATTEMPTS || upstream.ready_count() <= tried.len() + 1;
-        let spare = if idempotent && !last && !replayed {
+        let last = tried.len() + 1 >= upstream.retries.attempts
+            || !(upstream.dynamic || upstream.backends().len() > tried.len() + 1);
+        let spare = if idempotent && replayable && !last && !replayed {
             forward::replayable_copy(&req)
         } else {
             None
         };
-        let flight = backend.begin();
-        let failed = match forward::send(
+        let started = tokio::time::Instant::now();
+        let sent = forward::send(
             &backend,
             req,
             upstream.connect_timeout,
             upstream.response_timeout,
         )
-        .await
-        {
-            Ok(sent) => return Ok((sent, flight)),
+        .await;
+        let failed = match sent {
+            Ok(sent) => {
+                let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                backend.observe_latency(nanos);
+                upstream.record(&backend, sent.response.status().is_server_error());
+                return Ok((sent, flight));
+            }
             Err(f) => f,
         };
         drop(flight);
+        upstream.record(&backend, true);
         if failed.error.cause == Cause::UpstreamResponseTimeout {
             backend.report(WorkerEvent::Hung);
         }
-        let again = match (failed.request, spare) {
-            (Some(unsent), _) => Some(unsent),
+        let (again, counter) = match (failed.request, spare) {
+            (Some(unsent), _) => (unsent, &upstream.stats.retried_unsent),
             (None, Some(copy)) if failed.error.cause == Cause::UpstreamClosed => {
                 replayed = true;
-                Some(copy)
-            }
-            _ => None,
-        };
-        match again {
-            Some(r) if !last => {
-                tracing::debug!(backend = %backend.label, error = %failed.error, "retrying on another backend");
-                req = r;
-                tried.push(backend);
+                (copy, &upstream.stats.retried_replayed)
             }
             _ => return Err(failed.error),
+        };
+        if last {
+            return Err(failed.error);
         }
+        if !upstream.budget.try_withdraw() {
+            Stats::add(&upstream.stats.retry_budget_exhausted);
+            return Err(failed.error);
+        }
+        Stats::add(counter);
+        tracing::debug!(backend = %backend.label, error = %failed.error, "retrying on another backend");
+        req = again;
+        tried.push(backend);
+        previous = Some(failed.error);
     }
 }
 

@@ -30,10 +30,10 @@ impl Snapshot {
             let addrs = up
                 .servers
                 .iter()
-                .map(|s| addr::parse_server(&s.value))
+                .map(|s| addr::parse_server_entry(&s.value))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(fail)?;
-            upstreams.push(Arc::new(Upstream::new(name, addrs, up)));
+            upstreams.push(Upstream::new(name, addrs, up));
         }
         let index = |name: &str| upstreams.iter().position(|u| u.name == name);
         let router = if cfg.routes.is_empty() {
@@ -60,6 +60,7 @@ impl Snapshot {
                 max_body: cfg.limits.max_body,
                 buffer_body: cfg.limits.buffer_body,
                 read_timeout: cfg.timeouts.client_body,
+                buffer_response: cfg.limits.buffer_response,
             },
             request_id,
             preserve_host: cfg.headers.preserve_host,

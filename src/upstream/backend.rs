@@ -1,12 +1,17 @@
 //! One backend: its address, keepalive pool, state, and the live figures the balancer and the
 //! worker supervisor read (in-flight and served requests).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::clock::now_ns;
 use super::pool::Pool;
+use super::Upstream;
 use crate::config::BackendAddr;
 
 /// Where a backend stands; only `Ready` backends get new requests.
@@ -68,6 +73,18 @@ impl WorkerLink {
     }
 }
 
+/// How a backend was made: its address, pool, limits and what supervises it.
+pub struct BackendSpec {
+    pub addr: BackendAddr,
+    pub pool: Pool,
+    pub worker: Option<WorkerLink>,
+    /// Requests in flight at most.
+    pub limit: usize,
+    pub weight: u32,
+    /// It just became healthy (a new worker): slow start applies.
+    pub fresh: bool,
+}
+
 pub struct Backend {
     pub addr: BackendAddr,
     /// `addr` as text, for headers and logs.
@@ -78,18 +95,50 @@ pub struct Backend {
     pub served: AtomicU64,
     /// Set for a worker proxyd supervises.
     pub worker: Option<WorkerLink>,
+    pub limit: usize,
+    pub weight: u32,
+    /// For rendezvous hashing: a stable number for this backend.
+    pub hash_id: u64,
+    /// When it last became healthy (slow start counts from here).
+    healthy_since: AtomicU64,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: AtomicU64,
+    /// Peak-EWMA of response-head latency, and when it was last updated.
+    ewma_ns: AtomicU64,
+    ewma_at: AtomicU64,
+    /// Smooth weighted round robin's running weight.
+    pub(super) rr_current: AtomicI64,
+    /// The group, told when a slot frees or the backend becomes ready.
+    upstream: Weak<Upstream>,
 }
 
+/// The peak-EWMA decay time (Finagle's default).
+const EWMA_DECAY_NS: f64 = 10e9;
+
 impl Backend {
-    pub fn new(addr: BackendAddr, pool: Pool, worker: Option<WorkerLink>) -> Backend {
+    pub fn new(spec: BackendSpec, upstream: Weak<Upstream>) -> Backend {
+        let label = spec.addr.to_string();
+        let now = now_ns();
         Backend {
-            label: addr.to_string(),
-            addr,
-            pool,
+            hash_id: hash_str(&label),
+            label,
+            addr: spec.addr,
+            pool: spec.pool,
             state: AtomicU8::new(BackendState::Ready as u8),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
-            worker,
+            worker: spec.worker,
+            limit: spec.limit.max(1),
+            weight: spec.weight.max(1),
+            healthy_since: AtomicU64::new(if spec.fresh { now } else { 0 }),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ewma_ns: AtomicU64::new(0),
+            ewma_at: AtomicU64::new(now),
+            rr_current: AtomicI64::new(0),
+            upstream,
         }
     }
 
@@ -98,17 +147,98 @@ impl Backend {
     }
 
     pub fn set_state(&self, s: BackendState) {
-        self.state.store(s as u8, Ordering::Release);
+        let before = self.state.swap(s as u8, Ordering::AcqRel);
+        if s == BackendState::Ready && before != s as u8 {
+            self.healthy_since.store(now_ns(), Ordering::Release);
+            if let Some(up) = self.upstream.upgrade() {
+                up.kick();
+            }
+        }
     }
 
     pub fn is_ready(&self) -> bool {
         self.state() == BackendState::Ready
     }
 
-    /// Counts a request in flight until the returned guard drops.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Acquire) > now
+    }
+
+    pub fn has_capacity(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < self.limit
+    }
+
+    /// Takes a slot if one is free.
+    pub(super) fn try_reserve(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// The weight in force: ramping up from a tenth over `slow_start` after becoming healthy.
+    pub fn effective_weight(&self, now: u64, slow_start_ns: u64) -> f64 {
+        let w = f64::from(self.weight);
+        if slow_start_ns == 0 {
+            return w;
+        }
+        let since = now.saturating_sub(self.healthy_since.load(Ordering::Acquire));
+        w * (since as f64 / slow_start_ns as f64).clamp(0.1, 1.0)
+    }
+
+    /// Peak-EWMA latency in nanoseconds (0 before the first response).
+    pub fn latency_ns(&self) -> u64 {
+        self.ewma_ns.load(Ordering::Relaxed)
+    }
+
+    /// Records a response head's latency: a slower sample takes over at once, faster ones
+    /// pull the average down gradually.
+    pub fn observe_latency(&self, sample_ns: u64) {
+        let now = now_ns();
+        let prev = self.ewma_ns.load(Ordering::Relaxed);
+        let dt = now.saturating_sub(self.ewma_at.swap(now, Ordering::Relaxed)) as f64;
+        let next = if sample_ns > prev {
+            sample_ns
+        } else {
+            let w = (-dt / EWMA_DECAY_NS).exp();
+            (prev as f64 * w + sample_ns as f64 * (1.0 - w)) as u64
+        };
+        self.ewma_ns.store(next, Ordering::Relaxed);
+    }
+
+    /// Consecutive failures so far (for choosing the least bad when failing open).
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn record_success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a failure; returns true when it ejects the backend, for a time that doubles
+    /// with each ejection in a row.
+    pub fn record_failure(&self, eject: &crate::config::Eject) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if eject.failures == 0 || n < eject.failures {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let now = now_ns();
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        // Ejections in a row double; a backend that stayed healthy a while starts over.
+        let max_ns = u64::try_from(eject.max.as_nanos()).unwrap_or(u64::MAX);
+        if until != 0 && now > until.saturating_add(max_ns) {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = eject.base.saturating_mul(1 << k).min(eject.max);
+        let length_ns = u64::try_from(length.as_nanos()).unwrap_or(u64::MAX);
+        self.ejected_until
+            .store(now.saturating_add(length_ns), Ordering::Release);
+        self.healthy_since
+            .store(now.saturating_add(length_ns), Ordering::Release);
+        true
     }
 
     /// Tells the supervisor, if any, about this worker.
@@ -119,19 +249,38 @@ impl Backend {
     }
 }
 
-/// One request on a backend; dropping it ends the request.
-pub struct InFlight(Arc<Backend>);
+/// One request's slot on a backend; dropping it frees the slot for the next waiter.
+pub struct InFlight(Option<Arc<Backend>>);
 
 impl InFlight {
+    /// Wraps a slot already taken with `try_reserve`.
+    pub(super) fn reserved(b: Arc<Backend>) -> InFlight {
+        InFlight(Some(b))
+    }
+
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        // Only `unclaimed` empties it, and it consumes the guard.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("an InFlight always holds its backend"))
+    }
+
+    /// Gives back a slot no request used, without waking the queue (the caller is the one
+    /// dispatching it).
+    pub(super) fn unclaimed(mut self) {
+        if let Some(b) = self.0.take() {
+            b.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let b = &self.0;
+        let Some(b) = self.0.take() else { return };
         b.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(up) = b.upstream.upgrade() {
+            up.released();
+        }
         let served = b.served.fetch_add(1, Ordering::AcqRel) + 1;
         if let Some(w) = &b.worker {
             if w.max_requests > 0
@@ -142,4 +291,11 @@ impl Drop for InFlight {
             }
         }
     }
+}
+
+/// A stable 64-bit hash (for rendezvous hashing of keys and backends).
+pub fn hash_str(s: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }

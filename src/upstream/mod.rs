@@ -1,21 +1,38 @@
-//! Upstream groups and their backends: the backend itself (`backend`), balancing
-//! (`balancer`), new connections (`connect`) and the per-backend keepalive pool (`pool`).
-//! A group's backend list can change while requests run: worker restarts swap it.
+//! Upstream groups and their backends: the backend (`backend`), balancing policies
+//! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
+//! (`stats`), new connections (`connect`) and the keepalive pool (`pool`).
+//!
+//! A request takes a slot on a backend (`acquire`): a backend never has more requests in
+//! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
+//! queue, bounded in length and time. A group's backend list can change while requests run:
+//! worker restarts swap it.
 
 pub mod backend;
 pub mod balancer;
+pub mod budget;
+pub mod clock;
 pub mod connect;
 pub mod pool;
+pub mod queue;
+pub mod stats;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
 
 use crate::config::{self, BackendAddr};
-pub use backend::{Backend, BackendState, InFlight, WorkerEvent, WorkerLink};
-use balancer::RoundRobin;
+use crate::proxy::error::Cause;
+pub use backend::{Backend, BackendSpec, BackendState, InFlight, WorkerEvent, WorkerLink};
+use balancer::{Choice, Policy};
+use budget::RetryBudget;
+use clock::now_ns;
 use pool::Pool;
+use queue::{Waiter, Waiters};
+use stats::Stats;
 
 /// A named group of backends that routes point at.
 pub struct Upstream {
@@ -23,38 +40,95 @@ pub struct Upstream {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// One-request-at-a-time workers: read request bodies whole and responses ahead of slow
+    /// clients, so a slow client never holds a worker (nginx's buffering). Static servers
+    /// stream.
+    pub buffer_bodies: bool,
     pool: config::Pool,
-    balancer: RoundRobin,
+    concurrency: usize,
+    policy: Policy,
+    pub hash_key: Option<config::HashKey>,
+    queue_max: usize,
+    pub queue_timeout: Duration,
+    waiters: Waiters,
+    next_waiter: AtomicU64,
+    pub retries: config::Retries,
+    pub budget: RetryBudget,
+    pub eject: config::Eject,
+    slow_start_ns: u64,
+    /// Its backends are workers, which come and go: a retry may wait for a replacement.
+    pub dynamic: bool,
+    /// Its workers keep crashing: answer at once instead of queueing.
+    failed: AtomicBool,
+    pub stats: Stats,
+    me: Weak<Upstream>,
 }
 
 impl Upstream {
-    /// A group over fixed `addrs` (an empty list for one whose workers are still starting).
-    pub fn new(name: &str, addrs: Vec<BackendAddr>, cfg: &config::Upstream) -> Upstream {
-        let pool = cfg.effective_pool();
-        let backends = addrs
-            .into_iter()
-            .map(|addr| {
-                Arc::new(Backend::new(
-                    addr,
-                    Pool::new(pool.max_idle, pool.idle_timeout),
-                    None,
-                ))
-            })
-            .collect();
-        Upstream {
-            name: name.to_string(),
-            backends: ArcSwap::from_pointee(backends),
-            connect_timeout: cfg.connect_timeout,
-            response_timeout: cfg.effective_response_timeout(),
-            pool,
-            balancer: RoundRobin::default(),
-        }
+    /// A group over fixed `servers` (address, weight); empty for one whose workers are still
+    /// starting.
+    pub fn new(
+        name: &str,
+        servers: Vec<(BackendAddr, u32)>,
+        cfg: &config::Upstream,
+    ) -> Arc<Upstream> {
+        Arc::new_cyclic(|me: &Weak<Upstream>| {
+            let pool = cfg.effective_pool();
+            let concurrency = cfg.concurrency();
+            let backends = servers
+                .into_iter()
+                .map(|(addr, weight)| {
+                    let spec = BackendSpec {
+                        addr,
+                        pool: Pool::new(pool.max_idle, pool.idle_timeout),
+                        worker: None,
+                        limit: concurrency,
+                        weight,
+                        fresh: false,
+                    };
+                    Arc::new(Backend::new(spec, me.clone()))
+                })
+                .collect();
+            Upstream {
+                name: name.to_string(),
+                backends: ArcSwap::from_pointee(backends),
+                connect_timeout: cfg.connect_timeout,
+                response_timeout: cfg.effective_response_timeout(),
+                buffer_bodies: cfg.workers.is_some(),
+                pool,
+                concurrency,
+                policy: Policy::new(cfg.balance),
+                hash_key: cfg
+                    .hash_key
+                    .as_ref()
+                    .and_then(|k| config::HashKey::parse(k).ok()),
+                queue_max: cfg.queue.max,
+                queue_timeout: cfg.queue.timeout,
+                waiters: Waiters::default(),
+                next_waiter: AtomicU64::new(0),
+                budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
+                retries: cfg.retries.clone(),
+                eject: cfg.eject.clone(),
+                slow_start_ns: u64::try_from(cfg.slow_start.as_nanos()).unwrap_or(u64::MAX),
+                dynamic: cfg.workers.is_some(),
+                failed: AtomicBool::new(false),
+                stats: Stats::default(),
+                me: me.clone(),
+            }
+        })
     }
 
-    /// A backend for a new worker of this group, with the group's pool settings.
+    /// A backend for a new worker of this group, with the group's pool and limits.
     pub fn new_backend(&self, addr: BackendAddr, worker: WorkerLink) -> Arc<Backend> {
-        let pool = Pool::new(self.pool.max_idle, self.pool.idle_timeout);
-        Arc::new(Backend::new(addr, pool, Some(worker)))
+        let spec = BackendSpec {
+            addr,
+            pool: Pool::new(self.pool.max_idle, self.pool.idle_timeout),
+            worker: Some(worker),
+            limit: self.concurrency,
+            weight: 1,
+            fresh: true,
+        };
+        Arc::new(Backend::new(spec, self.me.clone()))
     }
 
     /// The current backends, whatever their state.
@@ -62,12 +136,14 @@ impl Upstream {
         self.backends.load_full()
     }
 
+    /// Puts a backend in the rotation; waiting requests may take its slots at once.
     pub fn add(&self, b: Arc<Backend>) {
         self.backends.rcu(|list| {
             let mut list = Vec::clone(list);
             list.push(b.clone());
             list
         });
+        self.kick();
     }
 
     pub fn remove(&self, b: &Arc<Backend>) {
@@ -83,17 +159,182 @@ impl Upstream {
         self.backends.load().iter().filter(|b| b.is_ready()).count()
     }
 
-    /// The next ready backend not in `tried`, round robin.
-    pub fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
-        let list = self.backends.load();
-        let n = list.len();
-        if n == 0 {
-            return None;
+    /// Marks the group as crash-looping (or recovered): while set, requests get 503 at once
+    /// and queued ones are answered.
+    pub fn set_failed(&self, failed: bool) {
+        self.failed.store(failed, Ordering::Release);
+        if failed {
+            // Dropping the senders wakes every waiter with "no backend".
+            let mut q = self.lock_waiters();
+            q.clear();
+            self.waiters.len.store(0, Ordering::SeqCst);
         }
-        let start = self.balancer.pick(n);
-        (0..n)
-            .map(|i| &list[(start + i) % n])
-            .find(|b| b.is_ready() && !tried.iter().any(|t| Arc::ptr_eq(t, b)))
-            .cloned()
     }
+
+    fn choice(&self, key: Option<u64>) -> Choice {
+        Choice {
+            now: now_ns(),
+            slow_start_ns: self.slow_start_ns,
+            key,
+        }
+    }
+
+    /// Takes a free slot now, if there is one: on a healthy backend, or — when none is
+    /// healthy — on the least bad one (fail open, never "no live upstreams").
+    fn try_take(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<InFlight> {
+        let untried = |b: &Backend| !tried.iter().any(|t| std::ptr::eq(&**t, b));
+        for _ in 0..4 {
+            let list = self.backends.load();
+            let c = self.choice(key);
+            let healthy = |b: &Backend| b.is_ready() && !b.is_ejected(c.now);
+            let pick = self
+                .policy
+                .choose(&list, |b| healthy(b) && b.has_capacity() && untried(b), c)
+                .or_else(|| {
+                    if list.iter().any(|b| healthy(b) && untried(b)) {
+                        return None;
+                    }
+                    let i = least_bad(&list, |b| {
+                        b.state() != BackendState::Draining && b.has_capacity() && untried(b)
+                    })?;
+                    Stats::add(&self.stats.failed_open);
+                    Some(i)
+                })?;
+            let b = &list[pick];
+            if b.try_reserve() {
+                return Some(InFlight::reserved(b.clone()));
+            }
+            // Another request took the slot between the choice and the reservation.
+        }
+        None
+    }
+
+    /// A slot on a backend for one request: at once when one is free, else after waiting in
+    /// the queue (a retry waits at its front). `key` feeds `balance: hash`; `tried` are
+    /// backends this request already failed on.
+    pub async fn acquire(
+        &self,
+        key: Option<u64>,
+        tried: Vec<Arc<Backend>>,
+    ) -> Result<InFlight, Cause> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Cause::NoBackend);
+        }
+        if self.waiters.len.load(Ordering::SeqCst) == 0 {
+            if let Some(f) = self.try_take(key, &tried) {
+                return Ok(f);
+            }
+        }
+        let retry = !tried.is_empty();
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut q = self.lock_waiters();
+            if q.len() >= self.queue_max {
+                return Err(Cause::QueueFull);
+            }
+            // Counted before the last look, so a slot freed right now sees a waiter.
+            self.waiters.len.fetch_add(1, Ordering::SeqCst);
+            let waiter = Waiter { id, tx, key, tried };
+            if retry {
+                q.push_front(waiter);
+            } else {
+                q.push_back(waiter);
+            }
+            self.dispatch(&mut q);
+        }
+        Stats::add(&self.stats.queued);
+        let leave = LeaveQueue { upstream: self, id };
+        let got = tokio::time::timeout(self.queue_timeout, &mut rx).await;
+        drop(leave);
+        match got {
+            Ok(Ok(flight)) => Ok(flight),
+            Ok(Err(_)) => Err(Cause::NoBackend),
+            // A slot sent just as the wait ended is still taken.
+            Err(_) => rx.try_recv().map_err(|_| Cause::QueueTimeout),
+        }
+    }
+
+    fn lock_waiters(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
+        self.waiters.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands free slots to waiters, oldest first.
+    fn dispatch(&self, q: &mut VecDeque<Waiter>) {
+        let mut i = 0;
+        while i < q.len() {
+            if q[i].tx.is_closed() {
+                q.remove(i);
+                self.waiters.len.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let Some(flight) = self.try_take(q[i].key, &q[i].tried) else {
+                if q[i].tried.is_empty() {
+                    // No slot for a plain request: none for anyone behind it either.
+                    break;
+                }
+                i += 1;
+                continue;
+            };
+            let Some(w) = q.remove(i) else { break };
+            self.waiters.len.fetch_sub(1, Ordering::SeqCst);
+            if let Err(unused) = w.tx.send(flight) {
+                unused.unclaimed();
+            }
+        }
+    }
+
+    /// A slot was freed: if anyone waits, hand it over.
+    pub(crate) fn released(&self) {
+        if self.waiters.len.load(Ordering::SeqCst) > 0 {
+            self.kick();
+        }
+    }
+
+    /// Capacity may have appeared (a backend joined or became ready): serve waiters.
+    pub fn kick(&self) {
+        let mut q = self.lock_waiters();
+        self.dispatch(&mut q);
+    }
+
+    /// Counts a finished attempt on `b` for passive ejection.
+    pub fn record(&self, b: &Backend, failed: bool) {
+        if !failed {
+            b.record_success();
+        } else if b.record_failure(&self.eject) {
+            Stats::add(&self.stats.ejected);
+            tracing::warn!(upstream = %self.name, backend = %b.label, "backend ejected after consecutive failures");
+        }
+    }
+
+    /// The requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.waiters.len.load(Ordering::SeqCst)
+    }
+}
+
+/// Takes a waiter out of the queue when its request stops waiting (served, timed out, or the
+/// client went away).
+struct LeaveQueue<'a> {
+    upstream: &'a Upstream,
+    id: u64,
+}
+
+impl Drop for LeaveQueue<'_> {
+    fn drop(&mut self) {
+        let mut q = self.upstream.lock_waiters();
+        if let Some(i) = q.iter().position(|w| w.id == self.id) {
+            q.remove(i);
+            self.upstream.waiters.len.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The eligible backend with the fewest consecutive failures (then the fewest in flight).
+fn least_bad(list: &[Arc<Backend>], ok: impl Fn(&Backend) -> bool) -> Option<usize> {
+    list.iter()
+        .enumerate()
+        .filter(|(_, b)| ok(b))
+        .min_by_key(|(_, b)| (b.failures(), b.in_flight.load(Ordering::Relaxed)))
+        .map(|(i, _)| i)
 }

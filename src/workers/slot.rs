@@ -94,6 +94,7 @@ impl Group {
             );
             tracing::error!(upstream = %self.spec.upstream, "{msg}");
             *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+            self.upstream.set_failed(true);
             return None;
         }
         // Exponential in the recent failures, with jitter so slots do not restart in step.
@@ -116,6 +117,7 @@ impl Group {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
+            self.upstream.set_failed(false);
             tracing::info!(upstream = %self.spec.upstream, "restart requested: starting workers again");
         }
     }

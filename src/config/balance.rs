@@ -1,0 +1,153 @@
+//! An upstream's balancing, admission queue, retry, ejection and slow-start settings.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::types::{duration, size};
+
+/// How a backend is chosen among those with a free slot.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    /// Fewest requests in flight (weighted).
+    #[default]
+    LeastOutstanding,
+    /// Power of two random choices on peak-EWMA latency x in-flight.
+    P2cEwma,
+    /// Consistent (rendezvous) hashing on `hash_key`.
+    Hash,
+}
+
+/// Requests waiting for a free backend slot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Waiting requests at most; past it: 503 at once.
+    #[serde(default = "default_queue_max")]
+    pub max: usize,
+    /// Longest wait; past it: 503.
+    #[serde(default = "default_queue_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            max: default_queue_max(),
+            timeout: default_queue_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Tries per request, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: usize,
+    /// Retries allowed as a share of recent requests (0.2: one retry per five requests) ...
+    #[serde(default = "default_budget")]
+    pub budget: f64,
+    /// ... but always this many per second.
+    #[serde(default = "default_min_per_second")]
+    pub min_per_second: u32,
+    /// Bodies up to this size are kept for replaying an idempotent request.
+    #[serde(default = "default_retry_max_body", deserialize_with = "size")]
+    pub max_body: u64,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: default_attempts(),
+            budget: default_budget(),
+            min_per_second: default_min_per_second(),
+            max_body: default_retry_max_body(),
+        }
+    }
+}
+
+/// Passive ejection: a backend failing requests in a row is left alone for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eject {
+    /// Consecutive connect failures or 5xx answers that eject (0: never).
+    #[serde(default = "default_eject_failures")]
+    pub failures: u32,
+    /// The first ejection's length; each further one doubles it, up to `max`.
+    #[serde(default = "default_eject_base", deserialize_with = "duration")]
+    pub base: Duration,
+    #[serde(default = "default_eject_max", deserialize_with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for Eject {
+    fn default() -> Self {
+        Eject {
+            failures: default_eject_failures(),
+            base: default_eject_base(),
+            max: default_eject_max(),
+        }
+    }
+}
+
+/// What `balance: hash` hashes: `client_ip`, `header:NAME` or `cookie:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+impl HashKey {
+    pub fn parse(s: &Spanned<String>) -> Result<HashKey, String> {
+        let v = s.value.trim();
+        if v == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = v.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("{name:?} is not a header name"));
+        }
+        if let Some(name) = v.strip_prefix("cookie:") {
+            if !name.trim().is_empty() {
+                return Ok(HashKey::Cookie(name.trim().to_string()));
+            }
+        }
+        Err(format!(
+            "hash_key {v:?}: expected client_ip, header:NAME or cookie:NAME"
+        ))
+    }
+}
+
+fn default_queue_max() -> usize {
+    100
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_attempts() -> usize {
+    3
+}
+fn default_budget() -> f64 {
+    0.2
+}
+fn default_min_per_second() -> u32 {
+    10
+}
+fn default_retry_max_body() -> u64 {
+    1024 * 1024
+}
+fn default_eject_failures() -> u32 {
+    5
+}
+fn default_eject_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_eject_max() -> Duration {
+    Duration::from_secs(60)
+}

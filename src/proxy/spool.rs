@@ -1,0 +1,534 @@
+//! Bodies held on behalf of one-request-at-a-time workers (nginx's request and response
+//! buffering): in memory up to a limit, the rest in an anonymous temp file, so a slow client
+//! never keeps a worker busy. File IO runs on tokio's blocking pool, never on a runtime thread.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::body::BoxError;
+
+/// File writes are batched to this size; file reads return pieces of it.
+const CHUNK: usize = 128 * 1024;
+
+/// An anonymous temp file (in `std::env::temp_dir()`), gone once the last handle closes.
+#[derive(Clone)]
+struct TempFile(Arc<File>);
+
+impl TempFile {
+    async fn create() -> io::Result<TempFile> {
+        let file = tokio::task::spawn_blocking(tempfile::tempfile)
+            .await
+            .map_err(io::Error::other)??;
+        Ok(TempFile(Arc::new(file)))
+    }
+
+    async fn write_at(&self, data: Bytes, offset: u64) -> io::Result<()> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Positional, so every reader keeps its own offset on the one file.
+    fn read_at(&self, offset: u64, len: usize) -> JoinHandle<io::Result<Bytes>> {
+        let file = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+    }
+}
+
+fn joined(r: Result<io::Result<Bytes>, tokio::task::JoinError>) -> io::Result<Bytes> {
+    r.map_err(io::Error::other)?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies
+
+/// Writes the part of a request body past `buffer_body` to a temp file while it is read.
+pub(super) struct RequestSpooler {
+    head: Bytes,
+    file: TempFile,
+    written: u64,
+    pending: BytesMut,
+}
+
+impl RequestSpooler {
+    /// `head`: what was read into memory before the body outgrew it.
+    pub(super) async fn new(head: Bytes) -> io::Result<RequestSpooler> {
+        Ok(RequestSpooler {
+            head,
+            file: TempFile::create().await?,
+            written: 0,
+            pending: BytesMut::new(),
+        })
+    }
+
+    /// Batched: a client trickling single bytes must not cost a file write each.
+    pub(super) async fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let data = self.pending.split().freeze();
+        let n = data.len() as u64;
+        self.file.write_at(data, self.written).await?;
+        self.written += n;
+        Ok(())
+    }
+
+    pub(super) async fn finish(
+        mut self,
+        trailers: Option<HeaderMap>,
+    ) -> io::Result<SpooledRequest> {
+        self.flush().await?;
+        Ok(SpooledRequest::new(Arc::new(Spooled {
+            head: self.head,
+            file: self.file,
+            file_len: self.written,
+            trailers,
+        })))
+    }
+}
+
+/// A whole request body: `head` in memory, then `file_len` bytes in the file.
+struct Spooled {
+    head: Bytes,
+    file: TempFile,
+    file_len: u64,
+    trailers: Option<HeaderMap>,
+}
+
+/// One pass over a spooled request body; `replay` starts another from the beginning.
+pub struct SpooledRequest {
+    body: Arc<Spooled>,
+    head_sent: bool,
+    pos: u64,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    trailers_sent: bool,
+}
+
+impl SpooledRequest {
+    fn new(body: Arc<Spooled>) -> SpooledRequest {
+        SpooledRequest {
+            body,
+            head_sent: false,
+            pos: 0,
+            reading: None,
+            trailers_sent: false,
+        }
+    }
+
+    pub fn replay(&self) -> SpooledRequest {
+        SpooledRequest::new(self.body.clone())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.body.head.len() as u64 + self.body.file_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn has_trailers(&self) -> bool {
+        self.body.trailers.is_some()
+    }
+
+    pub(super) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.head_sent {
+            self.head_sent = true;
+            if !self.body.head.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(self.body.head.clone()))));
+            }
+        }
+        if let Some(reading) = &mut self.reading {
+            let read = joined(ready!(Pin::new(reading).poll(cx)));
+            self.reading = None;
+            return Poll::Ready(Some(match read {
+                Ok(data) => {
+                    self.pos += data.len() as u64;
+                    Ok(Frame::data(data))
+                }
+                Err(e) => Err(format!("request body temp file: {e}").into()),
+            }));
+        }
+        if self.pos < self.body.file_len {
+            let len = (self.body.file_len - self.pos).min(CHUNK as u64) as usize;
+            self.reading = Some(self.body.file.read_at(self.pos, len));
+            return self.poll_next(cx);
+        }
+        if !self.trailers_sent {
+            self.trailers_sent = true;
+            if let Some(t) = &self.body.trailers {
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    pub(super) fn is_end_stream(&self) -> bool {
+        self.head_sent && self.pos >= self.body.file_len && self.trailers_sent
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response bodies
+
+/// What the pump (reading the worker) and the client's body (reading the buffer) share.
+/// Order: every byte in `mem` comes before every unread byte of the file, so the pump only
+/// puts a piece in memory when the client has read all of the file.
+#[derive(Default)]
+struct State {
+    mem: VecDeque<Bytes>,
+    mem_len: u64,
+    file: Option<TempFile>,
+    file_written: u64,
+    file_read: u64,
+    trailers: Option<HeaderMap>,
+    /// Set when the worker's body ended: Ok, or how it failed.
+    end: Option<Result<(), String>>,
+    waker: Option<Waker>,
+}
+
+impl State {
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // Nothing panics while holding it; if something did, the state is still consistent.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A worker's response body read ahead into a buffer by its own task, which releases the
+/// worker's connection and in-flight slot as soon as the worker's body has ended. The client
+/// reads from the buffer at its own pace; a worker body that failed ends in an error here too.
+pub struct SpooledResponse {
+    shared: Shared,
+    reading: Option<JoinHandle<io::Result<Bytes>>>,
+    size_hint: SizeHint,
+    done: bool,
+    /// Dropped with this body: tells the pump the client left, so it stops reading the worker.
+    _client: oneshot::Sender<()>,
+}
+
+impl SpooledResponse {
+    /// Starts reading `body` into memory up to `mem_limit` unread bytes, the rest to a file.
+    pub fn start<B>(body: B, mem_limit: u64) -> SpooledResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let shared = Shared::default();
+        let (client, gone) = oneshot::channel();
+        let size_hint = body.size_hint();
+        tokio::spawn(pump(body, shared.clone(), gone, mem_limit));
+        SpooledResponse {
+            shared,
+            reading: None,
+            size_hint,
+            done: false,
+            _client: client,
+        }
+    }
+}
+
+/// `body` is an `UpstreamBody` in proxyd (generic for the tests).
+async fn pump<B>(
+    mut body: B,
+    shared: Shared,
+    mut client_gone: oneshot::Receiver<()>,
+    mem_limit: u64,
+) where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let end = loop {
+        let frame = tokio::select! {
+            biased;
+            // Dropping the worker's body early closes its connection, as without buffering.
+            _ = &mut client_gone => return,
+            frame = body.frame() => frame,
+        };
+        let data = match frame {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(format!("upstream response body: {e}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        lock(&shared).trailers = Some(t);
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = store(&shared, data, mem_limit).await {
+            tracing::warn!(error = %e, "cannot buffer a response body");
+            break Err(format!("response body temp file: {e}"));
+        }
+    };
+    // The worker is done: its connection went back to the pool at the body's end; this drop
+    // ends the request's in-flight slot.
+    drop(body);
+    let mut s = lock(&shared);
+    s.end = Some(end);
+    s.wake();
+}
+
+async fn store(shared: &Shared, data: Bytes, mem_limit: u64) -> io::Result<()> {
+    let n = data.len() as u64;
+    let (file, offset) = {
+        let mut s = lock(shared);
+        if s.file_read == s.file_written && s.mem_len + n <= mem_limit {
+            s.mem_len += n;
+            s.mem.push_back(data);
+            s.wake();
+            return Ok(());
+        }
+        (s.file.clone(), s.file_written)
+    };
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let f = TempFile::create().await?;
+            lock(shared).file = Some(f.clone());
+            f
+        }
+    };
+    file.write_at(data, offset).await?;
+    let mut s = lock(shared);
+    s.file_written += n;
+    s.wake();
+    Ok(())
+}
+
+impl Body for SpooledResponse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(reading) = &mut this.reading {
+            let read = joined(ready!(Pin::new(reading).poll(cx)));
+            this.reading = None;
+            return Poll::Ready(Some(match read {
+                Ok(data) => {
+                    lock(&this.shared).file_read += data.len() as u64;
+                    Ok(Frame::data(data))
+                }
+                Err(e) => {
+                    this.done = true;
+                    Err(format!("response body temp file: {e}").into())
+                }
+            }));
+        }
+        let mut s = lock(&this.shared);
+        if let Some(data) = s.mem.pop_front() {
+            s.mem_len -= data.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if s.file_read < s.file_written {
+            if let Some(file) = &s.file {
+                let len = (s.file_written - s.file_read).min(CHUNK as u64) as usize;
+                this.reading = Some(file.read_at(s.file_read, len));
+                drop(s);
+                return Pin::new(this).poll_frame(cx);
+            }
+        }
+        match &s.end {
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Some(Ok(())) => {
+                this.done = true;
+                Poll::Ready(s.trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            Some(Err(e)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.clone().into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size_hint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(mut body: SpooledRequest) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = std::future::poll_fn(|cx| body.poll_next(cx)).await {
+            let frame = frame.unwrap();
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        assert!(body.is_end_stream());
+        (data, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_spooled_request_replays_byte_exact() {
+        let all: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut spooler = RequestSpooler::new(Bytes::copy_from_slice(&all[..1000]))
+            .await
+            .unwrap();
+        for piece in all[1000..].chunks(3333) {
+            spooler.push(piece).await.unwrap();
+        }
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "1".parse().unwrap());
+        let body = spooler.finish(Some(t)).await.unwrap();
+        assert_eq!(body.len(), all.len() as u64);
+        let again = body.replay();
+        for b in [body, again] {
+            let (data, trailers) = collect(b).await;
+            assert!(data == all, "spooled body differs");
+            assert_eq!(trailers.unwrap()["x-sum"], "1");
+        }
+    }
+
+    /// A worker body fed by the test; records when the pump dropped it.
+    struct Fed {
+        rx: tokio::sync::mpsc::UnboundedReceiver<Result<Frame<Bytes>, String>>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = String;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, String>>> {
+            self.rx.poll_recv(cx)
+        }
+    }
+
+    impl Drop for Fed {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    type Feed = tokio::sync::mpsc::UnboundedSender<Result<Frame<Bytes>, String>>;
+
+    fn fed(mem_limit: u64) -> (Feed, Arc<std::sync::atomic::AtomicBool>, SpooledResponse) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = Fed {
+            rx,
+            dropped: dropped.clone(),
+        };
+        (tx, dropped, SpooledResponse::start(body, mem_limit))
+    }
+
+    fn data(s: &'static [u8]) -> Result<Frame<Bytes>, String> {
+        Ok(Frame::data(Bytes::from_static(s)))
+    }
+
+    async fn wait_dropped(flag: &std::sync::atomic::AtomicBool) {
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_is_read_ahead_through_memory_and_file_in_order() {
+        let (tx, dropped, mut client) = fed(10);
+        tx.send(data(b"aaaa")).unwrap(); // memory
+        tx.send(data(b"bbbbbbbbbbbb")).unwrap(); // past the limit: file
+        tx.send(data(b"cc")).unwrap(); // file: unread file data comes first
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "18".parse().unwrap());
+        tx.send(Ok(Frame::trailers(t))).unwrap();
+        drop(tx);
+        // The worker's body ended: released before the client read a byte.
+        wait_dropped(&dropped).await;
+        let got = (&mut client).collect().await.unwrap();
+        assert_eq!(got.trailers().unwrap()["x-sum"], "18");
+        assert_eq!(&got.to_bytes()[..], b"aaaabbbbbbbbbbbbcc");
+        assert!(client.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn memory_is_used_again_once_the_client_caught_up() {
+        let (tx, _dropped, mut client) = fed(4);
+        tx.send(data(b"123456")).unwrap();
+        let first = client.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"123456");
+        tx.send(data(b"ab")).unwrap();
+        tx.send(data(b"cdef")).unwrap();
+        drop(tx);
+        let rest = (&mut client).collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_failed_worker_body_is_an_error_after_what_arrived() {
+        let (tx, _dropped, mut client) = fed(1 << 20);
+        tx.send(data(b"part")).unwrap();
+        tx.send(Err("connection reset".into())).unwrap();
+        let first = client.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"part");
+        let err = client.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        assert!(client.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_stops_the_pump() {
+        let (tx, dropped, client) = fed(1 << 20);
+        tx.send(data(b"part")).unwrap();
+        drop(client);
+        wait_dropped(&dropped).await;
+        assert!(tx.send(data(b"more")).is_err());
+    }
+}

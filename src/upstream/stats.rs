@@ -1,0 +1,77 @@
+//! Counters of what happened to an upstream's requests, one per cause, for the metrics and
+//! status pages.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::proxy::error::Cause;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    /// Requests that had to wait for a free backend slot.
+    pub queued: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub queue_timeout: AtomicU64,
+    /// Retried after nothing of the request reached the backend.
+    pub retried_unsent: AtomicU64,
+    /// Idempotent requests replayed after the backend failed before answering.
+    pub retried_replayed: AtomicU64,
+    /// Retries refused because the budget was spent.
+    pub retry_budget_exhausted: AtomicU64,
+    pub ejected: AtomicU64,
+    /// Requests sent to an unhealthy or ejected backend because no healthy one was left.
+    pub failed_open: AtomicU64,
+    pub connect_refused: AtomicU64,
+    pub connect_timeout: AtomicU64,
+    pub connect_failed: AtomicU64,
+    pub closed_early: AtomicU64,
+    pub bad_response: AtomicU64,
+    pub response_timeout: AtomicU64,
+    pub no_backend: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error answered to a client, by its cause.
+    pub fn error(&self, cause: Cause) {
+        let counter = match cause {
+            Cause::UpstreamConnectRefused => &self.connect_refused,
+            Cause::UpstreamConnectTimeout => &self.connect_timeout,
+            Cause::UpstreamConnectFailed => &self.connect_failed,
+            Cause::UpstreamClosed => &self.closed_early,
+            Cause::UpstreamProtocol => &self.bad_response,
+            Cause::UpstreamResponseTimeout => &self.response_timeout,
+            Cause::NoBackend => &self.no_backend,
+            Cause::QueueFull => &self.queue_full,
+            Cause::QueueTimeout => &self.queue_timeout,
+            _ => return,
+        };
+        Stats::add(counter);
+    }
+
+    /// Every counter by name, for reports.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("requests", get(&self.requests)),
+            ("queued", get(&self.queued)),
+            ("queue_full", get(&self.queue_full)),
+            ("queue_timeout", get(&self.queue_timeout)),
+            ("retried_unsent", get(&self.retried_unsent)),
+            ("retried_replayed", get(&self.retried_replayed)),
+            ("retry_budget_exhausted", get(&self.retry_budget_exhausted)),
+            ("ejected", get(&self.ejected)),
+            ("failed_open", get(&self.failed_open)),
+            ("connect_refused", get(&self.connect_refused)),
+            ("connect_timeout", get(&self.connect_timeout)),
+            ("connect_failed", get(&self.connect_failed)),
+            ("closed_early", get(&self.closed_early)),
+            ("bad_response", get(&self.bad_response)),
+            ("response_timeout", get(&self.response_timeout)),
+            ("no_backend", get(&self.no_backend)),
+        ]
+    }
+}
