@@ -391,7 +391,7 @@ impl Body for SpooledResponse {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 
