@@ -90,6 +90,11 @@ impl Server {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
+    /// The runtime state requests are served from (upstreams, their backends and queues).
+    pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.state.clone()
+    }
+
     /// The worker supervisors, for rolling restarts (SIGHUP, the admin API).
     pub fn supervisors(&self) -> Arc<Supervisors> {
         self.supervisors.clone()

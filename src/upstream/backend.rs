@@ -131,7 +131,8 @@ impl Backend {
             worker: spec.worker,
             limit: spec.limit.max(1),
             weight: spec.weight.max(1),
-            healthy_since: AtomicU64::new(if spec.fresh { now } else { 0 }),
+            // 0: healthy since before anyone counted (no slow start).
+            healthy_since: AtomicU64::new(if spec.fresh { now.max(1) } else { 0 }),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -149,7 +150,7 @@ impl Backend {
     pub fn set_state(&self, s: BackendState) {
         let before = self.state.swap(s as u8, Ordering::AcqRel);
         if s == BackendState::Ready && before != s as u8 {
-            self.healthy_since.store(now_ns(), Ordering::Release);
+            self.healthy_since.store(now_ns().max(1), Ordering::Release);
             if let Some(up) = self.upstream.upgrade() {
                 up.kick();
             }
@@ -183,7 +184,11 @@ impl Backend {
         if slow_start_ns == 0 {
             return w;
         }
-        let since = now.saturating_sub(self.healthy_since.load(Ordering::Acquire));
+        let healthy_since = self.healthy_since.load(Ordering::Acquire);
+        if healthy_since == 0 {
+            return w;
+        }
+        let since = now.saturating_sub(healthy_since);
         w * (since as f64 / slow_start_ns as f64).clamp(0.1, 1.0)
     }
 
@@ -298,4 +303,56 @@ pub fn hash_str(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn backend(fresh: bool) -> Backend {
+        let spec = BackendSpec {
+            addr: BackendAddr::Tcp(([127, 0, 0, 1], 1).into()),
+            pool: Pool::new(1, Duration::from_secs(1)),
+            worker: None,
+            limit: 2,
+            weight: 4,
+            fresh,
+        };
+        Backend::new(spec, Weak::new())
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight_of_a_fresh_backend() {
+        let b = backend(true);
+        let start = b.healthy_since.load(Ordering::Relaxed);
+        let ramp = 10_000_000_000;
+        assert_eq!(b.effective_weight(start, ramp), 0.4, "a tenth at first");
+        assert_eq!(b.effective_weight(start + ramp / 2, ramp), 2.0);
+        assert_eq!(b.effective_weight(start + ramp, ramp), 4.0);
+        assert_eq!(b.effective_weight(start, 0), 4.0, "off without slow_start");
+        assert_eq!(backend(false).effective_weight(now_ns(), ramp), 4.0);
+    }
+
+    #[test]
+    fn capacity_and_ejection() {
+        let b = backend(false);
+        assert!(b.try_reserve() && b.try_reserve());
+        assert!(!b.try_reserve(), "limit 2");
+        let eject = crate::config::Eject {
+            failures: 2,
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+        };
+        assert!(!b.record_failure(&eject));
+        assert!(b.record_failure(&eject), "second failure in a row ejects");
+        let now = now_ns();
+        assert!(b.is_ejected(now) && !b.is_ejected(now + 5_000_000_001));
+        b.record_failure(&eject);
+        assert!(b.record_failure(&eject));
+        assert!(
+            b.is_ejected(now + 9_000_000_000),
+            "the second ejection lasts twice as long"
+        );
+    }
 }

@@ -204,6 +204,8 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// proxyd's runtime state, to watch its upstreams (queue length, backends).
+    pub state: Arc<arc_swap::ArcSwap<proxyd::proxy::Snapshot>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -216,6 +218,7 @@ impl TestProxy {
         let server = proxyd::server::Server::bind(&loaded).await.unwrap();
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
+        let state = server.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async move {
             let _ = stopped.await;
@@ -223,9 +226,35 @@ impl TestProxy {
         TestProxy {
             addr,
             admin,
+            state,
             stop: Some(stop),
             done: Some(done),
         }
+    }
+
+    /// The upstream named `name`.
+    pub fn upstream(&self, name: &str) -> Arc<proxyd::upstream::Upstream> {
+        let snap = self.state.load();
+        snap.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("no upstream {name}"))
+            .clone()
+    }
+
+    /// Polls until `name`'s queue holds `n` requests (panics after 10 s).
+    pub async fn wait_queued(&self, name: &str, n: usize) {
+        let up = self.upstream(name);
+        for _ in 0..1000 {
+            if up.queued() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "upstream {name}: queue never held {n} (holds {})",
+            up.queued()
+        );
     }
 
     /// One upstream `app` over `servers`, debug headers on, plus `extra` top-level YAML.
