@@ -6,19 +6,16 @@
 //! so "the worker was free" shows as a second request being served.
 mod common;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::procs::*;
 use common::*;
 use http::{Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper_util::rt::TokioIo;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
@@ -27,7 +24,6 @@ use tokio::time::{sleep, timeout, Instant};
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app.py");
 /// The bound on every wait for something to happen.
 const PATIENCE: Duration = Duration::from_secs(30);
-const MARKER_VAR: &str = "PROXYD_TEST_MARKER";
 
 /// A worker speaking raw HTTP/1.1, one connection at a time, for what app.py cannot send:
 /// chunked trailers, and a body cut short by the process dying.
@@ -62,52 +58,6 @@ while True:
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// A unique tag in one test's worker environment; dropping it SIGKILLs whatever still
-/// carries it, so a failing test leaves no worker behind.
-struct Marker(String);
-
-impl Marker {
-    fn new(test: &str) -> Marker {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Marker(format!("{test}-{}-{nanos}", std::process::id()))
-    }
-
-    fn pids(&self) -> HashSet<i32> {
-        let needle = format!("{MARKER_VAR}={}", self.0);
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return HashSet::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Marker {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-/// The Python interpreter itself (`python3` may be a wrapper that forks helpers).
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
-}
 
 /// A proxy over one upstream `app` of one worker running `command`, plus `extra` top-level
 /// YAML; returns once the worker answers. Health checks are patient: a busy single-threaded

@@ -8,25 +8,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn check(yaml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    check_path(&path)
-}
-
-fn check_path(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(proxyd_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 #[test]
 fn every_shipped_config_passes_check() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

@@ -7,9 +7,10 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
+use common::procs::*;
 use common::*;
 use http::StatusCode;
 use nix::sys::signal::{kill, Signal};
@@ -20,70 +21,9 @@ const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app.py");
 const FLASK_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flask_app.py");
 /// The bound on every wait for something to happen.
 const PATIENCE: Duration = Duration::from_secs(30);
-const MARKER_VAR: &str = "PROXYD_TEST_MARKER";
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// A unique tag for one test's workers (passed in their environment). Dropping it SIGKILLs
-/// whatever still carries it, so a failing test leaves nothing behind either.
-struct Marker(String);
-
-impl Marker {
-    fn new(test: &str) -> Marker {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        Marker(format!("{test}-{}-{nanos}", std::process::id()))
-    }
-
-    /// Live processes that carry this marker in their environment.
-    fn pids(&self) -> HashSet<u32> {
-        let needle = format!("{MARKER_VAR}={}", self.0);
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return HashSet::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-            })
-            .filter(|pid| alive(*pid))
-            .collect()
-    }
-
-    /// Waits until no process carries the marker.
-    async fn wait_none_left(&self) {
-        wait_for("every worker of this test to be gone", || {
-            self.pids().is_empty()
-        })
-        .await;
-    }
-}
-
-impl Drop for Marker {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-    }
-}
-
-/// State and parent pid from /proc/<pid>/stat.
-fn stat(pid: u32) -> Option<(char, u32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces.
-    let rest = s.get(s.rfind(')')? + 2..)?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Running (a zombie waiting for its reaper counts as gone).
-fn alive(pid: u32) -> bool {
-    stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
-}
 
 fn parent(pid: u32) -> Option<u32> {
     stat(pid).map(|(_, ppid)| ppid)
@@ -91,24 +31,6 @@ fn parent(pid: u32) -> Option<u32> {
 
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-}
-
-/// The Python interpreter itself: `python3` may be a wrapper (pyenv's shim runs helper
-/// processes before it execs Python), and a worker's pid should be Python's from the start.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "python3 has no sys.executable: {out:?}"
-        );
-        path
-    })
 }
 
 fn flask_installed() -> bool {

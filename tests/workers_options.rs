@@ -89,17 +89,8 @@ async fn cwd_is_relative_to_the_config_file() {
         workers_yaml("      command: [\"python3\", \"app.py\"]\n      cwd: ex\n      count: 1\n");
     let path = dir.path().join("proxy.yaml");
     std::fs::write(&path, &yaml).unwrap();
-    let out = std::process::Command::new(proxyd_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = check_path(&path);
+    assert!(ok, "{text}");
     let proxy = ProxydProcess::start_file(&path);
     let got = until_ok(&proxy, "/").await;
     assert!(got.text().starts_with("hello from pid"));
@@ -142,17 +133,8 @@ async fn workers_run_as_the_configured_user() {
 fn unknown_user_is_a_config_error() {
     let yaml =
         workers_yaml("      command: [\"python3\", \"app.py\"]\n      user: no-such-user-here\n");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(proxyd_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check(&yaml);
+    assert!(!ok);
     assert!(
         err.contains("proxy.yaml:7:13: upstreams.app.workers.user: no user \"no-such-user-here\""),
         "{err}"
@@ -162,17 +144,8 @@ fn unknown_user_is_a_config_error() {
 #[test]
 fn servers_and_workers_exclude_each_other() {
     let yaml = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:1\"]\n    workers:\n      command: [\"x\"]\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(proxyd_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check(yaml);
+    assert!(!ok);
     assert!(
         err.contains("upstreams.app: has both servers and workers"),
         "{err}"
@@ -182,17 +155,8 @@ fn servers_and_workers_exclude_each_other() {
 #[test]
 fn missing_program_is_a_config_error() {
     let yaml = workers_yaml("      command: [\"pyhton3-typo\", \"app.py\"]\n");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(proxyd_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check(&yaml);
+    assert!(!ok);
     assert!(
         err.contains(
             "proxy.yaml:6:16: upstreams.app.workers.command: program \"pyhton3-typo\" not found"

@@ -2,6 +2,8 @@
 //! in-process on port 0 or as the real binary, and real clients (HTTP/1.1, h2c, raw bytes).
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -423,6 +425,27 @@ pub struct ProxydProcess {
 
 pub fn proxyd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_proxyd")
+}
+
+/// `proxyd check` on `yaml` (written as proxy.yaml in a temp dir): success, and its output.
+pub fn check(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    check_path(&path)
+}
+
+/// `proxyd check -c path`: success, and stdout plus stderr.
+pub fn check_path(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(proxyd_bin())
+        .arg("check")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
 impl ProxydProcess {
