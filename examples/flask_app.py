@@ -3,6 +3,7 @@
 (threaded=False). proxyd starts it with PORT in the environment. Same paths as app.py.
 Needs Flask (pip install flask).
 """
+import logging
 import os
 import sys
 import time
@@ -46,4 +47,8 @@ def echo():
 
 
 if __name__ == "__main__":
+    # Access logs are the proxy's job (gunicorn does not write them by default either); the
+    # dev server's line per request costs the one-at-a-time worker time on every request.
+    if os.environ.get("APP_ACCESS_LOG") != "1":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")), threaded=False)

@@ -250,7 +250,12 @@ impl SpooledResponse {
         let shared = Shared::default();
         let (client, gone) = oneshot::channel();
         let size_hint = body.size_hint();
-        tokio::spawn(pump(body, shared.clone(), gone, mem_limit));
+        let mut body = body;
+        // Most worker responses are small and already read in full: take what is ready
+        // without a task, and spawn the pump only for what is still to come.
+        if !take_ready(&mut body, &shared, mem_limit) {
+            tokio::spawn(pump(body, shared.clone(), gone, mem_limit));
+        }
         SpooledResponse {
             shared,
             reading: None,
@@ -259,6 +264,37 @@ impl SpooledResponse {
             _client: client,
         }
     }
+}
+
+/// Moves the frames `body` has ready into memory (up to `mem_limit`); true when that was the
+/// whole body (it is then dropped, which frees the worker's connection and slot).
+fn take_ready<B>(body: &mut B, shared: &Shared, mem_limit: u64) -> bool
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut s = lock(shared);
+    while s.mem_len < mem_limit {
+        let end = match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Pending => return false,
+            Poll::Ready(None) => Ok(()),
+            Poll::Ready(Some(Err(e))) => Err(format!("upstream response body: {e}")),
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.into_data() {
+                    Ok(data) => {
+                        s.mem_len += data.len() as u64;
+                        s.mem.push_back(data);
+                    }
+                    Err(frame) => s.trailers = frame.into_trailers().ok(),
+                }
+                continue;
+            }
+        };
+        s.end = Some(end);
+        return true;
+    }
+    false
 }
 
 /// `body` is an `UpstreamBody` in proxyd (generic for the tests).
