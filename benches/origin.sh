@@ -236,7 +236,11 @@ start_proxyd() {
     echo "upstreams:"
     echo "  flask:"
     echo "    workers:"
-    echo "      command: [\"$PY\", \"$script\"]"
+    if [ -n "${PROXYD_COMMAND:-}" ]; then
+      echo "      command: $PROXYD_COMMAND"
+    else
+      echo "      command: [\"$PY\", \"$script\"]"
+    fi
     echo "      count: 4"
     echo "      health:"
     echo "        path: \"/healthz\""
@@ -319,10 +323,11 @@ nginx_log_counts() { # ERROR_LOG: the upstream errors nginx logged
     "$(grep -c 'upstream timed out' "$f")" "$(grep -c 'worker_connections are not enough' "$f")"
 }
 
-proxyd_log_counts() { # LOG: the request failures proxyd logged, by cause
+proxyd_log_counts() { # LOG: the request failures proxyd logged, by method and cause
   local kinds
-  kinds=$(grep -o 'error=[a-z0-9-]*' "$1" 2>/dev/null | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), substr($2, 7), $1}')
-  echo "proxyd log: request failures by cause: ${kinds:-none}"
+  kinds=$(grep 'request failed' "$1" 2>/dev/null | sed -n 's/.*method=\([A-Z]*\).*error=\([a-z0-9-]*\).*/\1 \2/p' |
+    sort | uniq -c | awk '{printf "%s%s %s %s", (NR > 1 ? ", " : ""), $2, $3, $1}')
+  echo "proxyd log: request failures by method and cause: ${kinds:-none}"
 }
 
 post_report() { # RESULT_FILE RECV_LOG: POSTs sent, answered 200, received by a backend, twice
@@ -382,10 +387,19 @@ wait_pids "$p1" 4 30 || say "  proxyd log: $(tail -5 "$PROXYD_LOG")"
 main_run run4 "$p1"
 stop "$PROXYD_PID" 10
 
+say "== $(T) run 5: proxyd launching 4 gunicorn processes (one sync worker each)"
+# The same app server as run 3, so runs 3 and 5 differ only in the front end.
+read -r p1 a1 <<<"$(free_ports 2)"
+PROXYD_COMMAND="[\"$PY\", \"-m\", \"gunicorn\", \"-w\", \"1\", \"-b\", \"127.0.0.1:{port}\", \"--chdir\", \"$ROOT/examples\", \"flask_app:app\"]" \
+  start_proxyd run5 "$p1" "$a1" ""
+wait_pids "$p1" 4 30 || say "  proxyd log: $(tail -5 "$PROXYD_LOG")"
+main_run run5 "$p1"
+stop "$PROXYD_PID" 10
+
 say ""
-say "Runs 1-4 (errors = non-2xx/3xx responses + socket errors connect/read/write/timeout)"
+say "Runs 1-5 (errors = non-2xx/3xx responses + socket errors connect/read/write/timeout)"
 printf '%-36s %9s %9s %9s %8s  %s\n' "run" "req/s" "p50 ms" "p99 ms" "errors" "detail"
-for r in "run1:1 Flask dev server alone" "run2:2 nginx -> 1 dev server" "run3:3 nginx -> gunicorn -w 4" "run4:4 proxyd -> 4 dev-server workers"; do
+for r in "run1:1 Flask dev server alone" "run2:2 nginx -> 1 dev server" "run3:3 nginx -> gunicorn -w 4" "run4:4 proxyd -> 4 dev-server workers" "run5:5 proxyd -> 4 gunicorn -w 1"; do
   f="$DIR/${r%%:*}.result"
   printf '%-36s %9s %9s %9s %8s  %s\n' "${r#*:}" "$(field "$f" rps)" "$(field "$f" p50_ms)" "$(field "$f" p99_ms)" \
     "$(client_errors "$f")" "requests $(field "$f" requests), statuses $(field "$f" statuses), connect $(field "$f" connect) read $(field "$f" read) write $(field "$f" write) timeout $(field "$f" timeout)"
@@ -393,6 +407,10 @@ done
 awk -v r4="$(field "$DIR/run4.result" rps)" -v r3="$(field "$DIR/run3.result" rps)" \
   -v q4="$(field "$DIR/run4.result" p99_ms)" -v q3="$(field "$DIR/run3.result" p99_ms)" 'BEGIN {
   printf "run 4 / run 3: requests/s x%s, p99 x%s\n", (r3 > 0 ? sprintf("%.2f", r4 / r3) : "-"), (q3 > 0 ? sprintf("%.2f", q4 / q3) : "-")
+}'
+awk -v r5="$(field "$DIR/run5.result" rps)" -v r3="$(field "$DIR/run3.result" rps)" \
+  -v q5="$(field "$DIR/run5.result" p99_ms)" -v q3="$(field "$DIR/run3.result" p99_ms)" 'BEGIN {
+  printf "run 5 / run 3 (same app server, proxyd vs nginx in front): requests/s x%s, p99 x%s\n", (r3 > 0 ? sprintf("%.2f", r5 / r3) : "-"), (q3 > 0 ? sprintf("%.2f", q5 / q3) : "-")
 }'
 say "run 2 $RUN2_NGINX_LOG"
 say "run 3 $RUN3_NGINX_LOG"
