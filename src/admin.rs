@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has a ready
 //! backend; 503 once shutdown has begun, so load balancers stop sending before the drain
-//! ends), and `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers).
+//! ends), `POST /reload` (TLS certificates; a bad new one is refused and the old one stays), and
+//! `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Snapshot;
+use crate::server::Certificates;
 use crate::workers::Supervisors;
 
 /// What the admin answers from.
@@ -23,6 +25,7 @@ struct Admin {
     stop: watch::Receiver<bool>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
+    certificates: Certificates,
 }
 
 /// Serves until the task is aborted; it keeps answering through the drain.
@@ -31,11 +34,13 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
+    certificates: Certificates,
 ) {
     let admin = Arc::new(Admin {
         stop,
         state,
         supervisors,
+        certificates,
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -64,6 +69,10 @@ impl Admin {
         match (method, path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::POST, "/reload") => match self.certificates.reload().as_slice() {
+                [] => text(StatusCode::OK, "reloaded\n".into()),
+                errors => text(StatusCode::UNPROCESSABLE_ENTITY, errors.join("\n") + "\n"),
+            },
             (&Method::POST, p) => match p
                 .strip_prefix("/upstreams/")
                 .and_then(|r| r.strip_suffix("/restart"))

@@ -79,10 +79,12 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let supervisors = server.supervisors();
-    // SIGHUP: replace every worker, one at a time (gunicorn's HUP).
+    let certificates = server.certificates();
+    // SIGHUP: reload TLS certificates and replace every worker, one at a time (gunicorn's HUP).
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: rolling restart of the workers");
+            tracing::info!("SIGHUP: reloading certificates, rolling restart of the workers");
+            certificates.reload();
             let _ = supervisors.rolling_restart(None).await;
         }
     });

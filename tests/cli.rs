@@ -260,7 +260,7 @@ async fn grace_period_bounds_the_drain() {
 }
 
 #[test]
-fn tls_listener_is_refused_until_supported() {
+fn unreadable_tls_certificate_is_named() {
     let yaml = GOOD.replace(
         "  - addr: \"127.0.0.1:8080\"\n",
         "  - addr: \"127.0.0.1:8443\"\n    tls:\n      certs: [{ cert: a.pem, key: a.key }]\n",
@@ -268,7 +268,8 @@ fn tls_listener_is_refused_until_supported() {
     let (ok, text) = check(&yaml);
     assert!(!ok);
     assert!(
-        text.contains("proxy.yaml:2:11: listen: tls is not supported by this build yet"),
+        text.contains("proxy.yaml:4:23: listen: tls: cannot read "),
         "{text}"
     );
+    assert!(text.contains("a.pem"), "{text}");
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
+pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
 pub use super::workers::{Health, Restart, WorkerListen, Workers};
 
 /// The whole `proxy.yaml`.
@@ -42,12 +43,53 @@ pub struct Listen {
     /// Overrides `limits.max_connections` for this listener.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// On a plain listener: answer every request with a 308 to https (nginx's
+    /// `return 308 https://$host$request_uri`).
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// The port in those redirects (default 443: none written).
+    #[serde(default)]
+    pub redirect_https_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
+    /// Picked by SNI from each certificate's names; the one marked `default` (else the
+    /// first) serves clients without SNI or with an unknown name.
     pub certs: Vec<CertPair>,
+    /// Oldest TLS version accepted: "1.2" or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: Spanned<String>,
+    /// Ask clients for certificates (mTLS).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// Strict-Transport-Security on every response of this listener, e.g.
+    /// "max-age=63072000; includeSubDomains".
+    #[serde(default)]
+    pub hsts: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: Spanned<String>,
+    /// `required`: no certificate, no connection; `optional`: verified when presented.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// The verified client certificate's subject goes upstream in this header (a client's
+    /// own header of that name is always removed).
+    #[serde(default = "default_subject_header")]
+    pub subject_header: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +97,8 @@ pub struct Tls {
 pub struct CertPair {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    #[serde(default)]
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +140,12 @@ pub struct Upstream {
     /// A backend that just became healthy ramps its weight up over this long (0: off).
     #[serde(default = "zero", deserialize_with = "duration")]
     pub slow_start: Duration,
+    /// `http1` (default), `h2` (https:// servers, by ALPN) or `h2c` (cleartext HTTP/2).
+    #[serde(default)]
+    pub protocol: Option<Spanned<UpstreamProtocol>>,
+    /// Verification of `https://` servers: CA bundle, server name, insecure_skip_verify.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Upstream {
@@ -107,6 +157,11 @@ impl Upstream {
             pool.idle_timeout = pool.idle_timeout.min(w.keepalive / 2);
         }
         pool
+    }
+
+    /// The protocol spoken to the servers.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol.as_ref().map(|p| p.value).unwrap_or_default()
     }
 
     /// Requests in flight per backend at most.
@@ -310,6 +365,13 @@ pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+fn default_min_version() -> Spanned<String> {
+    let here = serde_saphyr::Location::UNKNOWN;
+    Spanned::new("1.2".to_string(), here, here)
+}
+fn default_subject_header() -> String {
+    "x-client-subject".into()
+}
 fn zero() -> Duration {
     Duration::ZERO
 }

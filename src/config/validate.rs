@@ -35,11 +35,23 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             return Err(err(&l.addr, format!("listen: {addr} is listed twice")));
         }
         seen.push(addr);
-        if l.tls.is_some() {
-            // Refused rather than ignored: serving plaintext where TLS was asked for is worse.
+        if let Some(tls) = &l.tls {
+            let first = tls.certs.first().map(|c| &c.cert).unwrap_or(&l.addr);
+            if !matches!(tls.min_version.value.trim(), "1.2" | "1.3") {
+                return Err(err(
+                    &tls.min_version,
+                    "listen: tls.min_version: expected \"1.2\" or \"1.3\"".into(),
+                ));
+            }
+            // Loads every certificate, key and CA as serving would: unreadable, mismatched or
+            // expired files are reported here, by name.
+            crate::server::tls::build(tls, &loaded.dir)
+                .map_err(|m| err(first, format!("listen: tls: {m}")))?;
+        }
+        if l.redirect_https && l.tls.is_some() {
             return Err(err(
                 &l.addr,
-                "listen: tls is not supported by this build yet".into(),
+                "listen: redirect_https belongs on a plain listener".into(),
             ));
         }
         if l.max_connections == Some(0) {
@@ -91,6 +103,7 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             parse_server_entry(&s.value)
                 .map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
         }
+        validate_upstream_tls(loaded, name, up)?;
         validate_balancing(file, name, up)?;
     }
 
@@ -180,6 +193,69 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     }
     if cfg.threads == Some(0) {
         return Err(ConfigError::new(file, None, "threads: must be at least 1"));
+    }
+    Ok(())
+}
+
+/// An upstream's protocol and TLS: h2 only to https:// servers (agreed by ALPN), h2c only in
+/// cleartext, workers in HTTP/1.1 (their health probes are); a readable, valid CA bundle.
+fn validate_upstream_tls(
+    loaded: &Loaded,
+    name: &str,
+    up: &super::Upstream,
+) -> Result<(), ConfigError> {
+    use super::{BackendAddr, UpstreamProtocol};
+    let file = loaded.file.as_str();
+    let at = |s: &Spanned<String>, msg: String| ConfigError::at(file, &s.referenced, msg);
+    let key = format!("upstreams.{name}");
+    let protocol = up.protocol();
+    if let (Some(p), Some(_)) = (&up.protocol, &up.workers) {
+        if p.value != UpstreamProtocol::Http1 {
+            return Err(ConfigError::at(
+                file,
+                &p.referenced,
+                format!("{key}.protocol: workers speak HTTP/1.1 (so do their health probes)"),
+            ));
+        }
+    }
+    let mut https = false;
+    for s in &up.servers {
+        let Ok((addr, _)) = parse_server_entry(&s.value) else {
+            continue;
+        };
+        let tls = matches!(addr, BackendAddr::Tls { .. });
+        https |= tls;
+        let wrong = match (protocol, tls) {
+            (UpstreamProtocol::H2, false) => "protocol: h2 needs https:// servers (HTTP/2 is agreed by ALPN); h2c is HTTP/2 in cleartext",
+            (UpstreamProtocol::H2c, true) => "protocol: h2c is HTTP/2 in cleartext; use protocol: h2 with https:// servers",
+            _ => continue,
+        };
+        return Err(at(s, format!("{key}.servers: {wrong}")));
+    }
+    let Some(tls) = &up.tls else {
+        return Ok(());
+    };
+    if !https {
+        let msg = format!("{key}.tls: only used with https:// servers");
+        let place = tls.ca.as_ref().or(tls.server_name.as_ref());
+        return Err(match place.or(up.servers.first()) {
+            Some(s) => at(s, msg),
+            None => ConfigError::new(file, None, msg),
+        });
+    }
+    if let Some(n) = &tls.server_name {
+        crate::upstream::tls::server_name(&n.value)
+            .map_err(|m| at(n, format!("{key}.tls.server_name: {m}")))?;
+    }
+    if let Some(ca) = &tls.ca {
+        if tls.insecure_skip_verify {
+            return Err(at(
+                ca,
+                format!("{key}.tls: ca and insecure_skip_verify: true contradict; drop one"),
+            ));
+        }
+        crate::upstream::tls::load_ca(&loaded.dir.join(&ca.value))
+            .map_err(|m| at(ca, format!("{key}.tls.ca: {m}")))?;
     }
     Ok(())
 }

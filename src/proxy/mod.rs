@@ -34,6 +34,53 @@ pub struct ConnInfo {
     pub peer: Option<SocketAddr>,
     /// "http" or "https".
     pub proto: &'static str,
+    /// The verified client certificate's subject (mTLS), as a header value.
+    pub client_subject: Option<HeaderValue>,
+    pub listener: Arc<ListenerSettings>,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        listener: &Arc<ListenerSettings>,
+        subject: Option<String>,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer: Some(peer),
+            proto: if listener.tls { "https" } else { "http" },
+            client_subject: subject.and_then(|s| HeaderValue::from_str(&s).ok()),
+            listener: listener.clone(),
+        }
+    }
+}
+
+/// What a listener adds to the requests it receives.
+#[derive(Debug, Default)]
+pub struct ListenerSettings {
+    pub tls: bool,
+    /// Answer every request with a 308 to https on this port.
+    pub redirect_https: Option<u16>,
+    pub hsts: Option<HeaderValue>,
+    /// Where a verified client certificate's subject goes upstream (mTLS listeners).
+    pub subject_header: Option<http::HeaderName>,
+}
+
+impl ListenerSettings {
+    pub fn from_config(l: &crate::config::Listen) -> ListenerSettings {
+        let tls = l.tls.as_ref();
+        ListenerSettings {
+            tls: tls.is_some(),
+            redirect_https: l
+                .redirect_https
+                .then(|| l.redirect_https_port.unwrap_or(443)),
+            hsts: tls
+                .and_then(|t| t.hsts.as_deref())
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+            subject_header: tls
+                .and_then(|t| t.client_auth.as_ref())
+                .and_then(|a| http::HeaderName::from_bytes(a.subject_header.as_bytes()).ok()),
+        }
+    }
 }
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
@@ -43,6 +90,9 @@ pub async fn handle(
     snap: Arc<Snapshot>,
     conn: &ConnInfo,
 ) -> Response<ResponseBody> {
+    if let Some(port) = conn.listener.redirect_https {
+        return redirect_https(&req, port);
+    }
     let request_id = headers::ensure_request_id(req.headers_mut(), &snap.request_id);
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -58,9 +108,49 @@ pub async fn handle(
             error_response(&e)
         }
     };
-    resp.headers_mut()
-        .insert(snap.request_id.clone(), request_id);
+    let h = resp.headers_mut();
+    h.insert(snap.request_id.clone(), request_id);
+    if let Some(hsts) = &conn.listener.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     resp
+}
+
+/// A plain listener's answer when it only redirects: 308 to the same host and target over
+/// https, method and body kept by the client (308, not 301).
+fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority = h.parse::<http::uri::Authority>().ok()?;
+            Some(authority.host().to_string())
+        });
+    let Some(host) = host else {
+        return error_response(&ProxyError::new(
+            Cause::BadRequest("missing-host"),
+            "a redirect needs the request's host",
+        ));
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        p => format!("https://{host}:{p}{target}"),
+    };
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => error_response(&ProxyError::new(
+            Cause::BadRequest("bad-host"),
+            "unusable host",
+        )),
+    }
 }
 
 async fn proxy(
@@ -113,10 +203,19 @@ async fn proxy(
         preserve_host: snap.preserve_host,
     };
     let idempotent = forward::is_idempotent(&parts.method, &parts.headers);
+    if let Some(name) = &conn.listener.subject_header {
+        // Only proxyd may say who the client certificate belongs to.
+        parts.headers.remove(name);
+        if let Some(subject) = &conn.client_subject {
+            parts.headers.insert(name.clone(), subject.clone());
+        }
+    }
     let key = upstream
         .hash_key
         .as_ref()
         .and_then(|k| headers::hash_key(k, &parts.headers, conn.peer));
+    // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade: the request goes without it.
+    let upgrade = upgrade && !upstream.connector.multiplexed();
     let backend_host = headers::prepare_request(&mut parts, &body, upgrade, &side);
     let (sent, flight) = pick_and_send(
         upstream,
@@ -219,7 +318,7 @@ async fn attempts(
         let sent = forward::send(
             &backend,
             req,
-            upstream.connect_timeout,
+            &upstream.connector,
             upstream.response_timeout,
         )
         .await;

@@ -4,6 +4,7 @@
 pub mod conn;
 mod framing;
 pub mod head;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,13 +17,13 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
-use crate::proxy::{self, ConnInfo, Snapshot};
+use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
@@ -30,6 +31,8 @@ struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
     max_connections: usize,
+    tls: Option<Arc<tls::Terminator>>,
+    settings: Arc<ListenerSettings>,
 }
 
 /// Bound listeners and the state they serve. `run` serves until shutdown.
@@ -52,10 +55,18 @@ impl Server {
         for l in &cfg.listen {
             let addr = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
             let socket = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+            let tls = match &l.tls {
+                Some(t) => Some(Arc::new(
+                    tls::Terminator::new(t, &loaded.dir).map_err(anyhow::Error::msg)?,
+                )),
+                None => None,
+            };
             listeners.push(Listener {
                 addr: socket.local_addr()?,
                 socket,
                 max_connections: l.max_connections.unwrap_or(cfg.limits.max_connections),
+                settings: Arc::new(ListenerSettings::from_config(l)),
+                tls,
             });
         }
         let admin = match &cfg.admin {
@@ -95,6 +106,16 @@ impl Server {
         self.state.clone()
     }
 
+    /// The TLS listeners' certificates, for reloads (SIGHUP, the admin API).
+    pub fn certificates(&self) -> Certificates {
+        Certificates(Arc::new(
+            self.listeners
+                .iter()
+                .filter_map(|l| l.tls.clone())
+                .collect(),
+        ))
+    }
+
     /// The worker supervisors, for rolling restarts (SIGHUP, the admin API).
     pub fn supervisors(&self) -> Arc<Supervisors> {
         self.supervisors.clone()
@@ -121,6 +142,8 @@ impl Server {
             .max_header_list_size(u32::try_from(self.client.max_head_bytes).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
 
+        let certificates = self.certificates();
+        let watcher = tokio::spawn(certificates.clone().watch());
         let mut tasks = Vec::new();
         for l in self.listeners {
             tracing::info!(addr = %l.addr, "listening");
@@ -140,6 +163,7 @@ impl Server {
                 stop_rx.clone(),
                 self.state.clone(),
                 self.supervisors.clone(),
+                certificates.clone(),
             ))
         });
 
@@ -159,6 +183,7 @@ impl Server {
         if let Some(admin) = admin {
             admin.abort();
         }
+        watcher.abort();
         Ok(())
     }
 }
@@ -202,13 +227,101 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
-        let io = ClientIo::new(stream, activity.clone(), client);
-        let info = Arc::new(ConnInfo {
-            peer: Some(peer),
-            proto: "http",
+        let conn = Conn {
+            state: state.clone(),
+            builder: builder.clone(),
+            client,
+            // Taken now: a connection accepted before shutdown is drained by it.
+            watcher: graceful.watcher(),
+            listener: l.settings.clone(),
+        };
+        let tls = l.tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let info = ConnInfo::new(peer, &conn.listener, None);
+                    conn.serve(stream, info).await
+                }
+                Some(t) => {
+                    // The handshake gets the same time as a request head.
+                    let accept =
+                        tokio::time::timeout(client.header_timeout, t.acceptor().accept(stream));
+                    match accept.await {
+                        Ok(Ok(tls_stream)) => {
+                            let subject = tls::peer_subject(tls_stream.get_ref().1);
+                            let info = ConnInfo::new(peer, &conn.listener, subject);
+                            conn.serve(tls_stream, info).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(permit);
         });
-        let state = state.clone();
+    }
+}
+
+/// The certificates of every TLS listener.
+#[derive(Clone, Default)]
+pub struct Certificates(Arc<Vec<Arc<tls::Terminator>>>);
+
+impl Certificates {
+    /// Loads every listener's certificates again; a listener whose new files are bad keeps
+    /// its old ones. Returns what failed.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for t in self.0.iter() {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!("TLS certificates not reloaded, the old ones stay: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Reloads a listener's certificates when its files change (checked every 2 s).
+    async fn watch(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            for t in self.0.iter() {
+                if t.changed() {
+                    match t.reload() {
+                        Ok(()) => tracing::info!("TLS certificate files changed; reloaded"),
+                        Err(e) => tracing::error!(
+                            "TLS certificate files changed but are not usable, the old ones stay: {e}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What serving one client connection needs.
+struct Conn {
+    state: Arc<ArcSwap<Snapshot>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    client: HeadLimits,
+    watcher: Watcher,
+    listener: Arc<ListenerSettings>,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 or h2 on `stream` until it closes.
+    async fn serve<T>(self, stream: T, info: ConnInfo)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let peer = info.peer;
+        let activity = Arc::new(Activity::default());
+        let io = ClientIo::new(stream, activity.clone(), self.client);
+        let info = Arc::new(info);
+        let state = self.state.clone();
         let service = service_fn(move |req| {
             let (guard, refused) = activity.begin();
             let snap = state.load_full();
@@ -231,15 +344,12 @@ async fn accept_loop(
                 }))
             }
         });
-        let conn = builder
+        let conn = self
+            .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-            drop(permit);
-        });
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(?peer, error = %e, "client connection ended with an error");
+        }
     }
 }
