@@ -9,6 +9,22 @@ use std::path::PathBuf;
 pub enum BackendAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// `https://host:port`: TLS over TCP; `host` (as written, without brackets) is the name
+    /// sent as SNI and verified against the certificate.
+    Tls { addr: SocketAddr, host: String },
+}
+
+impl BackendAddr {
+    /// The backend as a `Host` header value (when the client's Host is not passed on).
+    pub fn host_header(&self) -> String {
+        match self {
+            BackendAddr::Tls { addr, host } if host.contains(':') => {
+                format!("[{host}]:{}", addr.port())
+            }
+            BackendAddr::Tls { addr, host } => format!("{host}:{}", addr.port()),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for BackendAddr {
@@ -16,12 +32,13 @@ impl fmt::Display for BackendAddr {
         match self {
             BackendAddr::Tcp(a) => write!(f, "{a}"),
             BackendAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            BackendAddr::Tls { .. } => write!(f, "https://{}", self.host_header()),
         }
     }
 }
 
-/// `host:port`, `[v6]:port`, `http://host:port`, or `unix:/path`. Names are resolved now,
-/// once (a name that resolves to nothing is an error).
+/// `host:port`, `[v6]:port`, `http://host:port`, `https://host:port`, or `unix:/path`. Names
+/// are resolved now, once (a name that resolves to nothing is an error).
 pub fn parse_server(s: &str) -> Result<BackendAddr, String> {
     let s = s.trim();
     if let Some(path) = s.strip_prefix("unix:") {
@@ -30,17 +47,22 @@ pub fn parse_server(s: &str) -> Result<BackendAddr, String> {
         }
         return Ok(BackendAddr::Unix(PathBuf::from(path)));
     }
-    if s.starts_with("https://") {
-        return Err(format!(
-            "{s:?}: TLS to upstreams is not available yet; use http:// or host:port"
-        ));
+    if let Some(rest) = s.strip_prefix("https://") {
+        let (addr, host) = resolve(s, rest)?;
+        return Ok(BackendAddr::Tls { addr, host });
     }
-    let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let hostport = s.strip_prefix("http://").unwrap_or(s);
+    resolve(s, hostport).map(|(addr, _)| BackendAddr::Tcp(addr))
+}
+
+/// `host:port` (of `s`) to an address, and the host as written (brackets removed).
+fn resolve(s: &str, hostport: &str) -> Result<(SocketAddr, String), String> {
+    let hostport = hostport.trim_end_matches('/');
     if hostport.contains('/') {
         return Err(format!("{s:?}: a server is host:port, without a path"));
     }
     if let Ok(a) = hostport.parse::<SocketAddr>() {
-        return Ok(BackendAddr::Tcp(a));
+        return Ok((a, a.ip().to_string()));
     }
     let (host, port) = split_port(hostport)?;
     let mut addrs = (host, port)
@@ -48,7 +70,7 @@ pub fn parse_server(s: &str) -> Result<BackendAddr, String> {
         .map_err(|e| format!("{s:?}: cannot resolve {host:?}: {e}"))?;
     addrs
         .next()
-        .map(BackendAddr::Tcp)
+        .map(|a| (a, host.to_string()))
         .ok_or_else(|| format!("{s:?}: {host:?} resolves to no address"))
 }
 
@@ -127,6 +149,15 @@ mod tests {
         assert!(parse_server("127.0.0.1:99999").is_err());
         assert!(parse_server("unix:").is_err());
         assert!(parse_server("http://a:1/x").is_err());
+        let tls = parse_server("https://localhost:8443/").unwrap();
+        assert!(matches!(&tls, BackendAddr::Tls { host, .. } if host == "localhost"));
+        assert_eq!(tls.to_string(), "https://localhost:8443");
+        assert_eq!(tls.host_header(), "localhost:8443");
+        let v6 = parse_server("https://[::1]:443").unwrap();
+        assert!(matches!(&v6, BackendAddr::Tls { host, .. } if host == "::1"));
+        assert_eq!(v6.host_header(), "[::1]:443");
+        assert!(parse_server("https://localhost").is_err(), "port required");
+        assert!(parse_server("https://a:1/x").is_err());
         assert_eq!(parse_server_entry("127.0.0.1:1 weight=3").unwrap().1, 3);
         assert_eq!(parse_server_entry("127.0.0.1:1").unwrap().1, 1);
         assert!(parse_server_entry("127.0.0.1:1 weight=0").is_err());

@@ -1,11 +1,12 @@
 //! Configuration: the file's types and defaults (`types`), reading it with `${VAR}` expansion
-//! (`load`), the `workers:` block (`workers`), and the checks that `proxyd check` runs
-//! (`validate`).
+//! (`load`), the `workers:` block (`workers`), an upstream's protocol and TLS
+//! (`upstream_tls`), and the checks that `proxyd check` runs (`validate`).
 
 pub mod addr;
 pub mod balance;
 pub mod load;
 pub mod types;
+pub mod upstream_tls;
 pub mod validate;
 pub mod workers;
 

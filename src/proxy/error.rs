@@ -34,6 +34,9 @@ pub enum Cause {
     UpstreamConnectRefused,
     UpstreamConnectTimeout,
     UpstreamConnectFailed,
+    /// The TLS handshake with an `https://` backend failed (certificate not trusted, name
+    /// mismatch, no common protocol).
+    UpstreamTls,
     /// The backend closed or reset the connection before a complete response head.
     UpstreamClosed,
     UpstreamResponseTimeout,
@@ -56,6 +59,7 @@ impl Cause {
             Cause::UpstreamConnectRefused
             | Cause::UpstreamConnectTimeout
             | Cause::UpstreamConnectFailed
+            | Cause::UpstreamTls
             | Cause::UpstreamClosed
             | Cause::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             Cause::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -78,6 +82,7 @@ impl Cause {
             Cause::UpstreamConnectRefused => "upstream-connect-refused",
             Cause::UpstreamConnectTimeout => "upstream-connect-timeout",
             Cause::UpstreamConnectFailed => "upstream-connect-failed",
+            Cause::UpstreamTls => "upstream-tls-failed",
             Cause::UpstreamClosed => "upstream-closed-early",
             Cause::UpstreamResponseTimeout => "upstream-response-timeout",
             Cause::UpstreamProtocol => "upstream-bad-response",

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, Method, Request, Response};
+use http::uri::{Authority, Scheme};
+use http::{header, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use super::body::RequestBody;
 use super::error::{Cause, ProxyError};
-use crate::upstream::connect::connect;
+use crate::config::BackendAddr;
+use crate::upstream::connect::Connector;
 use crate::upstream::pool::Conn;
 use crate::upstream::Backend;
 
@@ -39,30 +41,30 @@ impl Failed {
 pub async fn send(
     backend: &Arc<Backend>,
     mut req: Request<RequestBody>,
-    connect_timeout: Duration,
+    connector: &Connector,
     response_timeout: Duration,
 ) -> Result<Sent, Failed> {
     loop {
-        let mut conn = match backend.pool.checkout().await {
-            Some(c) => c,
-            None => match connect(&backend.addr, connect_timeout).await {
-                Ok(sender) => {
-                    backend
-                        .pool
-                        .opened
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Conn {
-                        sender,
-                        reused: false,
-                    }
-                }
-                Err(e) => return Err(Failed::unsent(e, req)),
-            },
+        let mut conn = match checkout(backend, connector).await {
+            Ok(c) => c,
+            Err(e) => return Err(Failed::unsent(e, req)),
         };
+        if conn.sender.is_http2() {
+            let tls = matches!(backend.addr, BackendAddr::Tls { .. });
+            to_http2(&mut req, tls, &backend.addr);
+        }
         let sent = tokio::time::timeout(response_timeout, conn.sender.try_send_request(req)).await;
         match sent {
             Ok(Ok(response)) => return Ok(Sent { response, conn }),
-            Ok(Err(mut e)) => match e.take_message() {
+            Ok(Err(mut e)) => {
+                // A shared HTTP/2 connection that is gone is replaced; a failed stream alone
+                // leaves it in service.
+                if let Some(id) = conn.shared {
+                    if e.message().is_some() || conn.sender.is_closed() {
+                        backend.pool.drop_shared(id).await;
+                    }
+                }
+                match e.take_message() {
                 Some(back) if conn.reused => {
                     tracing::debug!(backend = %backend.label, "pooled connection was closed; using another");
                     req = back;
@@ -77,7 +79,8 @@ pub async fn send(
                         request: None,
                     })
                 }
-            },
+            }
+            }
             Err(_) => {
                 let error = ProxyError::new(
                     Cause::UpstreamResponseTimeout,
@@ -93,6 +96,53 @@ pub async fn send(
             }
         }
     }
+}
+
+/// Turns the HTTP/1.1 request `prepare_request` made into an HTTP/2 one: absolute URI (its
+/// scheme and authority become `:scheme` and `:authority`), and Host moved into the
+/// authority, as RFC 9113 8.3.1 asks. Hop-by-hop headers are already gone; hyper drops any
+/// other connection-specific one (`transfer-encoding`), keeping `te: trailers`.
+fn to_http2(req: &mut Request<RequestBody>, tls: bool, backend: &BackendAddr) {
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok()?.parse::<Authority>().ok())
+        .or_else(|| req.uri().authority().cloned())
+        .or_else(|| backend.host_header().parse().ok())
+        .unwrap_or_else(|| Authority::from_static("localhost"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = Some(authority);
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(header::TRANSFER_ENCODING);
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// A connection for one request: HTTP/2 backends share one, HTTP/1.1 ones take an idle
+/// connection or open a new one.
+async fn checkout(backend: &Backend, connector: &Connector) -> Result<Conn, ProxyError> {
+    if connector.multiplexed() {
+        return backend.pool.shared(connector.connect(&backend.addr)).await;
+    }
+    if let Some(c) = backend.pool.checkout().await {
+        return Ok(c);
+    }
+    let sender = connector.connect(&backend.addr).await?;
+    backend
+        .pool
+        .opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Conn {
+        sender,
+        reused: false,
+        shared: None,
+    })
 }
 
 fn response_error(e: &hyper::Error, backend: &str) -> ProxyError {
@@ -127,7 +177,7 @@ pub fn replayable_copy(req: &Request<RequestBody>) -> Option<Request<RequestBody
 
 /// Points `req` at `backend` when the client's Host is not passed on.
 pub fn set_backend_host(req: &mut Request<RequestBody>, backend: &Backend) {
-    if let Ok(v) = http::HeaderValue::from_str(&backend.label) {
+    if let Ok(v) = http::HeaderValue::from_str(&backend.addr.host_header()) {
         req.headers_mut().insert(header::HOST, v);
     }
 }

@@ -8,7 +8,8 @@ use http::HeaderName;
 
 use super::body::BodyLimits;
 use super::route::{HostMatch, Router};
-use crate::config::{addr, ConfigError, Loaded};
+use crate::config::{addr, BackendAddr, ConfigError, Loaded};
+use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 
 pub struct Snapshot {
@@ -33,7 +34,11 @@ impl Snapshot {
                 .map(|s| addr::parse_server_entry(&s.value))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(fail)?;
-            upstreams.push(Upstream::new(name, addrs, up));
+            let https = addrs
+                .iter()
+                .any(|(a, _)| matches!(a, BackendAddr::Tls { .. }));
+            let connector = Connector::new(name, up, &loaded.dir, https).map_err(fail)?;
+            upstreams.push(Upstream::new(name, addrs, up, connector));
         }
         let index = |name: &str| upstreams.iter().position(|u| u.name == name);
         let router = if cfg.routes.is_empty() {

@@ -1,56 +1,210 @@
-//! Opening a new HTTP/1.1 connection to a backend.
+//! Opening a new connection to a backend: TCP or a unix socket, TLS for `https://` servers,
+//! then the HTTP/1.1 or HTTP/2 handshake. `Sender` is either kind of connection.
 
 use std::io;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::BackendAddr;
+use super::tls;
+use crate::config::{self, BackendAddr, UpstreamProtocol};
 use crate::proxy::body::RequestBody;
 use crate::proxy::error::{Cause, ProxyError};
 
-/// Connects within `timeout` and performs the (free) HTTP/1.1 handshake.
+/// A connection to a backend, ready for requests: HTTP/1.1 (one request at a time) or
+/// HTTP/2 (a clone per request, all sharing the connection).
+pub enum Sender {
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+
+    /// Sends `req`; the error hands the request back when none of it was written.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// How one upstream's backends are reached: its protocol, connect time-out and TLS client.
+#[derive(Clone)]
+pub struct Connector {
+    timeout: Duration,
+    protocol: UpstreamProtocol,
+    tls: Option<Arc<ClientConfig>>,
+    /// `tls.server_name`: SNI and the name verified, instead of each server's host.
+    server_name: Option<ServerName<'static>>,
+}
+
+impl Connector {
+    /// The connector of upstream `name`; `https` says whether any of its servers needs TLS
+    /// (the roots are only loaded then). `dir` anchors a relative `tls.ca`.
+    pub fn new(
+        name: &str,
+        cfg: &config::Upstream,
+        dir: &Path,
+        https: bool,
+    ) -> Result<Connector, String> {
+        let protocol = cfg.protocol();
+        let settings = cfg.tls.clone().unwrap_or_default();
+        let tls = match https {
+            true => Some(tls::client_config(name, &settings, dir, protocol)?),
+            false => None,
+        };
+        let server_name = match &settings.server_name {
+            Some(n) => Some(
+                tls::server_name(&n.value)
+                    .map_err(|m| format!("upstreams.{name}.tls.server_name: {m}"))?,
+            ),
+            None => None,
+        };
+        Ok(Connector {
+            timeout: cfg.connect_timeout,
+            protocol,
+            tls,
+            server_name,
+        })
+    }
+
+    /// Plain HTTP/1.1 within `timeout`.
+    pub fn plain(timeout: Duration) -> Connector {
+        Connector {
+            timeout,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
+            server_name: None,
+        }
+    }
+
+    /// HTTP/2: backends share one connection among requests instead of an idle pool.
+    pub fn multiplexed(&self) -> bool {
+        self.protocol != UpstreamProtocol::Http1
+    }
+
+    /// Connects within the connect time-out (TLS handshake included) and performs the HTTP
+    /// handshake of the upstream's protocol.
+    pub async fn connect(&self, addr: &BackendAddr) -> Result<Sender, ProxyError> {
+        let deadline = Instant::now() + self.timeout;
+        let h2 = self.multiplexed();
+        match (open(addr, self.timeout).await?, addr) {
+            (Io::Tcp(s), BackendAddr::Tls { host, .. }) => {
+                let s = self.tls_handshake(s, addr, host, deadline).await?;
+                handshake(s, h2).await
+            }
+            (Io::Tcp(s), _) => handshake(s, h2).await,
+            (Io::Unix(s), _) => handshake(s, h2).await,
+        }
+    }
+
+    async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        addr: &BackendAddr,
+        host: &str,
+        deadline: Instant,
+    ) -> Result<TlsStream<TcpStream>, ProxyError> {
+        let fail = |detail: &dyn std::fmt::Display| {
+            ProxyError::new(Cause::UpstreamTls, format_args!("TLS to {addr}: {detail}"))
+                .nothing_sent()
+        };
+        let Some(config) = &self.tls else {
+            return Err(fail(&"no TLS settings for this upstream"));
+        };
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            None => tls::server_name(host).map_err(|m| fail(&m))?,
+        };
+        let connecting = TlsConnector::from(config.clone()).connect(name, tcp);
+        let stream = match tokio::time::timeout_at(deadline, connecting).await {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    Cause::UpstreamConnectTimeout,
+                    format_args!("TLS handshake with {addr} timed out after {:?}", self.timeout),
+                )
+                .nothing_sent())
+            }
+            Ok(Err(e)) => return Err(fail(&e)),
+            Ok(Ok(s)) => s,
+        };
+        if self.protocol == UpstreamProtocol::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+        {
+            return Err(fail(&"the server did not agree to HTTP/2 (ALPN h2)"));
+        }
+        Ok(stream)
+    }
+}
+
+/// A plain HTTP/1.1 connection within `timeout` (health probes of workers).
 pub async fn connect(
     addr: &BackendAddr,
     timeout: Duration,
-) -> Result<SendRequest<RequestBody>, ProxyError> {
-    let result = match addr {
-        BackendAddr::Tcp(a) => tokio::time::timeout(timeout, TcpStream::connect(a))
-            .await
-            .map(|r| {
-                r.inspect(|s| {
-                    // Requests are written whole; Nagle would only add latency.
-                    let _ = s.set_nodelay(true);
-                })
-                .map(Io::Tcp)
-            }),
-        BackendAddr::Unix(p) => tokio::time::timeout(timeout, UnixStream::connect(p))
-            .await
-            .map(|r| r.map(Io::Unix)),
-    };
-    let io = match result {
-        Err(_) => {
-            return Err(ProxyError::new(
-                Cause::UpstreamConnectTimeout,
-                format_args!("connect to {addr} timed out after {timeout:?}"),
-            )
-            .nothing_sent())
-        }
-        Ok(Err(e)) => return Err(connect_error(addr, &e)),
-        Ok(Ok(io)) => io,
-    };
-    match io {
-        Io::Tcp(s) => handshake(s).await,
-        Io::Unix(s) => handshake(s).await,
+) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
+    match open(addr, timeout).await? {
+        Io::Tcp(s) => http1_handshake(s).await,
+        Io::Unix(s) => http1_handshake(s).await,
     }
 }
 
 enum Io {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+/// The transport: a TCP connection (also under TLS) or a unix socket, within `timeout`.
+async fn open(addr: &BackendAddr, timeout: Duration) -> Result<Io, ProxyError> {
+    let result = match addr {
+        BackendAddr::Tcp(a) | BackendAddr::Tls { addr: a, .. } => {
+            tokio::time::timeout(timeout, TcpStream::connect(a))
+                .await
+                .map(|r| {
+                    r.inspect(|s| {
+                        // Requests are written whole; Nagle would only add latency.
+                        let _ = s.set_nodelay(true);
+                    })
+                    .map(Io::Tcp)
+                })
+        }
+        BackendAddr::Unix(p) => tokio::time::timeout(timeout, UnixStream::connect(p))
+            .await
+            .map(|r| r.map(Io::Unix)),
+    };
+    match result {
+        Err(_) => Err(ProxyError::new(
+            Cause::UpstreamConnectTimeout,
+            format_args!("connect to {addr} timed out after {timeout:?}"),
+        )
+        .nothing_sent()),
+        Ok(Err(e)) => Err(connect_error(addr, &e)),
+        Ok(Ok(io)) => Ok(io),
+    }
 }
 
 fn connect_error(addr: &BackendAddr, e: &io::Error) -> ProxyError {
@@ -62,7 +216,27 @@ fn connect_error(addr: &BackendAddr, e: &io::Error) -> ProxyError {
     ProxyError::new(cause, format_args!("connect to {addr}: {e}")).nothing_sent()
 }
 
-async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, ProxyError>
+async fn handshake<T>(io: T, h2: bool) -> Result<Sender, ProxyError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    if !h2 {
+        return http1_handshake(io).await.map(Sender::Http1);
+    }
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::new(Cause::UpstreamConnectFailed, e).nothing_sent())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+        }
+    });
+    Ok(Sender::Http2(sender))
+}
+
+async fn http1_handshake<T>(io: T) -> Result<http1::SendRequest<RequestBody>, ProxyError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {

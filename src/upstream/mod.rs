@@ -1,6 +1,7 @@
 //! Upstream groups and their backends: the backend (`backend`), balancing policies
 //! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
-//! (`stats`), new connections (`connect`) and the keepalive pool (`pool`).
+//! (`stats`), new connections (`connect`, with TLS from `tls`) and the keepalive pool
+//! (`pool`).
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
@@ -15,6 +16,7 @@ pub mod connect;
 pub mod pool;
 pub mod queue;
 pub mod stats;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +32,7 @@ pub use backend::{Backend, BackendSpec, BackendState, InFlight, WorkerEvent, Wor
 use balancer::{Choice, Policy};
 use budget::RetryBudget;
 use clock::now_ns;
+use connect::Connector;
 use pool::Pool;
 use queue::{Waiter, Waiters};
 use stats::Stats;
@@ -39,6 +42,8 @@ pub struct Upstream {
     pub name: String,
     backends: ArcSwap<Vec<Arc<Backend>>>,
     pub connect_timeout: Duration,
+    /// How its backends are reached: protocol, TLS.
+    pub connector: Connector,
     pub response_timeout: Duration,
     /// One-request-at-a-time workers: read request bodies whole and responses ahead of slow
     /// clients, so a slow client never holds a worker (nginx's buffering). Static servers
@@ -65,12 +70,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A group over fixed `servers` (address, weight); empty for one whose workers are still
-    /// starting.
+    /// A group over fixed `servers` (address, weight), reached through `connector`; empty for
+    /// one whose workers are still starting.
     pub fn new(
         name: &str,
         servers: Vec<(BackendAddr, u32)>,
         cfg: &config::Upstream,
+        connector: Connector,
     ) -> Arc<Upstream> {
         Arc::new_cyclic(|me: &Weak<Upstream>| {
             let pool = cfg.effective_pool();
@@ -93,6 +99,7 @@ impl Upstream {
                 name: name.to_string(),
                 backends: ArcSwap::from_pointee(backends),
                 connect_timeout: cfg.connect_timeout,
+                connector,
                 response_timeout: cfg.effective_response_timeout(),
                 buffer_bodies: cfg.workers.is_some(),
                 pool,

@@ -1,0 +1,46 @@
+//! How proxyd talks to an upstream's servers: the protocol (`protocol:`) and, for
+//! `https://` servers, the TLS settings (`tls:`).
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The HTTP version spoken to an upstream's servers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// One request at a time per connection, kept alive in the pool.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (`https://` servers), agreed by ALPN "h2"; one shared connection.
+    H2,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC servers without TLS).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// `tls:` of an upstream: how its `https://` servers are verified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CAs trusted for these servers (relative to the config file);
+    /// without it, the system's roots.
+    #[serde(default)]
+    pub ca: Option<Spanned<String>>,
+    /// The name sent as SNI and checked against the certificate, instead of the host of
+    /// each `https://` server.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// Accept any certificate. For tests only: it gives up all protection TLS offers
+    /// against a man in the middle (a warning is logged at startup).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
