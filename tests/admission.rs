@@ -440,3 +440,95 @@ async fn least_outstanding_avoids_the_busy_backend() {
     busy.gate.add_permits(1);
     held.await.unwrap();
 }
+
+#[tokio::test]
+async fn h2_stream_resets_free_their_backend_slot() {
+    let backend = Gated::start().await;
+    let yaml =
+        yaml_to(&[backend.addr], "").replace("    servers:", "    concurrency: 1\n    servers:");
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let client = H2::connect(proxy.addr).await;
+
+    // A stream that holds the only slot, and one that waits in the queue; both are reset.
+    let mut c1 = client.clone();
+    let holding = tokio::spawn(async move {
+        c1.send(Request::get("http://x/held").body(full("")).unwrap())
+            .await
+    });
+    backend.wait_arrived(1).await;
+    let mut c2 = client.clone();
+    let queued = tokio::spawn(async move {
+        c2.send(Request::get("http://x/queued").body(full("")).unwrap())
+            .await
+    });
+    proxy.wait_queued("app", 1).await;
+    holding.abort();
+    queued.abort();
+    // The queued reset leaves the queue; the held one's slot is freed when it is dropped.
+    proxy.wait_queued("app", 0).await;
+    let up = proxy.upstream("app");
+    for _ in 0..500 {
+        if up
+            .backends()
+            .iter()
+            .all(|b| b.in_flight.load(Ordering::SeqCst) == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        up.backends()
+            .iter()
+            .all(|b| b.in_flight.load(Ordering::SeqCst) == 0),
+        "a reset stream kept its slot"
+    );
+
+    backend.gate.add_permits(2);
+    let mut c3 = client.clone();
+    let after = c3
+        .send(Request::get("http://x/after").body(full("")).unwrap())
+        .await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(
+        backend.arrived(),
+        ["/held", "/after"],
+        "the queued stream was never forwarded"
+    );
+}
+
+#[tokio::test]
+async fn h2_max_concurrent_streams_is_announced_and_kept() {
+    let backend = Gated::start().await;
+    let proxy = TestProxy::to(&[backend.addr], "limits: { max_concurrent_streams: 2 }\n").await;
+    let mut client = H2::connect(proxy.addr).await;
+    // One exchange first, so the client has the server's SETTINGS before opening streams
+    // (before that it may open more, and gets REFUSED_STREAM, as HTTP/2 allows).
+    backend.gate.add_permits(1);
+    let warm = client
+        .send(Request::get("http://x/warm").body(full("")).unwrap())
+        .await;
+    assert_eq!(warm.status, StatusCode::OK);
+    let streams: Vec<_> = (0..3)
+        .map(|i| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                c.send(
+                    Request::get(format!("http://x/{i}"))
+                        .body(full(""))
+                        .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    backend.wait_arrived(3).await;
+    // The client holds the third stream back: the server announced a limit of two.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(backend.arrived().len(), 3, "{:?}", backend.arrived());
+    backend.gate.add_permits(3);
+    for s in streams {
+        assert_eq!(s.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(backend.arrived().len(), 4);
+}

@@ -233,6 +233,9 @@ pub struct Limits {
     /// a temp file, so the worker is free once it has answered.
     #[serde(default = "default_buffer_response", deserialize_with = "size")]
     pub buffer_response: u64,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
     /// Open client connections per listener; past it, accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -247,6 +250,7 @@ impl Default for Limits {
             buffer_body: default_buffer_body(),
             buffer_response: default_buffer_response(),
             max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_streams(),
         }
     }
 }
@@ -407,6 +411,9 @@ fn default_buffer_body() -> u64 {
 }
 fn default_buffer_response() -> u64 {
     1024 * 1024
+}
+fn default_max_streams() -> u32 {
+    256
 }
 fn default_max_connections() -> usize {
     10_000

@@ -42,6 +42,7 @@ pub struct Server {
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     client: HeadLimits,
+    max_streams: u32,
     grace: Duration,
 }
 
@@ -88,6 +89,7 @@ impl Server {
                 max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
                 max_headers: cfg.limits.max_headers,
             },
+            max_streams: cfg.limits.max_concurrent_streams,
             grace: cfg.timeouts.shutdown_grace,
         })
     }
@@ -138,7 +140,7 @@ impl Server {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(self.max_streams)
             .max_header_list_size(u32::try_from(self.client.max_head_bytes).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
 
