@@ -464,3 +464,62 @@ async fn curl_http2_prior_knowledge_get() {
         Some(proxy.addr.to_string().as_str())
     );
 }
+
+#[tokio::test]
+async fn h2_shutdown_sends_goaway_and_finishes_open_streams() {
+    // A backend that answers once told to.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (r, a) = (release.clone(), arrived.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (r, a) = (r.clone(), a.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let (r, a) = (r.clone(), a.clone());
+                    async move {
+                        a.notify_one();
+                        r.notified().await;
+                        Ok::<_, Infallible>(Response::new(full("finished")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let proxy = TestProxy::to(&[addr], "").await;
+    let mut client = H2::connect(proxy.addr).await;
+    let late = client.clone();
+    let open = tokio::spawn(async move {
+        client
+            .send(Request::get("http://x/slow").body(full("")).unwrap())
+            .await
+    });
+    arrived.notified().await;
+    let stopping = tokio::spawn(proxy.shutdown());
+    // The drain waits for the open stream.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown did not wait for the open stream"
+    );
+    // GOAWAY went out: the connection takes no new stream.
+    let refused = tokio::spawn(async move {
+        let mut late = late;
+        late.try_send(Request::get("http://x/late").body(full("")).unwrap())
+            .await
+    });
+    assert!(
+        refused.await.unwrap().is_err(),
+        "a new stream was accepted after GOAWAY"
+    );
+    release.notify_one();
+    let got = open.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "finished");
+    stopping.await.unwrap();
+}

@@ -389,6 +389,13 @@ impl H2 {
         let resp = self.sender.send_request(req).await.unwrap();
         read_whole(resp).await
     }
+
+    /// Like `send`, but a refused or reset stream is an error instead of a panic.
+    pub async fn try_send(&mut self, req: Request<BoxBody>) -> Result<Got, hyper::Error> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        Ok(read_whole(resp).await)
+    }
 }
 
 /// Sends raw bytes on a new connection and returns everything read until the proxy closes
