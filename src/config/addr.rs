@@ -11,7 +11,10 @@ pub enum BackendAddr {
     Unix(PathBuf),
     /// `https://host:port`: TLS over TCP; `host` (as written, without brackets) is the name
     /// sent as SNI and verified against the certificate.
-    Tls { addr: SocketAddr, host: String },
+    Tls {
+        addr: SocketAddr,
+        host: String,
+    },
 }
 
 impl BackendAddr {

@@ -50,8 +50,7 @@ pub async fn send(
             Err(e) => return Err(Failed::unsent(e, req)),
         };
         if conn.sender.is_http2() {
-            let tls = matches!(backend.addr, BackendAddr::Tls { .. });
-            to_http2(&mut req, tls, &backend.addr);
+            to_http2(&mut req, &backend.addr);
         }
         let sent = tokio::time::timeout(response_timeout, conn.sender.try_send_request(req)).await;
         match sent {
@@ -65,21 +64,21 @@ pub async fn send(
                     }
                 }
                 match e.take_message() {
-                Some(back) if conn.reused => {
-                    tracing::debug!(backend = %backend.label, "pooled connection was closed; using another");
-                    req = back;
+                    Some(back) if conn.reused => {
+                        tracing::debug!(backend = %backend.label, "pooled connection was closed; using another");
+                        req = back;
+                    }
+                    Some(back) => {
+                        let error = ProxyError::new(Cause::UpstreamClosed, e.error());
+                        return Err(Failed::unsent(error, back));
+                    }
+                    None => {
+                        return Err(Failed {
+                            error: response_error(e.error(), &backend.label),
+                            request: None,
+                        })
+                    }
                 }
-                Some(back) => {
-                    let error = ProxyError::new(Cause::UpstreamClosed, e.error());
-                    return Err(Failed::unsent(error, back));
-                }
-                None => {
-                    return Err(Failed {
-                        error: response_error(e.error(), &backend.label),
-                        request: None,
-                    })
-                }
-            }
             }
             Err(_) => {
                 let error = ProxyError::new(
@@ -102,7 +101,8 @@ pub async fn send(
 /// scheme and authority become `:scheme` and `:authority`), and Host moved into the
 /// authority, as RFC 9113 8.3.1 asks. Hop-by-hop headers are already gone; hyper drops any
 /// other connection-specific one (`transfer-encoding`), keeping `te: trailers`.
-fn to_http2(req: &mut Request<RequestBody>, tls: bool, backend: &BackendAddr) {
+fn to_http2(req: &mut Request<RequestBody>, backend: &BackendAddr) {
+    let tls = matches!(backend, BackendAddr::Tls { .. });
     let authority = req
         .headers_mut()
         .remove(header::HOST)

@@ -147,14 +147,18 @@ impl Connector {
             Err(_) => {
                 return Err(ProxyError::new(
                     Cause::UpstreamConnectTimeout,
-                    format_args!("TLS handshake with {addr} timed out after {:?}", self.timeout),
+                    format_args!(
+                        "TLS handshake with {addr} timed out after {:?}",
+                        self.timeout
+                    ),
                 )
                 .nothing_sent())
             }
             Ok(Err(e)) => return Err(fail(&e)),
             Ok(Ok(s)) => s,
         };
-        if self.protocol == UpstreamProtocol::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+        if self.protocol == UpstreamProtocol::H2
+            && stream.get_ref().1.alpn_protocol() != Some(b"h2")
         {
             return Err(fail(&"the server did not agree to HTTP/2 (ALPN h2)"));
         }
