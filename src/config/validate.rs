@@ -45,8 +45,13 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             }
             // Loads every certificate, key and CA as serving would: unreadable, mismatched or
             // expired files are reported here, by name.
-            crate::server::tls::build(tls, &loaded.dir)
-                .map_err(|m| err(first, format!("listen: tls: {m}")))?;
+            crate::server::tls::build_located(tls, &loaded.dir).map_err(|(at, m)| {
+                let msg = format!("listen: tls: {m}");
+                match at {
+                    Some(at) => ConfigError::at(file, &at, msg),
+                    None => err(first, msg),
+                }
+            })?;
         }
         if l.redirect_https && l.tls.is_some() {
             return Err(err(

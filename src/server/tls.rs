@@ -122,12 +122,22 @@ impl ResolvesServerCert for SniResolver {
 
 /// Everything one listener's TLS needs, read from disk: builds a rustls config.
 pub fn build(tls: &Tls, dir: &Path) -> Result<ServerConfig, String> {
+    build_located(tls, dir).map_err(|(_, message)| message)
+}
+
+/// `build`, with the place in the config of the file at fault (a pair's cert, the client CA),
+/// so that `proxyd check` points at that pair rather than the listener's first one.
+pub fn build_located(
+    tls: &Tls,
+    dir: &Path,
+) -> Result<ServerConfig, (Option<serde_saphyr::Location>, String)> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
     let default_index = tls.certs.iter().position(|p| p.default).unwrap_or(0);
     for (i, pair) in tls.certs.iter().enumerate() {
-        let loaded = load_pair(&dir.join(&pair.cert.value), &dir.join(&pair.key.value))?;
+        let loaded = load_pair(&dir.join(&pair.cert.value), &dir.join(&pair.key.value))
+            .map_err(|m| (Some(pair.cert.referenced), m))?;
         for name in &loaded.names {
             match name.strip_prefix("*.") {
                 Some(parent) => wildcard.entry(parent.to_string()),
@@ -139,7 +149,7 @@ pub fn build(tls: &Tls, dir: &Path) -> Result<ServerConfig, String> {
             default = Some(loaded.key.clone());
         }
     }
-    let default = default.ok_or("tls.certs needs at least one cert/key pair")?;
+    let default = default.ok_or((None, "tls.certs needs at least one cert/key pair".into()))?;
     let resolver = Arc::new(SniResolver {
         exact,
         wildcard,
@@ -149,34 +159,37 @@ pub fn build(tls: &Tls, dir: &Path) -> Result<ServerConfig, String> {
         "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
         "1.3" => &[&rustls::version::TLS13],
         other => {
-            return Err(format!(
-                "min_version {other:?}: expected \"1.2\" or \"1.3\""
+            return Err((
+                Some(tls.min_version.referenced),
+                format!("min_version {other:?}: expected \"1.2\" or \"1.3\""),
             ))
         }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (None, e.to_string()))?;
     let builder = match &tls.client_auth {
         None => builder.with_no_client_auth(),
         Some(auth) => {
             let path = dir.join(&auth.ca.value);
+            let at = |m: String| (Some(auth.ca.referenced), m);
             let mut roots = RootCertStore::empty();
             let cas = CertificateDer::pem_file_iter(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                .map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
             for ca in cas {
-                let ca = ca.map_err(|e| format!("{}: not a PEM bundle: {e}", path.display()))?;
+                let ca =
+                    ca.map_err(|e| at(format!("{}: not a PEM bundle: {e}", path.display())))?;
                 roots
                     .add(ca)
-                    .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+                    .map_err(|e| at(format!("{}: not a CA certificate: {e}", path.display())))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = match auth.mode {
                 ClientAuthMode::Required => verifier.build(),
                 ClientAuthMode::Optional => verifier.allow_unauthenticated().build(),
             }
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| at(format!("{}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
