@@ -1707,3 +1707,84 @@ async fn curl_gets_http2_and_openssl_sees_the_sni_certificate_and_alpn_h2() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_no_request() {
+    let backend = TestBackend::echo().await;
+    let pki = Pki::new("proxyd test CA");
+    let (cert, key) = pki.server("a", "gen-0", &["a.example.test"], Alg::P256);
+    let tls = format!("{{ certs: [{}] }}", pair(&cert, &key, false));
+    let proxy = TestProxy::from_yaml(&tls_yaml(backend.addr, &tls)).await;
+    let admin = proxy.admin.unwrap();
+    let client = Arc::new(Client::new(&pki));
+
+    // Four clients: two on new TLS connections per request, two on keep-alive connections.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let (client, stop, addr) = (client.clone(), stop.clone(), proxy.addr);
+        let served = served.clone();
+        load.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut kept: Option<Https1> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && done < 2000 {
+                let got = if c < 2 {
+                    let tls = client
+                        .connect(addr, "a.example.test")
+                        .await
+                        .expect("handshake");
+                    Https1::over(tls)
+                        .await
+                        .get("a.example.test", "/fresh")
+                        .await
+                } else {
+                    if kept.is_none() {
+                        let tls = client
+                            .connect(addr, "a.example.test")
+                            .await
+                            .expect("handshake");
+                        kept = Some(Https1::over(tls).await);
+                    }
+                    kept.as_mut().unwrap().get("a.example.test", "/kept").await
+                };
+                assert_eq!(got.status, StatusCode::OK, "client {c}, request {done}");
+                done += 1;
+                served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            done
+        }));
+    }
+    // Reload with a new certificate five times while the load runs.
+    for gen in 1..=5 {
+        let next = pki.issue(
+            &format!("gen-{gen}"),
+            &["a.example.test"],
+            Alg::P256,
+            Usage::Server,
+        );
+        overwrite_keeping_mtime(&cert, &next.cert_pem);
+        overwrite_keeping_mtime(&key, &next.key.serialize_pem());
+        let got = post(admin, "/reload").await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+        assert_eq!(
+            cn_now(&client, proxy.addr, "a.example.test").await,
+            format!("gen-{gen}")
+        );
+        // Let the load run across each reload.
+        let before = served.load(std::sync::atomic::Ordering::Relaxed);
+        within("load between reloads", async {
+            while served.load(std::sync::atomic::Ordering::Relaxed) < before + 40 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for l in load {
+        total += l.await.unwrap();
+    }
+    assert!(total > 0);
+    proxy.shutdown().await;
+}
