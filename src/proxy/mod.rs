@@ -5,6 +5,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod outcome;
 pub mod route;
 pub mod snapshot;
 pub mod spool;
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
+use outcome::{Outcome, Trace};
 pub use snapshot::Snapshot;
 use spool::SpooledResponse;
 
@@ -84,19 +86,33 @@ impl ListenerSettings {
 }
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
-/// Every response carries the request's id, so a client can quote it.
+/// Every response carries the request's id, so a client can quote it. The `Pending` outcome
+/// is completed by the server once the response body has been sent.
 pub async fn handle(
     mut req: Request<Incoming>,
     snap: Arc<Snapshot>,
     conn: &ConnInfo,
-) -> Response<ResponseBody> {
-    if let Some(port) = conn.listener.redirect_https {
-        return redirect_https(&req, port);
-    }
+) -> (Response<ResponseBody>, Pending) {
+    let started = tokio::time::Instant::now();
     let request_id = headers::ensure_request_id(req.headers_mut(), &snap.request_id);
+    let begun = Begun::of(&req, conn, request_id.clone());
+    let mut trace = Trace::default();
+    if let Some(port) = conn.listener.redirect_https {
+        let resp = redirect_https(&req, port);
+        let status = resp.status();
+        return (
+            resp,
+            Pending {
+                begun,
+                started,
+                trace,
+                status,
+            },
+        );
+    }
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let mut resp = match proxy(req, &snap, conn).await {
+    let mut resp = match proxy(req, &snap, conn, &mut trace).await {
         Ok(resp) => resp,
         Err(e) => {
             match e.cause.side() {
@@ -105,15 +121,22 @@ pub async fn handle(
                 }
                 _ => tracing::warn!(%method, %uri, ?request_id, error = %e, "request failed"),
             }
+            trace.cause = Some(e.cause);
             error_response(&e)
         }
+    };
+    let pending = Pending {
+        begun,
+        started,
+        trace,
+        status: resp.status(),
     };
     let h = resp.headers_mut();
     h.insert(snap.request_id.clone(), request_id);
     if let Some(hsts) = &conn.listener.hsts {
         h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    resp
+    (resp, pending)
 }
 
 /// A plain listener's answer when it only redirects: 308 to the same host and target over
@@ -157,6 +180,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     snap: &Snapshot,
     conn: &ConnInfo,
+    trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
@@ -181,6 +205,7 @@ async fn proxy(
         )
     })?;
     let upstream = &snap.upstreams[target];
+    trace.upstream = Some(upstream.clone());
 
     // read body
     let declared = parts
@@ -223,6 +248,7 @@ async fn proxy(
         idempotent,
         backend_host,
         key,
+        trace,
     )
     .await?;
     let backend = flight.backend().clone();
@@ -258,6 +284,81 @@ async fn proxy(
     Ok(Response::from_parts(rparts, body))
 }
 
+/// What is known of a request when it arrives, kept for its outcome.
+struct Begun {
+    at: std::time::SystemTime,
+    method: http::Method,
+    target: String,
+    path_len: usize,
+    version: http::Version,
+    host: Option<HeaderValue>,
+    client: Option<std::net::IpAddr>,
+    forwarded_for: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    request_id: HeaderValue,
+}
+
+impl Begun {
+    fn of(req: &Request<Incoming>, conn: &ConnInfo, request_id: HeaderValue) -> Begun {
+        let h = req.headers();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        Begun {
+            at: std::time::SystemTime::now(),
+            method: req.method().clone(),
+            path_len: req.uri().path().len().min(target.len()),
+            target,
+            version: req.version(),
+            host: req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| h.get(header::HOST).cloned()),
+            client: conn.peer.map(|p| p.ip()),
+            forwarded_for: h.get("x-forwarded-for").cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            referer: h.get(header::REFERER).cloned(),
+            request_id,
+        }
+    }
+}
+
+/// A response's outcome until its body has been sent; the server completes it.
+pub struct Pending {
+    begun: Begun,
+    started: tokio::time::Instant,
+    trace: Trace,
+    status: StatusCode,
+}
+
+impl Pending {
+    /// The finished request, once `body_bytes` of its response body were sent.
+    pub fn finish(self, body_bytes: u64) -> Outcome {
+        let b = self.begun;
+        Outcome {
+            at: b.at,
+            method: b.method,
+            target: b.target,
+            path_len: b.path_len,
+            version: b.version,
+            host: b.host,
+            client: b.client,
+            forwarded_for: b.forwarded_for,
+            user_agent: b.user_agent,
+            referer: b.referer,
+            request_id: b.request_id,
+            status: self.status,
+            body_bytes,
+            duration: self.started.elapsed(),
+            trace: self.trace,
+        }
+    }
+}
+
 /// Takes a backend slot (waiting in the queue if need be) and sends; retries on another
 /// backend what is safe to retry, within `retries.attempts` and the retry budget: any request
 /// none of which reached the failed backend, and once, an idempotent one with a replayable
@@ -269,10 +370,11 @@ async fn pick_and_send(
     idempotent: bool,
     backend_host: bool,
     key: Option<u64>,
+    trace: &mut Trace,
 ) -> Result<(forward::Sent, InFlight), ProxyError> {
     Stats::add(&upstream.stats.requests);
     upstream.budget.deposit();
-    let result = attempts(upstream, req, idempotent, backend_host, key).await;
+    let result = attempts(upstream, req, idempotent, backend_host, key, trace).await;
     if let Err(e) = &result {
         upstream.stats.error(e.cause);
     }
@@ -285,6 +387,7 @@ async fn attempts(
     idempotent: bool,
     backend_host: bool,
     key: Option<u64>,
+    trace: &mut Trace,
 ) -> Result<(forward::Sent, InFlight), ProxyError> {
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut replayed = false;
@@ -295,7 +398,10 @@ async fn attempts(
         .buffered_len()
         .is_some_and(|n| n <= upstream.retries.max_body);
     loop {
-        let flight = match upstream.acquire(key, tried.clone()).await {
+        let waiting = tokio::time::Instant::now();
+        let acquired = upstream.acquire(key, tried.clone()).await;
+        trace.queued += waiting.elapsed();
+        let flight = match acquired {
             Ok(f) => f,
             Err(cause) => {
                 return Err(previous.take().unwrap_or_else(|| {
@@ -304,6 +410,7 @@ async fn attempts(
             }
         };
         let backend = flight.backend().clone();
+        trace.backend = Some(backend.clone());
         if backend_host {
             forward::set_backend_host(&mut req, &backend);
         }
@@ -324,6 +431,7 @@ async fn attempts(
         .await;
         let failed = match sent {
             Ok(sent) => {
+                trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
                 upstream.record(&backend, sent.response.status().is_server_error());
@@ -352,6 +460,7 @@ async fn attempts(
             return Err(failed.error);
         }
         Stats::add(counter);
+        trace.retries += 1;
         tracing::debug!(backend = %backend.label, error = %failed.error, "retrying on another backend");
         req = again;
         tried.push(backend);

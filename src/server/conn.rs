@@ -19,6 +19,8 @@ use tokio::time::{Instant, Sleep};
 use super::framing::RequestStream;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::error::{error_response_h1, Cause};
+use crate::proxy::outcome::Observers;
+use crate::proxy::Pending;
 
 /// Requests a connection is serving right now, shared by its IO and its response bodies.
 #[derive(Debug, Default)]
@@ -71,10 +73,24 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The body hyper writes to the client: the pipeline's body plus the request's guard.
+/// The body hyper writes to the client: the pipeline's body, the request's guard, and its
+/// outcome, handed to the observers when the body is done (sent, or dropped).
 pub struct ServerBody {
     pub body: ResponseBody,
     pub _guard: ActiveGuard,
+    pub pending: Option<Pending>,
+    pub observers: Observers,
+    pub sent: u64,
+}
+
+impl Drop for ServerBody {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if !self.observers.is_empty() {
+                self.observers.done(&p.finish(self.sent));
+            }
+        }
+    }
 }
 
 impl Body for ServerBody {
@@ -85,7 +101,13 @@ impl Body for ServerBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.sent += d.len() as u64;
+            }
+        }
+        polled
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
+use crate::proxy::outcome::Observers;
 use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
@@ -44,6 +45,8 @@ pub struct Server {
     client: HeadLimits,
     max_streams: u32,
     grace: Duration,
+    /// Told about every finished request (metrics, access logs).
+    observers: Observers,
 }
 
 impl Server {
@@ -90,6 +93,7 @@ impl Server {
                 max_headers: cfg.limits.max_headers,
             },
             max_streams: cfg.limits.max_concurrent_streams,
+            observers: Observers::default(),
             grace: cfg.timeouts.shutdown_grace,
         })
     }
@@ -156,6 +160,7 @@ impl Server {
                 self.client,
                 graceful.clone(),
                 stop_rx.clone(),
+                self.observers.clone(),
             )));
         }
         let admin = self.admin.map(|admin| {
@@ -208,6 +213,7 @@ async fn accept_loop(
     client: HeadLimits,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
+    observers: Observers,
 ) {
     let limit = Arc::new(Semaphore::new(l.max_connections));
     loop {
@@ -236,6 +242,7 @@ async fn accept_loop(
             // Taken now: a connection accepted before shutdown is drained by it.
             watcher: graceful.watcher(),
             listener: l.settings.clone(),
+            observers: observers.clone(),
         };
         let tls = l.tls.clone();
         tokio::spawn(async move {
@@ -311,6 +318,7 @@ struct Conn {
     client: HeadLimits,
     watcher: Watcher,
     listener: Arc<ListenerSettings>,
+    observers: Observers,
 }
 
 impl Conn {
@@ -324,18 +332,24 @@ impl Conn {
         let io = ClientIo::new(stream, activity.clone(), self.client);
         let info = Arc::new(info);
         let state = self.state.clone();
+        let observers = self.observers.clone();
         let service = service_fn(move |req| {
             let (guard, refused) = activity.begin();
             let snap = state.load_full();
             let info = info.clone();
+            let observers = observers.clone();
             async move {
-                let resp = match refused {
+                let (resp, pending) = match refused {
                     // A pipelined head that conn refused: answered in turn, never proxied.
                     Some(cause) => {
                         tracing::debug!(code = cause.code(), "refused pipelined request head");
-                        error_response(&ProxyError::new(cause, "pipelined request head"))
+                        let e = ProxyError::new(cause, "pipelined request head");
+                        (error_response(&e), None)
                     }
-                    None => proxy::handle(req, snap, &info).await,
+                    None => {
+                        let (resp, pending) = proxy::handle(req, snap, &info).await;
+                        (resp, Some(pending))
+                    }
                 };
                 if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                     guard.switching_protocols();
@@ -343,6 +357,9 @@ impl Conn {
                 Ok::<_, Infallible>(resp.map(|body| ServerBody {
                     body,
                     _guard: guard,
+                    pending,
+                    observers,
+                    sent: 0,
                 }))
             }
         });
