@@ -76,9 +76,9 @@ impl Supervisors {
             };
             let group = Arc::new(Group::new(upstream.clone(), spec, w.clone()));
             let slots = (0..w.count())
-                .map(|_| {
+                .map(|i| {
                     let (tx, rx) = mpsc::channel(4);
-                    tokio::spawn(slot::run(group.clone(), rx));
+                    tokio::spawn(slot::run(group.clone(), i, rx));
                     tx
                 })
                 .collect();
@@ -116,6 +116,12 @@ impl Supervisors {
             }
         }
         Ok(())
+    }
+
+    /// Every supervised upstream: its name and its group (workers now, restarts by reason,
+    /// failure).
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &Group)> {
+        self.groups.iter().map(|g| (g.name.as_str(), &*g.group))
     }
 
     /// Upstreams whose workers keep failing, with why.

@@ -203,10 +203,7 @@ impl Process {
 
     /// Resident memory in bytes, from /proc.
     pub fn rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
+        rss(self.pid)
     }
 
     /// SIGTERM to the process group, SIGKILL after `kill_timeout`; returns once it exited.
@@ -248,6 +245,14 @@ impl Process {
             }
         }
     }
+}
+
+/// The resident memory of process `pid` in bytes, from /proc.
+pub fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Copies a worker's output into proxyd's log, line by line, with the worker's id.

@@ -31,6 +31,21 @@ pub struct Group {
     stopping: AtomicBool,
     /// Old workers being drained and stopped; shutdown waits for them.
     leaving: Mutex<Vec<JoinHandle<()>>>,
+    /// What each slot runs now, for status pages and metrics.
+    views: Mutex<Vec<Option<WorkerView>>>,
+    /// Restarts by reason: crash, failed start, hung, unhealthy, max_requests, max_memory,
+    /// rolling restart.
+    pub restarts_by: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// A worker as the outside sees it.
+#[derive(Clone)]
+pub struct WorkerView {
+    pub slot: usize,
+    pub id: u64,
+    pub pid: u32,
+    pub backend: Arc<Backend>,
+    pub started: std::time::SystemTime,
 }
 
 impl Group {
@@ -45,7 +60,32 @@ impl Group {
             failed: Mutex::new(None),
             stopping: AtomicBool::new(false),
             leaving: Mutex::new(Vec::new()),
+            views: Mutex::new(Vec::new()),
+            restarts_by: Mutex::new(std::collections::BTreeMap::new()),
         }
+    }
+
+    /// The workers running now, one per slot that has one.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.iter().flatten().cloned().collect()
+    }
+
+    fn publish(&self, slot: usize, view: Option<WorkerView>) {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if views.len() <= slot {
+            views.resize(slot + 1, None);
+        }
+        views[slot] = view;
+    }
+
+    fn count_restart(&self, reason: &'static str) {
+        *self
+            .restarts_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_insert(0) += 1;
     }
 
     pub fn failure(&self) -> Option<String> {
@@ -140,18 +180,29 @@ pub enum Command {
 
 /// A worker in the rotation.
 struct Running {
+    started: std::time::SystemTime,
     process: Process,
     backend: Arc<Backend>,
     fails: u32,
     oks: u32,
 }
 
-pub async fn run(group: Arc<Group>, mut commands: mpsc::Receiver<Command>) {
+pub async fn run(group: Arc<Group>, slot: usize, mut commands: mpsc::Receiver<Command>) {
     let (events_tx, mut events) = mpsc::unbounded_channel::<(u64, WorkerEvent)>();
     let mut current: Option<Running> = None;
     let mut tick = tokio::time::interval(group.cfg.health.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        group.publish(
+            slot,
+            current.as_ref().map(|r| WorkerView {
+                slot,
+                id: r.process.id,
+                pid: r.process.pid,
+                backend: r.backend.clone(),
+                started: r.started,
+            }),
+        );
         let Some(w) = current.as_mut() else {
             // No worker: start one, unless the group gave up or is stopping.
             if group.is_failed() || group.stopping.load(Ordering::Acquire) {
@@ -173,6 +224,7 @@ pub async fn run(group: Arc<Group>, mut commands: mpsc::Receiver<Command>) {
             match start(&group, &events_tx).await {
                 Ok(r) => current = Some(r),
                 Err(output) => {
+                    group.count_restart("failed_start");
                     if let Some(wait) = group.note_restart(&output) {
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
@@ -197,6 +249,7 @@ pub async fn run(group: Arc<Group>, mut commands: mpsc::Receiver<Command>) {
                 group.upstream.remove(&w.backend);
                 w.process.reap(&group.ports);
                 current = None;
+                group.count_restart("crash");
                 if let Some(wait) = group.note_restart(&output) {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -310,6 +363,7 @@ async fn start(
     group.upstream.add(backend.clone());
     tracing::info!(upstream = %group.spec.upstream, worker = id, pid = process.pid, "worker ready");
     Ok(Running {
+        started: std::time::SystemTime::now(),
         process,
         backend,
         fails: 0,
@@ -358,6 +412,13 @@ async fn replace(
     reason: &'static str,
 ) -> Option<Running> {
     let broken = reason == HUNG || reason == UNHEALTHY;
+    group.count_restart(match reason {
+        HUNG => "hung",
+        UNHEALTHY => "unhealthy",
+        "max_requests" => "max_requests",
+        "max_memory" => "max_memory",
+        _ => "rolling",
+    });
     if let Some(o) = &old {
         tracing::info!(upstream = %group.spec.upstream, worker = o.process.id, "replacing worker: {reason}");
     }
