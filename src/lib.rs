@@ -13,7 +13,10 @@
 //! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`logging`]: tracing to stderr.
+//! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
+//!   the request path.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod logging;

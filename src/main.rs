@@ -63,7 +63,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(loaded)) {
+    let result = runtime.block_on(serve(loaded));
+    // The writers flush when idle; the last lines must not be lost at exit.
+    proxyd::access_log::shutdown(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -78,6 +81,14 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    // SIGUSR1: reopen the access logs after logrotate moved them (nginx's and gunicorn's USR1).
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening the access logs");
+            proxyd::access_log::reopen();
+        }
+    });
     let supervisors = server.supervisors();
     let certificates = server.certificates();
     // SIGHUP: reload TLS certificates and replace every worker, one at a time (gunicorn's HUP).

@@ -29,6 +29,9 @@ pub struct Config {
     pub headers: Headers,
     #[serde(default)]
     pub log: Log,
+    /// Access logs; several may be written at once.
+    #[serde(default)]
+    pub access_log: Vec<AccessLog>,
     /// Runtime threads; default: one per core.
     #[serde(default)]
     pub threads: Option<usize>,
@@ -332,6 +335,28 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// One access log: `{ format: combined|json|healthd, path: FILE }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub format: Spanned<AccessLogFormat>,
+    /// Relative to the config file; `-` or `stderr` for stderr. For `healthd`, the base name
+    /// the hour is appended to (default `/var/log/nginx/healthd/application.log`).
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// nginx's `combined`.
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// Elastic Beanstalk's enhanced health format, one file per UTC hour.
+    Healthd,
 }
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -199,6 +199,37 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     if cfg.threads == Some(0) {
         return Err(ConfigError::new(file, None, "threads: must be at least 1"));
     }
+    validate_access_logs(loaded)?;
+    Ok(())
+}
+
+/// Each access log needs a path (healthd has a default) in a directory that exists or can be
+/// created, and no two logs may share a file.
+fn validate_access_logs(loaded: &Loaded) -> Result<(), ConfigError> {
+    use crate::access_log::{destination, Destination};
+    let file = loaded.file.as_str();
+    let mut seen = Vec::new();
+    for log in &loaded.config.access_log {
+        let at = log.path.as_ref().map_or(&log.format.referenced, |p| &p.referenced);
+        let fail = |msg: String| Err(ConfigError::at(file, at, format!("access_log: {msg}")));
+        let Some(dest) = destination(log, &loaded.dir) else {
+            return fail("path: needed for this format (a file, or \"-\" for stderr)".into());
+        };
+        let path = match &dest {
+            Destination::Stderr => continue,
+            Destination::File(p) | Destination::Hourly(p) => p.clone(),
+        };
+        if seen.contains(&path) {
+            return fail(format!("{} is written by two logs", path.display()));
+        }
+        if path.is_dir() {
+            return fail(format!("{} is a directory", path.display()));
+        }
+        if let Err(m) = crate::access_log::creatable_dir(&path) {
+            return fail(m);
+        }
+        seen.push(path);
+    }
     Ok(())
 }
 

@@ -80,6 +80,8 @@ impl Server {
             }
             None => None,
         };
+        // Before the workers start: a log that cannot be opened stops startup.
+        let access_logs = crate::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
         Ok(Server {
             listeners,
@@ -93,7 +95,7 @@ impl Server {
                 max_headers: cfg.limits.max_headers,
             },
             max_streams: cfg.limits.max_concurrent_streams,
-            observers: Observers::default(),
+            observers: Observers(Arc::new(access_logs)),
             grace: cfg.timeouts.shutdown_grace,
         })
     }
