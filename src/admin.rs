@@ -26,6 +26,7 @@ struct Admin {
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     certificates: Certificates,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Serves until the task is aborted; it keeps answering through the drain.
@@ -35,12 +36,14 @@ pub async fn serve(
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     certificates: Certificates,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let admin = Arc::new(Admin {
         stop,
         state,
         supervisors,
         certificates,
+        metrics,
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -69,6 +72,9 @@ impl Admin {
         match (method, path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") => self.readiness(),
+            (&Method::GET, "/metrics") => {
+                self.metrics.response(&self.state.load(), &self.supervisors)
+            }
             (&Method::POST, "/reload") => match self.certificates.reload().as_slice() {
                 [] => text(StatusCode::OK, "reloaded\n".into()),
                 errors => text(StatusCode::UNPROCESSABLE_ENTITY, errors.join("\n") + "\n"),

@@ -15,11 +15,13 @@
 //! - [`logging`]: tracing to stderr.
 //! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
 //!   the request path.
+//! - [`metrics`]: the Prometheus registry and every metric, served at the admin's `/metrics`.
 
 pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

@@ -47,6 +47,8 @@ pub struct Server {
     grace: Duration,
     /// Told about every finished request (metrics, access logs).
     observers: Observers,
+    /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -83,6 +85,7 @@ impl Server {
         // Before the workers start: a log that cannot be opened stops startup.
         let access_logs = crate::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
+        let metrics = Arc::new(crate::metrics::Metrics::new(&snapshot));
         Ok(Server {
             listeners,
             admin,
@@ -95,7 +98,13 @@ impl Server {
                 max_headers: cfg.limits.max_headers,
             },
             max_streams: cfg.limits.max_concurrent_streams,
-            observers: Observers(Arc::new(access_logs)),
+            observers: Observers(Arc::new(
+                [metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>]
+                    .into_iter()
+                    .chain(access_logs)
+                    .collect(),
+            )),
+            metrics,
             grace: cfg.timeouts.shutdown_grace,
         })
     }
@@ -163,6 +172,7 @@ impl Server {
                 graceful.clone(),
                 stop_rx.clone(),
                 self.observers.clone(),
+                self.metrics.clone(),
             )));
         }
         let admin = self.admin.map(|admin| {
@@ -173,6 +183,7 @@ impl Server {
                 self.state.clone(),
                 self.supervisors.clone(),
                 certificates.clone(),
+                self.metrics.clone(),
             ))
         });
 
@@ -208,6 +219,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     l: Listener,
     state: Arc<ArcSwap<Snapshot>>,
@@ -216,6 +228,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     observers: Observers,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let limit = Arc::new(Semaphore::new(l.max_connections));
     loop {
@@ -247,7 +260,9 @@ async fn accept_loop(
             observers: observers.clone(),
         };
         let tls = l.tls.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _open = metrics.connection_opened();
             match tls {
                 None => {
                     let info = ConnInfo::new(peer, &conn.listener, None);
@@ -259,12 +274,19 @@ async fn accept_loop(
                         tokio::time::timeout(client.header_timeout, t.acceptor().accept(stream));
                     match accept.await {
                         Ok(Ok(tls_stream)) => {
+                            metrics.tls_handshake(true);
                             let subject = tls::peer_subject(tls_stream.get_ref().1);
                             let info = ConnInfo::new(peer, &conn.listener, subject);
                             conn.serve(tls_stream, info).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake(false);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake(false);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
                 }
             }

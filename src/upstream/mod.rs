@@ -154,12 +154,16 @@ impl Upstream {
     }
 
     pub fn remove(&self, b: &Arc<Backend>) {
-        self.backends.rcu(|list| {
+        let before = self.backends.rcu(|list| {
             list.iter()
                 .filter(|x| !Arc::ptr_eq(x, b))
                 .cloned()
                 .collect::<Vec<_>>()
         });
+        if before.iter().any(|x| Arc::ptr_eq(x, b)) {
+            // Its pool's counts stay in the group's totals (metrics counters never go back).
+            self.stats.retire_pool(&b.pool);
+        }
     }
 
     pub fn ready_count(&self) -> usize {

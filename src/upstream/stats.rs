@@ -29,11 +29,23 @@ pub struct Stats {
     pub bad_response: AtomicU64,
     pub response_timeout: AtomicU64,
     pub no_backend: AtomicU64,
+    /// Keepalive pool counts of backends no longer in the group (replaced workers).
+    pub pool_reused_retired: AtomicU64,
+    pub pool_opened_retired: AtomicU64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps the reused/opened counts of a backend's pool as it leaves the group.
+    pub fn retire_pool(&self, pool: &crate::upstream::pool::Pool) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.pool_reused_retired
+            .fetch_add(get(&pool.reused), Ordering::Relaxed);
+        self.pool_opened_retired
+            .fetch_add(get(&pool.opened), Ordering::Relaxed);
     }
 
     /// Counts an error answered to a client, by its cause.

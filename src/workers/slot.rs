@@ -249,6 +249,8 @@ pub async fn run(group: Arc<Group>, slot: usize, mut commands: mpsc::Receiver<Co
                 group.upstream.remove(&w.backend);
                 w.process.reap(&group.ports);
                 current = None;
+                // Not shown as running through the back-off before the next start.
+                group.publish(slot, None);
                 group.count_restart("crash");
                 if let Some(wait) = group.note_restart(&output) {
                     tokio::select! {

@@ -1,0 +1,571 @@
+//! The Prometheus registry and every metric proxyd exports, named in one place; served as text
+//! on the admin listener's `GET /metrics`.
+//!
+//! Two kinds of figures:
+//!
+//! - counted as things happen, in a registry that lives as long as the server: requests by
+//!   upstream, method and status class and their latency histograms (by [`Metrics`], an
+//!   observer of every finished request), client connections and TLS handshakes (by the
+//!   server's accept loop);
+//! - read when scraped from the live state: in-flight requests and queue depth, the counters
+//!   each upstream already keeps ([`crate::upstream::stats::Stats`]: errors by cause, retries,
+//!   queue rejections, ejections, failing open), keepalive pool reuse, backend health and
+//!   latency, and the workers (state, restarts by reason, RSS, requests served).
+//!
+//! The request path does a few atomic operations per request: per-upstream handles (counters
+//! by method and status class, histograms) are made once and found by upstream name.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use http_body_util::Full;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::proxy::error::Cause;
+use crate::proxy::outcome::{Observe, Outcome};
+use crate::proxy::Snapshot;
+use crate::upstream::clock::now_ns;
+use crate::upstream::BackendState;
+use crate::workers::Supervisors;
+
+/// The upstream label of requests no route matched.
+pub const NO_UPSTREAM: &str = "-";
+
+/// Latency buckets in seconds: sub-millisecond proxy overhead up to a minute-long upstream.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Method label values; anything else is `OTHER` (a client must not grow the label set).
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &Method) -> usize {
+    match m.as_str() {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "DELETE" => 4,
+        "CONNECT" => 5,
+        "OPTIONS" => 6,
+        "TRACE" => 7,
+        "PATCH" => 8,
+        _ => 9,
+    }
+}
+
+fn class_index(s: StatusCode) -> usize {
+    usize::from(s.as_u16() / 100).clamp(1, 5) - 1
+}
+
+/// The server's metrics; one per server, shared by its listeners, its observers and the admin
+/// listener.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_time: HistogramVec,
+    queue_wait: HistogramVec,
+    /// Per-upstream handles by upstream name; grows (rarely) when a reload adds an upstream.
+    by_upstream: ArcSwap<HashMap<Box<str>, Arc<UpstreamHandles>>>,
+    client_connections_open: IntGauge,
+    client_connections: IntCounter,
+    tls_ok: IntCounter,
+    tls_failed: IntCounter,
+}
+
+/// One upstream's request metrics, ready to bump.
+struct UpstreamHandles {
+    name: Box<str>,
+    /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
+    /// the output.
+    requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
+    duration: Histogram,
+    upstream_time: Histogram,
+    queue_wait: Histogram,
+}
+
+/// Keeps `proxyd_client_connections_open` up while a client connection lives.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn histogram(name: &str, help: &str) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        &["upstream"],
+    )
+    .expect("valid histogram definition")
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: &C) {
+    // Only fails on a duplicate name, which the names below are not.
+    let _ = registry.register(Box::new(c.clone()));
+}
+
+impl Metrics {
+    /// Metrics for a server; `snapshot`'s upstreams get their handles (and zero-valued
+    /// histograms) at once.
+    pub fn new(snapshot: &Snapshot) -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "proxyd_requests_total",
+                "Requests answered, by upstream (\"-\" when no route matched), method and status class.",
+            ),
+            &["upstream", "method", "status_class"],
+        )
+        .expect("valid counter definition");
+        let duration = histogram(
+            "proxyd_request_duration_seconds",
+            "From a request's arrival to the end of its response, by upstream.",
+        );
+        let upstream_time = histogram(
+            "proxyd_upstream_response_seconds",
+            "From sending a request to a backend to its response head (the last attempt), by upstream.",
+        );
+        let queue_wait = histogram(
+            "proxyd_queue_wait_seconds",
+            "Time a routed request waited for a free backend slot, by upstream.",
+        );
+        let client_connections_open = IntGauge::new(
+            "proxyd_client_connections_open",
+            "Client connections open now (accepted, not yet closed).",
+        )
+        .expect("valid gauge definition");
+        let client_connections = IntCounter::new(
+            "proxyd_client_connections_total",
+            "Client connections accepted.",
+        )
+        .expect("valid counter definition");
+        let tls = IntCounterVec::new(
+            Opts::new(
+                "proxyd_tls_handshakes_total",
+                "TLS handshakes with clients, by result (ok, failed; a time-out counts as failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid counter definition");
+        register(&registry, &requests);
+        register(&registry, &duration);
+        register(&registry, &upstream_time);
+        register(&registry, &queue_wait);
+        register(&registry, &client_connections_open);
+        register(&registry, &client_connections);
+        register(&registry, &tls);
+        let metrics = Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_time,
+            queue_wait,
+            by_upstream: ArcSwap::from_pointee(HashMap::new()),
+            client_connections_open,
+            client_connections,
+            tls_ok: tls.with_label_values(&["ok"]),
+            tls_failed: tls.with_label_values(&["failed"]),
+        };
+        for u in &snapshot.upstreams {
+            metrics.upstream(&u.name);
+        }
+        metrics.upstream(NO_UPSTREAM);
+        metrics
+    }
+
+    /// The handles of upstream `name`, made the first time it is seen.
+    fn upstream(&self, name: &str) -> Arc<UpstreamHandles> {
+        if let Some(h) = self.by_upstream.load().get(name) {
+            return h.clone();
+        }
+        let made = Arc::new(UpstreamHandles {
+            name: name.into(),
+            requests: Default::default(),
+            duration: self.duration.with_label_values(&[name]),
+            upstream_time: self.upstream_time.with_label_values(&[name]),
+            queue_wait: self.queue_wait.with_label_values(&[name]),
+        });
+        self.by_upstream.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(name.into()).or_insert_with(|| made.clone());
+            map
+        });
+        self.by_upstream.load().get(name).cloned().unwrap_or(made)
+    }
+
+    /// Counts an accepted client connection; the guard counts it closed when dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.client_connections.inc();
+        self.client_connections_open.inc();
+        ConnectionGuard(self.client_connections_open.clone())
+    }
+
+    /// Counts a finished TLS handshake with a client.
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.tls_ok.inc();
+        } else {
+            self.tls_failed.inc();
+        }
+    }
+
+    /// Every metric in the Prometheus text format: the counted ones and those read now from
+    /// `snapshot` and `supervisors`.
+    pub fn render(&self, snapshot: &Snapshot, supervisors: &Supervisors) -> String {
+        let mut families = self.registry.gather();
+        families.extend(scrape(snapshot, supervisors));
+        families.retain(|f| !f.get_metric().is_empty());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+    }
+
+    /// The `GET /metrics` response.
+    pub fn response(
+        &self,
+        snapshot: &Snapshot,
+        supervisors: &Supervisors,
+    ) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::from(self.render(snapshot, supervisors))));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(prometheus::TEXT_FORMAT),
+        );
+        resp
+    }
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Observe for Metrics {
+    fn request_done(&self, o: &Outcome) {
+        let routed = o.trace.upstream.as_deref();
+        let h = self.upstream(routed.map_or(NO_UPSTREAM, |u| u.name.as_str()));
+        h.requests[method_index(&o.method)][class_index(o.status)]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    &*h.name,
+                    METHODS[method_index(&o.method)],
+                    STATUS_CLASSES[class_index(o.status)],
+                ])
+            })
+            .inc();
+        h.duration.observe(seconds(o.duration));
+        if routed.is_some() {
+            h.queue_wait.observe(seconds(o.trace.queued));
+        }
+        if let Some(t) = o.trace.upstream_time {
+            h.upstream_time.observe(seconds(t));
+        }
+    }
+}
+
+/// Metric vectors made for one scrape, filled from the live state.
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition")
+}
+
+fn float_gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition")
+}
+
+fn as_i64(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
+/// The figures read at scrape time from the upstreams and the worker supervisors.
+fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
+    let in_flight = gauge(
+        "proxyd_upstream_in_flight",
+        "Requests in flight to the upstream's backends now.",
+        &["upstream"],
+    );
+    let queue_depth = gauge(
+        "proxyd_upstream_queue_depth",
+        "Requests waiting in the upstream's admission queue now.",
+        &["upstream"],
+    );
+    let queued = counter(
+        "proxyd_upstream_queued_total",
+        "Requests that had to wait in the upstream's queue for a free backend slot.",
+        &["upstream"],
+    );
+    let errors = counter(
+        "proxyd_upstream_errors_total",
+        "Requests answered with an error proxyd made, by upstream and cause (the proxyd-error code).",
+        &["upstream", "cause"],
+    );
+    let rejections = counter(
+        "proxyd_queue_rejections_total",
+        "Requests refused by the admission queue with a 503, by reason (full, timeout).",
+        &["upstream", "reason"],
+    );
+    let retries = counter(
+        "proxyd_upstream_retries_total",
+        "Requests retried on another backend, by reason (unsent: nothing reached the failed backend; replayed: an idempotent request sent again).",
+        &["upstream", "reason"],
+    );
+    let budget = counter(
+        "proxyd_upstream_retry_budget_exhausted_total",
+        "Retries not made because the upstream's retry budget was spent.",
+        &["upstream"],
+    );
+    let ejections = counter(
+        "proxyd_backend_ejections_total",
+        "Backends ejected after consecutive failures (passive health), by upstream.",
+        &["upstream"],
+    );
+    let failed_open = counter(
+        "proxyd_failed_open_total",
+        "Requests sent to an unhealthy or ejected backend because no healthy one was left.",
+        &["upstream"],
+    );
+    let pool = counter(
+        "proxyd_pool_connections_total",
+        "Backend connections used, by kind: reused from the keepalive pool or newly opened.",
+        &["upstream", "kind"],
+    );
+    let backends = gauge(
+        "proxyd_upstream_backends",
+        "The upstream's backends now, by state (ready, unhealthy, draining).",
+        &["upstream", "state"],
+    );
+    let up = gauge(
+        "proxyd_backend_up",
+        "1 when the backend is ready (healthy, in the rotation), 0 otherwise.",
+        &["upstream", "backend"],
+    );
+    let ejected = gauge(
+        "proxyd_backend_ejected",
+        "1 while the backend is ejected after consecutive failures.",
+        &["upstream", "backend"],
+    );
+    let backend_in_flight = gauge(
+        "proxyd_backend_in_flight",
+        "Requests in flight to the backend now.",
+        &["upstream", "backend"],
+    );
+    let ewma = float_gauge(
+        "proxyd_backend_latency_ewma_seconds",
+        "The backend's peak-EWMA response-head latency (what the balancer sees).",
+        &["upstream", "backend"],
+    );
+    let now = now_ns();
+    for u in &snapshot.upstreams {
+        let name = u.name.as_str();
+        let list = u.backends();
+        let (mut flight, mut reused, mut opened) = (0usize, 0u64, 0u64);
+        let mut by_state = [0i64; 3];
+        for b in list.iter() {
+            let n = b.in_flight.load(Ordering::Relaxed);
+            flight += n;
+            reused += b.pool.reused.load(Ordering::Relaxed);
+            opened += b.pool.opened.load(Ordering::Relaxed);
+            let state = b.state();
+            by_state[state as usize] += 1;
+            let labels = [name, b.label.as_str()];
+            up.with_label_values(&labels)
+                .set(i64::from(state == BackendState::Ready));
+            ejected
+                .with_label_values(&labels)
+                .set(i64::from(b.is_ejected(now)));
+            backend_in_flight.with_label_values(&labels).set(as_i64(n));
+            ewma.with_label_values(&labels)
+                .set(b.latency_ns() as f64 / 1e9);
+        }
+        for (state, n) in [
+            BackendState::Ready,
+            BackendState::Unhealthy,
+            BackendState::Draining,
+        ]
+        .into_iter()
+        .zip(by_state)
+        {
+            backends.with_label_values(&[name, state.as_str()]).set(n);
+        }
+        in_flight.with_label_values(&[name]).set(as_i64(flight));
+        queue_depth
+            .with_label_values(&[name])
+            .set(as_i64(u.queued()));
+
+        let s = &u.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        reused += get(&s.pool_reused_retired);
+        opened += get(&s.pool_opened_retired);
+        pool.with_label_values(&[name, "reused"]).inc_by(reused);
+        pool.with_label_values(&[name, "new"]).inc_by(opened);
+        queued.with_label_values(&[name]).inc_by(get(&s.queued));
+        for (cause, c) in [
+            (Cause::UpstreamConnectRefused, &s.connect_refused),
+            (Cause::UpstreamConnectTimeout, &s.connect_timeout),
+            (Cause::UpstreamConnectFailed, &s.connect_failed),
+            (Cause::UpstreamTls, &s.tls_failed),
+            (Cause::UpstreamClosed, &s.closed_early),
+            (Cause::UpstreamProtocol, &s.bad_response),
+            (Cause::UpstreamResponseTimeout, &s.response_timeout),
+            (Cause::NoBackend, &s.no_backend),
+            (Cause::QueueFull, &s.queue_full),
+            (Cause::QueueTimeout, &s.queue_timeout),
+        ] {
+            errors
+                .with_label_values(&[name, cause.code()])
+                .inc_by(get(c));
+        }
+        rejections
+            .with_label_values(&[name, "full"])
+            .inc_by(get(&s.queue_full));
+        rejections
+            .with_label_values(&[name, "timeout"])
+            .inc_by(get(&s.queue_timeout));
+        retries
+            .with_label_values(&[name, "unsent"])
+            .inc_by(get(&s.retried_unsent));
+        retries
+            .with_label_values(&[name, "replayed"])
+            .inc_by(get(&s.retried_replayed));
+        budget
+            .with_label_values(&[name])
+            .inc_by(get(&s.retry_budget_exhausted));
+        ejections.with_label_values(&[name]).inc_by(get(&s.ejected));
+        failed_open
+            .with_label_values(&[name])
+            .inc_by(get(&s.failed_open));
+    }
+
+    let workers = gauge(
+        "proxyd_workers",
+        "Worker processes by state: starting (slot without a running worker), ready, unhealthy, draining.",
+        &["upstream", "state"],
+    );
+    let desired = gauge(
+        "proxyd_workers_desired",
+        "Worker processes configured (workers.count).",
+        &["upstream"],
+    );
+    let restarts = counter(
+        "proxyd_worker_restarts_total",
+        "Worker restarts by reason: crash, failed_start, hung, unhealthy, max_requests, max_memory, rolling.",
+        &["upstream", "reason"],
+    );
+    let rss = gauge(
+        "proxyd_worker_rss_bytes",
+        "Resident memory of the worker process in a slot.",
+        &["upstream", "worker"],
+    );
+    let served = counter(
+        "proxyd_worker_requests_total",
+        "Requests served by the worker now in a slot (starts over when the slot's worker is replaced).",
+        &["upstream", "worker"],
+    );
+    let started = float_gauge(
+        "proxyd_worker_start_time_seconds",
+        "When the worker now in a slot started, in seconds since the Unix epoch.",
+        &["upstream", "worker"],
+    );
+    for (name, group) in supervisors.groups() {
+        let views = group.workers();
+        let mut by_state = [0i64; 3];
+        for w in &views {
+            by_state[w.backend.state() as usize] += 1;
+            let slot = w.slot.to_string();
+            let labels = [name, slot.as_str()];
+            if let Some(bytes) = crate::workers::process::rss(w.pid) {
+                rss.with_label_values(&labels).set(as_i64(bytes));
+            }
+            served
+                .with_label_values(&labels)
+                .inc_by(w.backend.served.load(Ordering::Relaxed));
+            if let Ok(t) = w.started.duration_since(UNIX_EPOCH) {
+                started.with_label_values(&labels).set(t.as_secs_f64());
+            }
+        }
+        let count = group.cfg.count();
+        workers
+            .with_label_values(&[name, "starting"])
+            .set(as_i64(count.saturating_sub(views.len())));
+        for (state, n) in [
+            BackendState::Ready,
+            BackendState::Unhealthy,
+            BackendState::Draining,
+        ]
+        .into_iter()
+        .zip(by_state)
+        {
+            workers.with_label_values(&[name, state.as_str()]).set(n);
+        }
+        desired.with_label_values(&[name]).set(as_i64(count));
+        let by_reason = group
+            .restarts_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // The usual reasons show as 0 before they first happen.
+        for reason in [
+            "crash",
+            "failed_start",
+            "hung",
+            "unhealthy",
+            "max_requests",
+            "max_memory",
+            "rolling",
+        ] {
+            restarts.with_label_values(&[name, reason]);
+        }
+        for (reason, n) in by_reason {
+            restarts.with_label_values(&[name, reason]).inc_by(n);
+        }
+    }
+
+    [
+        in_flight.collect(),
+        queue_depth.collect(),
+        backends.collect(),
+        up.collect(),
+        ejected.collect(),
+        backend_in_flight.collect(),
+        ewma.collect(),
+        queued.collect(),
+        errors.collect(),
+        rejections.collect(),
+        retries.collect(),
+        budget.collect(),
+        ejections.collect(),
+        failed_open.collect(),
+        pool.collect(),
+        workers.collect(),
+        desired.collect(),
+        restarts.collect(),
+        rss.collect(),
+        served.collect(),
+        started.collect(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
