@@ -159,8 +159,12 @@ impl AccessLogger {
         capacity: usize,
     ) -> anyhow::Result<AccessLogger> {
         let (logger, rx) = AccessLogger::channel(format, capacity);
-        let what = format!("access log {dest:?}");
         let hour = format::hour_of(SystemTime::now());
+        let what = match &dest {
+            Destination::Stderr => "the access log on stderr".to_string(),
+            Destination::File(p) => format!("access log {}", p.display()),
+            Destination::Hourly(p) => format!("access log {}", hourly(p, hour).display()),
+        };
         let writer = Writer::open(dest, hour, logger.shared.clone())
             .with_context(|| format!("cannot open {what}"))?;
         std::thread::Builder::new()
