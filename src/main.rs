@@ -1,4 +1,5 @@
-//! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config.
+//! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config; `proxyd status
+//! -c FILE` prints the running proxy's workers and backends.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Validate the config and exit: 0 when it is good, 1 with the error otherwise.
     Check,
+    /// Print the upstreams, backends and workers of the proxyd running this config (from
+    /// its admin API's /status).
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
     if let Some(Command::Check) = cli.command {
         println!("proxyd: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Status) = cli.command {
+        return status(&loaded.config);
     }
     proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
     let threads = loaded
@@ -71,6 +78,23 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("proxyd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `proxyd status`: the running proxyd's status as tables.
+fn status(cfg: &proxyd::config::Config) -> ExitCode {
+    use proxyd::admin::client;
+    let report =
+        client::target(cfg).and_then(|(addr, token)| client::fetch(addr, token.as_deref()));
+    match report {
+        Ok(s) => {
+            print!("{}", client::render(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxyd: {e}");
             ExitCode::FAILURE
         }
     }

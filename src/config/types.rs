@@ -108,6 +108,9 @@ pub struct CertPair {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub addr: Spanned<String>,
+    /// When set, the admin's POST endpoints need `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

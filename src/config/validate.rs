@@ -75,6 +75,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 format!("admin: {addr} is also a proxy listener"),
             ));
         }
+        // An empty token (say ADMIN_TOKEN="") would leave the POSTs open by mistake.
+        if let Some(t) = admin.token.as_ref().filter(|t| t.value.trim().is_empty()) {
+            return Err(err(t, "admin: token must not be empty".into()));
+        }
     }
 
     if cfg.upstreams.is_empty() {

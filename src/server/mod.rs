@@ -40,6 +40,8 @@ struct Listener {
 pub struct Server {
     listeners: Vec<Listener>,
     admin: Option<TcpListener>,
+    /// `admin.token`: the admin's POSTs need it.
+    admin_token: Option<String>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     client: HeadLimits,
@@ -89,6 +91,11 @@ impl Server {
         Ok(Server {
             listeners,
             admin,
+            admin_token: cfg
+                .admin
+                .as_ref()
+                .and_then(|a| a.token.as_ref())
+                .map(|t| t.value.clone()),
             supervisors,
             state: Arc::new(ArcSwap::from_pointee(snapshot)),
             client: HeadLimits {
@@ -160,6 +167,14 @@ impl Server {
         let builder = Arc::new(builder);
 
         let certificates = self.certificates();
+        let listener_info: Vec<crate::admin::ListenerInfo> = self
+            .listeners
+            .iter()
+            .map(|l| crate::admin::ListenerInfo {
+                addr: l.addr,
+                tls: l.tls.is_some(),
+            })
+            .collect();
         let watcher = tokio::spawn(certificates.clone().watch());
         let mut tasks = Vec::new();
         for l in self.listeners {
@@ -183,6 +198,8 @@ impl Server {
                 self.state.clone(),
                 self.supervisors.clone(),
                 certificates.clone(),
+                listener_info,
+                self.admin_token.clone(),
                 self.metrics.clone(),
             ))
         });

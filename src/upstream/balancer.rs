@@ -34,6 +34,10 @@ impl Policy {
         }
     }
 
+    pub fn kind(&self) -> Balance {
+        self.kind
+    }
+
     /// The index in `list` of the backend to use, among those `ok` accepts.
     pub fn choose(
         &self,

@@ -322,6 +322,16 @@ impl Upstream {
     pub fn queued(&self) -> usize {
         self.waiters.len.load(Ordering::SeqCst)
     }
+
+    /// Requests in flight per backend at most (for status pages).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The balancing policy (for status pages).
+    pub fn balance(&self) -> config::Balance {
+        self.policy.kind()
+    }
 }
 
 /// Takes a waiter out of the queue when its request stops waiting (served, timed out, or the

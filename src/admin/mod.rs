@@ -1,7 +1,15 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has a ready
 //! backend; 503 once shutdown has begun, so load balancers stop sending before the drain
-//! ends), `POST /reload` (TLS certificates; a bad new one is refused and the old one stays), and
-//! `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers).
+//! ends), `/status` (JSON: listeners, upstreams, backends, workers; see `status`), `/` (the
+//! live status page, `status.html`), `POST /reload` (TLS certificates; a bad new one is
+//! refused and the old one stays), and `POST /upstreams/{name}/restart` (a rolling restart of
+//! that upstream's workers). With `admin.token` set, every POST needs
+//! `Authorization: Bearer <token>`; GETs stay open (the listener binds loopback by default).
+//! `client` is the other side: `proxyd status`.
+
+pub mod auth;
+pub mod client;
+pub mod status;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -19,6 +27,10 @@ use tokio::sync::watch;
 use crate::proxy::Snapshot;
 use crate::server::Certificates;
 use crate::workers::Supervisors;
+pub use status::ListenerInfo;
+
+/// The status page, built into the binary: no files to deploy, nothing fetched from elsewhere.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// What the admin answers from.
 struct Admin {
@@ -26,16 +38,24 @@ struct Admin {
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     certificates: Certificates,
+    /// The proxy listeners, for /status.
+    listeners: Vec<ListenerInfo>,
+    /// `admin.token`: required on POSTs when set.
+    token: Option<String>,
+    started: std::time::SystemTime,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Serves until the task is aborted; it keeps answering through the drain.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     certificates: Certificates,
+    listeners: Vec<ListenerInfo>,
+    token: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let admin = Arc::new(Admin {
@@ -43,6 +63,9 @@ pub async fn serve(
         state,
         supervisors,
         certificates,
+        listeners,
+        token,
+        started: std::time::SystemTime::now(),
         metrics,
     });
     loop {
@@ -57,7 +80,7 @@ pub async fn serve(
         let admin = admin.clone();
         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.answer(req.method(), req.uri().path()).await) }
+            async move { Ok::<_, Infallible>(admin.handle(&req).await) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
@@ -68,6 +91,14 @@ pub async fn serve(
 }
 
 impl Admin {
+    /// Checks the token on POSTs, then answers.
+    async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() == Method::POST && !auth::allowed(self.token.as_deref(), req.headers()) {
+            return auth::unauthorized();
+        }
+        self.answer(req.method(), req.uri().path()).await
+    }
+
     async fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         match (method, path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
@@ -75,6 +106,8 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 self.metrics.response(&self.state.load(), &self.supervisors)
             }
+            (&Method::GET, "/status") => self.status(),
+            (&Method::GET, "/") => typed(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
             (&Method::POST, "/reload") => match self.certificates.reload().as_slice() {
                 [] => text(StatusCode::OK, "reloaded\n".into()),
                 errors => text(StatusCode::UNPROCESSABLE_ENTITY, errors.join("\n") + "\n"),
@@ -90,6 +123,20 @@ impl Admin {
                 None => text(StatusCode::NOT_FOUND, "not found\n".into()),
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+
+    fn status(&self) -> Response<Full<Bytes>> {
+        let report = status::collect(
+            &self.state.load(),
+            &self.supervisors,
+            &self.listeners,
+            self.started,
+            *self.stop.borrow(),
+        );
+        match serde_json::to_vec_pretty(&report) {
+            Ok(body) => typed(StatusCode::OK, "application/json", body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         }
     }
 
@@ -115,7 +162,24 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+fn typed(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    // Live figures: never from a cache.
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }

@@ -1,0 +1,213 @@
+//! The `/status` report: listeners, upstreams with their counters, backends and workers, as
+//! JSON (serde_json). The status page and `proxyd status` both read it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::{BackendAddr, Balance};
+use crate::proxy::Snapshot;
+use crate::upstream::clock::now_ns;
+use crate::upstream::{Backend, Upstream};
+use crate::workers::slot::{Group, WorkerView};
+use crate::workers::{process, Supervisors};
+
+/// A proxy listener as the admin reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerInfo {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub pid: u32,
+    /// Unix seconds when the admin (and so the server) started.
+    pub started: u64,
+    pub uptime_seconds: f64,
+    /// Shutdown has begun: no new connections.
+    pub draining: bool,
+    pub listeners: Vec<ListenerInfo>,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub balance: &'static str,
+    /// Requests in flight per backend at most; null when unlimited.
+    pub concurrency: Option<usize>,
+    pub queue_depth: usize,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub ready_backends: usize,
+    /// Every counter of the upstream's stats, by name.
+    pub counters: Map<String, Value>,
+    /// Why its workers are not restarted any more (crash loop), with their last output.
+    pub failure: Option<String>,
+    pub backends: Vec<BackendStatus>,
+    /// Null for an upstream of fixed servers.
+    pub workers: Option<Vec<WorkerStatus>>,
+    /// Worker restarts by reason (crash, failed_start, hung, unhealthy, max_requests,
+    /// max_memory, rolling).
+    pub restarts: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub state: &'static str,
+    pub ejected: bool,
+    pub in_flight: usize,
+    pub limit: Option<usize>,
+    pub served: u64,
+    /// Peak-EWMA of response-head latency, in milliseconds.
+    pub ewma_ms: f64,
+    pub weight: u32,
+    /// The worker behind it, if proxyd supervises one.
+    pub worker_id: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub id: u64,
+    pub pid: u32,
+    pub address: String,
+    pub port: Option<u16>,
+    pub state: &'static str,
+    pub uptime_seconds: f64,
+    pub requests: u64,
+    pub in_flight: usize,
+    pub rss_bytes: Option<u64>,
+}
+
+/// Reads every figure now; nothing here blocks or allocates on the request path.
+pub fn collect(
+    snapshot: &Snapshot,
+    supervisors: &Supervisors,
+    listeners: &[ListenerInfo],
+    started: SystemTime,
+    draining: bool,
+) -> Status {
+    let now = SystemTime::now();
+    let groups: Vec<(&str, &Group)> = supervisors.groups().collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        started: started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        uptime_seconds: secs(now.duration_since(started).unwrap_or_default()),
+        draining,
+        listeners: listeners.to_vec(),
+        upstreams: snapshot
+            .upstreams
+            .iter()
+            .map(|u| {
+                let group = groups.iter().find(|(n, _)| *n == u.name).map(|(_, g)| *g);
+                upstream(u, group, now)
+            })
+            .collect(),
+    }
+}
+
+fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamStatus {
+    let backends = u.backends();
+    let t = now_ns();
+    let counters = u
+        .stats
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect::<Map<_, _>>();
+    let requests = u.stats.requests.load(Ordering::Relaxed);
+    let restarts = group
+        .map(|g| {
+            let by = g.restarts_by.lock().unwrap_or_else(|p| p.into_inner());
+            by.iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    UpstreamStatus {
+        name: u.name.clone(),
+        balance: balance_name(u.balance()),
+        concurrency: limit(u.concurrency()),
+        queue_depth: u.queued(),
+        in_flight: backends
+            .iter()
+            .map(|b| b.in_flight.load(Ordering::Relaxed))
+            .sum(),
+        requests,
+        ready_backends: u.ready_count(),
+        counters,
+        failure: group.and_then(Group::failure),
+        backends: backends.iter().map(|b| backend(b, t)).collect(),
+        workers: group.map(|g| {
+            let mut ws: Vec<WorkerStatus> = g.workers().iter().map(|w| worker(w, t, now)).collect();
+            ws.sort_by_key(|w| w.slot);
+            ws
+        }),
+        restarts,
+    }
+}
+
+fn backend(b: &Backend, now: u64) -> BackendStatus {
+    BackendStatus {
+        address: b.label.clone(),
+        state: b.state().as_str(),
+        ejected: b.is_ejected(now),
+        in_flight: b.in_flight.load(Ordering::Relaxed),
+        limit: limit(b.limit),
+        served: b.served.load(Ordering::Relaxed),
+        ewma_ms: b.latency_ns() as f64 / 1e6,
+        weight: b.weight,
+        worker_id: b.worker.as_ref().map(|w| w.id),
+    }
+}
+
+fn worker(w: &WorkerView, t: u64, now: SystemTime) -> WorkerStatus {
+    let b = &w.backend;
+    WorkerStatus {
+        slot: w.slot,
+        id: w.id,
+        pid: w.pid,
+        address: b.label.clone(),
+        port: match &b.addr {
+            BackendAddr::Tcp(a) | BackendAddr::Tls { addr: a, .. } => Some(a.port()),
+            BackendAddr::Unix(_) => None,
+        },
+        state: if b.is_ejected(t) {
+            "ejected"
+        } else {
+            b.state().as_str()
+        },
+        uptime_seconds: secs(now.duration_since(w.started).unwrap_or_default()),
+        requests: b.served.load(Ordering::Relaxed),
+        in_flight: b.in_flight.load(Ordering::Relaxed),
+        rss_bytes: process::rss(w.pid),
+    }
+}
+
+/// usize::MAX means "no limit": reported as null.
+fn limit(n: usize) -> Option<usize> {
+    (n != usize::MAX).then_some(n)
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+pub fn balance_name(b: Balance) -> &'static str {
+    match b {
+        Balance::RoundRobin => "round_robin",
+        Balance::LeastOutstanding => "least_outstanding",
+        Balance::P2cEwma => "p2c_ewma",
+        Balance::Hash => "hash",
+    }
+}
