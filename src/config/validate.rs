@@ -214,7 +214,10 @@ fn validate_access_logs(loaded: &Loaded) -> Result<(), ConfigError> {
     let file = loaded.file.as_str();
     let mut seen = Vec::new();
     for log in &loaded.config.access_log {
-        let at = log.path.as_ref().map_or(&log.format.referenced, |p| &p.referenced);
+        let at = log
+            .path
+            .as_ref()
+            .map_or(&log.format.referenced, |p| &p.referenced);
         let fail = |msg: String| Err(ConfigError::at(file, at, format!("access_log: {msg}")));
         let Some(dest) = destination(log, &loaded.dir) else {
             return fail("path: needed for this format (a file, or \"-\" for stderr)".into());
