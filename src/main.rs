@@ -114,12 +114,13 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
         }
     });
     let supervisors = server.supervisors();
-    let certificates = server.certificates();
-    // SIGHUP: reload TLS certificates and replace every worker, one at a time (gunicorn's HUP).
+    let reloader = server.reloader();
+    // SIGHUP: reload the config (certificates included; a bad file keeps the old one serving),
+    // then replace every worker, one at a time (gunicorn's HUP).
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading certificates, rolling restart of the workers");
-            certificates.reload();
+            tracing::info!("SIGHUP: reloading the config, rolling restart of the workers");
+            let _ = reloader.reload().await;
             let _ = supervisors.rolling_restart(None).await;
         }
     });

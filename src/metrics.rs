@@ -488,7 +488,8 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         "When the worker now in a slot started, in seconds since the Unix epoch.",
         &["upstream", "worker"],
     );
-    for (name, group) in supervisors.groups() {
+    for (name, group) in &supervisors.groups() {
+        let name = name.as_str();
         let views = group.workers();
         let mut by_state = [0i64; 3];
         for w in &views {

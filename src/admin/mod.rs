@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Snapshot;
-use crate::server::Certificates;
+use crate::server::reload::Reloader;
 use crate::workers::Supervisors;
 pub use status::ListenerInfo;
 
@@ -37,7 +37,7 @@ struct Admin {
     stop: watch::Receiver<bool>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
-    certificates: Certificates,
+    reloader: Arc<Reloader>,
     /// The proxy listeners, for /status.
     listeners: Vec<ListenerInfo>,
     /// `admin.token`: required on POSTs when set.
@@ -53,7 +53,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
-    certificates: Certificates,
+    reloader: Arc<Reloader>,
     listeners: Vec<ListenerInfo>,
     token: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -62,7 +62,7 @@ pub async fn serve(
         stop,
         state,
         supervisors,
-        certificates,
+        reloader,
         listeners,
         token,
         started: std::time::SystemTime::now(),
@@ -108,9 +108,9 @@ impl Admin {
             }
             (&Method::GET, "/status") => self.status(),
             (&Method::GET, "/") => typed(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
-            (&Method::POST, "/reload") => match self.certificates.reload().as_slice() {
-                [] => text(StatusCode::OK, "reloaded\n".into()),
-                errors => text(StatusCode::UNPROCESSABLE_ENTITY, errors.join("\n") + "\n"),
+            (&Method::POST, "/reload") => match self.reloader.reload().await {
+                Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),
+                Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
             },
             (&Method::POST, p) => match p
                 .strip_prefix("/upstreams/")

@@ -95,7 +95,7 @@ pub fn collect(
     draining: bool,
 ) -> Status {
     let now = SystemTime::now();
-    let groups: Vec<(&str, &Group)> = supervisors.groups().collect();
+    let groups = supervisors.groups();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
@@ -109,7 +109,7 @@ pub fn collect(
             .upstreams
             .iter()
             .map(|u| {
-                let group = groups.iter().find(|(n, _)| *n == u.name).map(|(_, g)| *g);
+                let group = groups.iter().find(|(n, _)| *n == u.name).map(|(_, g)| &**g);
                 upstream(u, group, now)
             })
             .collect(),

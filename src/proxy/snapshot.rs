@@ -12,6 +12,46 @@ use crate::config::{addr, BackendAddr, ConfigError, Loaded};
 use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 
+/// An upstream's settings as text without the places they were written at, so moving lines
+/// around in the file does not count as a change.
+pub fn fingerprint(up: &crate::config::Upstream) -> String {
+    strip_locations(&format!("{up:?}"))
+}
+
+/// Removes every `, referenced: Location { .. }` and `, defined: Location { .. }` from a
+/// Debug rendering.
+fn strip_locations(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let next = [", referenced: Location {", ", defined: Location {"]
+            .iter()
+            .filter_map(|m| rest.find(m).map(|i| (i, m.len())))
+            .min();
+        let Some((i, len)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..i]);
+        let mut depth = 1;
+        let mut end = rest.len();
+        for (k, c) in rest[i + len..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + len + k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+}
+
 pub struct Snapshot {
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -23,10 +63,29 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(loaded: &Loaded) -> Result<Snapshot, ConfigError> {
+        Snapshot::build_reusing(loaded, None)
+    }
+
+    /// Builds from `loaded`, keeping each upstream of `previous` (with its pools, counters,
+    /// queue and workers) whose configuration did not change.
+    pub fn build_reusing(
+        loaded: &Loaded,
+        previous: Option<(&Snapshot, &Loaded)>,
+    ) -> Result<Snapshot, ConfigError> {
         let cfg = &loaded.config;
         let fail = |m: String| ConfigError::new(&loaded.file, None, m);
         let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
         for (name, up) in &cfg.upstreams {
+            let kept = previous.and_then(|(snap, old)| {
+                let before = old.config.upstreams.get(name)?;
+                (old.dir == loaded.dir && fingerprint(before) == fingerprint(up))
+                    .then(|| snap.upstreams.iter().find(|u| &u.name == name).cloned())
+                    .flatten()
+            });
+            if let Some(u) = kept {
+                upstreams.push(u);
+                continue;
+            }
             // A workers upstream starts empty: its supervisor adds each worker once ready.
             let addrs = up
                 .servers

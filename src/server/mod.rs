@@ -4,6 +4,7 @@
 pub mod conn;
 mod framing;
 pub mod head;
+pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -51,6 +52,7 @@ pub struct Server {
     observers: Observers,
     /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    reloader: Arc<reload::Reloader>,
 }
 
 impl Server {
@@ -88,7 +90,18 @@ impl Server {
         let access_logs = crate::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
         let metrics = Arc::new(crate::metrics::Metrics::new(&snapshot));
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let certificates = Certificates(Arc::new(
+            listeners.iter().filter_map(|l| l.tls.clone()).collect(),
+        ));
+        let reloader = Arc::new(reload::Reloader::new(
+            loaded,
+            state.clone(),
+            supervisors.clone(),
+            certificates,
+        ));
         Ok(Server {
+            reloader,
             listeners,
             admin,
             admin_token: cfg
@@ -97,7 +110,7 @@ impl Server {
                 .and_then(|a| a.token.as_ref())
                 .map(|t| t.value.clone()),
             supervisors,
-            state: Arc::new(ArcSwap::from_pointee(snapshot)),
+            state,
             client: HeadLimits {
                 header_timeout: cfg.timeouts.client_header,
                 idle_timeout: cfg.timeouts.keepalive,
@@ -128,6 +141,11 @@ impl Server {
     /// The runtime state requests are served from (upstreams, their backends and queues).
     pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
         self.state.clone()
+    }
+
+    /// Reloads the whole config (SIGHUP, `POST /reload`).
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
     }
 
     /// The TLS listeners' certificates, for reloads (SIGHUP, the admin API).
@@ -197,7 +215,7 @@ impl Server {
                 stop_rx.clone(),
                 self.state.clone(),
                 self.supervisors.clone(),
-                certificates.clone(),
+                self.reloader.clone(),
                 listener_info,
                 self.admin_token.clone(),
                 self.metrics.clone(),

@@ -18,14 +18,15 @@ use slot::{Command, Group};
 
 /// The supervised workers of every upstream that has them.
 pub struct Supervisors {
-    groups: Vec<GroupHandle>,
+    /// Replaced as a whole by a config reload; a clone is taken to work on.
+    groups: std::sync::Mutex<Vec<Arc<GroupHandle>>>,
     /// Unix sockets of `listen: unix` workers live here; removed when proxyd stops.
     _socket_dir: Option<tempfile::TempDir>,
 }
 
-struct GroupHandle {
+pub struct GroupHandle {
     name: String,
-    group: Arc<Group>,
+    pub group: Arc<Group>,
     slots: Vec<mpsc::Sender<Command>>,
 }
 
@@ -52,55 +53,104 @@ impl Supervisors {
         } else {
             None
         };
+        let supervisors = Supervisors {
+            groups: std::sync::Mutex::new(Vec::new()),
+            _socket_dir: socket_dir,
+        };
         let mut groups = Vec::new();
         for upstream in &snapshot.upstreams {
-            let Some(w) = cfg
-                .upstreams
-                .get(&upstream.name)
-                .and_then(|u| u.workers.as_ref())
-            else {
-                continue;
-            };
-            let (uid, gid) = user_and_group(w).map_err(fail)?;
-            let spec = Spec {
-                upstream: upstream.name.clone(),
-                command: w.command.value.clone(),
-                env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                cwd: w.cwd.as_ref().map(|c| loaded.dir.join(&c.value)),
-                uid,
-                gid,
-                listen: w.listen,
-                socket_dir: socket_dir
-                    .as_ref()
-                    .map_or_else(PathBuf::new, |d| d.path().to_path_buf()),
-            };
-            let group = Arc::new(Group::new(upstream.clone(), spec, w.clone()));
-            let slots = (0..w.count())
-                .map(|i| {
-                    let (tx, rx) = mpsc::channel(4);
-                    tokio::spawn(slot::run(group.clone(), i, rx));
-                    tx
-                })
-                .collect();
-            tracing::info!(upstream = %upstream.name, count = w.count(), "starting workers");
-            groups.push(GroupHandle {
-                name: upstream.name.clone(),
-                group,
-                slots,
-            });
+            if let Some(g) = supervisors.start_group(loaded, upstream)? {
+                groups.push(g);
+            }
         }
-        Ok(Supervisors {
-            groups,
-            _socket_dir: socket_dir,
-        })
+        *supervisors.lock() = groups;
+        Ok(supervisors)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<GroupHandle>>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all(&self) -> Vec<Arc<GroupHandle>> {
+        self.lock().clone()
+    }
+
+    /// Starts the workers of `upstream` if its config has a `workers:` block (None if not).
+    /// They join the upstream's rotation as they become ready.
+    pub fn start_group(
+        &self,
+        loaded: &Loaded,
+        upstream: &Arc<crate::upstream::Upstream>,
+    ) -> Result<Option<Arc<GroupHandle>>, ConfigError> {
+        let fail = |m: String| ConfigError::new(&loaded.file, None, m);
+        let Some(w) = loaded
+            .config
+            .upstreams
+            .get(&upstream.name)
+            .and_then(|u| u.workers.as_ref())
+        else {
+            return Ok(None);
+        };
+        if w.listen == crate::config::WorkerListen::Unix && self._socket_dir.is_none() {
+            return Err(fail(format!(
+                "upstreams.{}: unix-socket workers added by a reload need a restart",
+                upstream.name
+            )));
+        }
+        let (uid, gid) = user_and_group(w).map_err(fail)?;
+        let spec = Spec {
+            upstream: upstream.name.clone(),
+            command: w.command.value.clone(),
+            env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: w.cwd.as_ref().map(|c| loaded.dir.join(&c.value)),
+            uid,
+            gid,
+            listen: w.listen,
+            socket_dir: self
+                ._socket_dir
+                .as_ref()
+                .map_or_else(PathBuf::new, |d| d.path().to_path_buf()),
+        };
+        let group = Arc::new(Group::new(upstream.clone(), spec, w.clone()));
+        let slots = (0..w.count())
+            .map(|i| {
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(slot::run(group.clone(), i, rx));
+                tx
+            })
+            .collect();
+        tracing::info!(upstream = %upstream.name, count = w.count(), "starting workers");
+        Ok(Some(Arc::new(GroupHandle {
+            name: upstream.name.clone(),
+            group,
+            slots,
+        })))
+    }
+
+    /// Makes `groups` the supervised set (after a reload) and stops the groups that left it,
+    /// draining their workers.
+    pub async fn replace_groups(&self, groups: Vec<Arc<GroupHandle>>) {
+        let old = std::mem::replace(&mut *self.lock(), groups.clone());
+        let leaving: Vec<Arc<GroupHandle>> = old
+            .into_iter()
+            .filter(|o| !groups.iter().any(|g| Arc::ptr_eq(g, o)))
+            .collect();
+        stop_groups(&leaving).await;
+    }
+
+    /// The group serving `upstream` now, if any.
+    pub fn group_of(&self, upstream: &Arc<crate::upstream::Upstream>) -> Option<Arc<GroupHandle>> {
+        self.all()
+            .into_iter()
+            .find(|g| Arc::ptr_eq(&g.group.upstream, upstream))
     }
 
     /// Replaces the workers of `upstream` (all upstreams when None) one at a time, each
     /// replacement ready before its predecessor drains. Err names an unknown upstream.
     pub async fn rolling_restart(&self, upstream: Option<&str>) -> Result<(), String> {
-        let groups: Vec<&GroupHandle> = self
-            .groups
-            .iter()
+        let groups: Vec<Arc<GroupHandle>> = self
+            .all()
+            .into_iter()
             .filter(|g| upstream.is_none_or(|u| u == g.name))
             .collect();
         if let (Some(name), true) = (upstream, groups.is_empty()) {
@@ -120,13 +170,16 @@ impl Supervisors {
 
     /// Every supervised upstream: its name and its group (workers now, restarts by reason,
     /// failure).
-    pub fn groups(&self) -> impl Iterator<Item = (&str, &Group)> {
-        self.groups.iter().map(|g| (g.name.as_str(), &*g.group))
+    pub fn groups(&self) -> Vec<(String, Arc<Group>)> {
+        self.all()
+            .iter()
+            .map(|g| (g.name.clone(), g.group.clone()))
+            .collect()
     }
 
     /// Upstreams whose workers keep failing, with why.
     pub fn failures(&self) -> Vec<(String, String)> {
-        self.groups
+        self.all()
             .iter()
             .filter_map(|g| g.group.failure().map(|f| (g.name.clone(), f)))
             .collect()
@@ -134,22 +187,27 @@ impl Supervisors {
 
     /// Drains and stops every worker (TERM, kill_timeout, KILL).
     pub async fn shutdown(&self) {
-        let mut waits = Vec::new();
-        for g in &self.groups {
-            g.group.set_stopping();
-            for slot in &g.slots {
-                let (done, wait) = oneshot::channel();
-                if slot.send(Command::Shutdown { done }).await.is_ok() {
-                    waits.push(wait);
-                }
+        stop_groups(&self.all()).await;
+    }
+}
+
+/// Drains and stops the workers of `groups`, all at once.
+async fn stop_groups(groups: &[Arc<GroupHandle>]) {
+    let mut waits = Vec::new();
+    for g in groups {
+        g.group.set_stopping();
+        for slot in &g.slots {
+            let (done, wait) = oneshot::channel();
+            if slot.send(Command::Shutdown { done }).await.is_ok() {
+                waits.push(wait);
             }
         }
-        for w in waits {
-            let _ = w.await;
-        }
-        for g in &self.groups {
-            g.group.wait_leaving().await;
-        }
+    }
+    for w in waits {
+        let _ = w.await;
+    }
+    for g in groups {
+        g.group.wait_leaving().await;
     }
 }
 

@@ -210,12 +210,23 @@ pub struct TestProxy {
     pub state: Arc<arc_swap::ArcSwap<proxyd::proxy::Snapshot>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Holds the config file.
+    pub config_dir: tempfile::TempDir,
 }
 
 impl TestProxy {
+    /// The config file proxyd was started from (rewrite it, then POST /reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.config_dir.path().join("test.yaml")
+    }
+
     /// Starts proxyd on a full YAML config (its listeners should use port 0).
     pub async fn from_yaml(yaml: &str) -> TestProxy {
-        let loaded = proxyd::config::load_str(yaml, "test.yaml", PathBuf::from("."))
+        // A real file, so that a reload (POST /reload) has something to read again.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let loaded = proxyd::config::load_file(&path)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"));
         let server = proxyd::server::Server::bind(&loaded).await.unwrap();
         let addr = server.local_addrs()[0];
@@ -231,6 +242,7 @@ impl TestProxy {
             state,
             stop: Some(stop),
             done: Some(done),
+            config_dir: dir,
         }
     }
 

@@ -1,0 +1,126 @@
+//! Reloading the whole config without a restart (SIGHUP, `POST /reload`): the new file is
+//! parsed and validated first (a bad one is refused with its error and the old config keeps
+//! serving); unchanged upstreams are kept as they are (pools, queues, workers); changed or new
+//! workers upstreams get new workers, which must be ready before the new config takes
+//! traffic; then routes and upstreams are swapped at once, and the workers of upstreams that
+//! left are drained and stopped. Requests in flight finish on the config they started with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use super::Certificates;
+use crate::config::{addr::parse_listen, load_file, Loaded};
+use crate::proxy::Snapshot;
+use crate::workers::Supervisors;
+
+pub struct Reloader {
+    path: PathBuf,
+    current: Mutex<Loaded>,
+    state: Arc<ArcSwap<Snapshot>>,
+    supervisors: Arc<Supervisors>,
+    certificates: Certificates,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        loaded: &Loaded,
+        state: Arc<ArcSwap<Snapshot>>,
+        supervisors: Arc<Supervisors>,
+        certificates: Certificates,
+    ) -> Reloader {
+        Reloader {
+            path: PathBuf::from(&loaded.file),
+            current: Mutex::new(loaded.clone()),
+            state,
+            supervisors,
+            certificates,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reloads the config file; Err carries why nothing changed.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _one = self.running.lock().await;
+        let new = load_file(&self.path).map_err(|e| {
+            tracing::error!("config not reloaded, the old one keeps serving: {e}");
+            e.to_string()
+        })?;
+        let old = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if listen_addrs(&old) != listen_addrs(&new) {
+            let e = "listeners changed: adding or removing a listener needs a restart".to_string();
+            tracing::error!("config not reloaded: {e}");
+            return Err(e);
+        }
+        let snap = self.state.load_full();
+        let next = Snapshot::build_reusing(&new, Some((&snap, &old))).map_err(|e| e.to_string())?;
+
+        // Workers: keep the groups of kept upstreams, start groups for new ones.
+        let mut groups = Vec::new();
+        let mut started = Vec::new();
+        for u in &next.upstreams {
+            match self.supervisors.group_of(u) {
+                Some(g) => groups.push(g),
+                None => {
+                    if let Some(g) = self
+                        .supervisors
+                        .start_group(&new, u)
+                        .map_err(|e| e.to_string())?
+                    {
+                        started.push(g.clone());
+                        groups.push(g);
+                    }
+                }
+            }
+        }
+        // New workers take traffic only once ready, so the swap loses no capacity.
+        for g in &started {
+            let want = g.group.cfg.count();
+            let deadline = Instant::now() + g.group.cfg.start_timeout + Duration::from_secs(1);
+            while g.group.upstream.ready_count() < want && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let kept = next
+            .upstreams
+            .iter()
+            .filter(|u| snap.upstreams.iter().any(|o| Arc::ptr_eq(o, u)))
+            .count();
+        let summary = format!(
+            "reloaded {}: {} upstreams kept, {} new or changed",
+            self.path.display(),
+            kept,
+            next.upstreams.len() - kept
+        );
+        self.state.store(Arc::new(next));
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
+        self.supervisors.replace_groups(groups).await;
+        let cert_errors = self.certificates.reload();
+        tracing::info!("{summary}");
+        if cert_errors.is_empty() {
+            Ok(summary)
+        } else {
+            Err(format!(
+                "{summary}; certificates not reloaded: {}",
+                cert_errors.join("; ")
+            ))
+        }
+    }
+}
+
+fn listen_addrs(l: &Loaded) -> Vec<Option<std::net::SocketAddr>> {
+    l.config
+        .listen
+        .iter()
+        .map(|x| parse_listen(&x.addr.value).ok())
+        .collect()
+}

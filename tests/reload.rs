@@ -1,0 +1,217 @@
+//! Reloading the whole config without a restart (POST /reload; SIGHUP does the same): routes
+//! and upstreams swap atomically, a bad file keeps the old config serving, unchanged workers
+//! stay, changed workers are replaced by ready ones, and nothing in flight fails.
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::procs::*;
+use common::*;
+use http::{Request, StatusCode};
+
+async fn reload(admin: std::net::SocketAddr) -> Got {
+    let mut c = H1::connect(admin).await;
+    c.send(
+        Request::post("/reload")
+            .header("host", "admin")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await
+}
+
+fn two_backends(a: std::net::SocketAddr, b: std::net::SocketAddr, route_to: &str) -> String {
+    format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nheaders: {{ debug: true }}\nupstreams:\n  a:\n    servers: [\"{a}\"]\n  b:\n    servers: [\"{b}\"]\nroutes:\n  - {{ path: \"/\", upstream: {route_to} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn routes_swap_and_a_bad_file_keeps_the_old_config() {
+    let (a, b) = (TestBackend::echo().await, TestBackend::echo().await);
+    let proxy = TestProxy::from_yaml(&two_backends(a.addr, b.addr, "a")).await;
+    let admin = proxy.admin.unwrap();
+    let mut kept = H1::connect(proxy.addr).await;
+    assert_eq!(
+        kept.get("/1").await.header("proxyd-backend"),
+        Some(a.addr.to_string().as_str())
+    );
+
+    std::fs::write(proxy.config_path(), two_backends(a.addr, b.addr, "b")).unwrap();
+    let got = reload(admin).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    // The keep-alive connection opened before the reload goes on, now routed to b.
+    assert_eq!(
+        kept.get("/2").await.header("proxyd-backend"),
+        Some(b.addr.to_string().as_str())
+    );
+
+    std::fs::write(
+        proxy.config_path(),
+        "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  a:\n    servers: [\"nope\"]\n",
+    )
+    .unwrap();
+    let bad = reload(admin).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        bad.text().contains("test.yaml:5:15: upstreams.a.servers:"),
+        "{}",
+        bad.text()
+    );
+    assert_eq!(
+        kept.get("/3").await.header("proxyd-backend"),
+        Some(b.addr.to_string().as_str())
+    );
+    assert_eq!((a.request_count(), b.request_count()), (1, 2));
+}
+
+#[tokio::test]
+async fn a_listener_change_is_refused_and_named() {
+    let (a, b) = (TestBackend::echo().await, TestBackend::echo().await);
+    let proxy = TestProxy::from_yaml(&two_backends(a.addr, b.addr, "a")).await;
+    let yaml = two_backends(a.addr, b.addr, "b")
+        .replace("listen:\n", "listen:\n  - addr: \"127.0.0.1:0\"\n");
+    std::fs::write(proxy.config_path(), yaml).unwrap();
+    let got = reload(proxy.admin.unwrap()).await;
+    assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(got.text().contains("needs a restart"), "{}", got.text());
+    assert_eq!(
+        get(proxy.addr, "/").await.header("proxyd-backend"),
+        Some(a.addr.to_string().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request() {
+    let (a, b) = (TestBackend::echo().await, TestBackend::echo().await);
+    let proxy = Arc::new(TestProxy::from_yaml(&two_backends(a.addr, b.addr, "a")).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let (proxy, stop, served) = (proxy.clone(), stop.clone(), served.clone());
+        load.push(tokio::spawn(async move {
+            let mut kept = H1::connect(proxy.addr).await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                let got = if c % 2 == 0 {
+                    kept.get("/k").await
+                } else {
+                    get(proxy.addr, "/n").await
+                };
+                assert_eq!(got.status, StatusCode::OK, "client {c} request {n}");
+                n += 1;
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for i in 0..6 {
+        let to = if i % 2 == 0 { "b" } else { "a" };
+        std::fs::write(proxy.config_path(), two_backends(a.addr, b.addr, to)).unwrap();
+        let got = reload(proxy.admin.unwrap()).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+        let before = served.load(Ordering::Relaxed);
+        while served.load(Ordering::Relaxed) < before + 50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(a.request_count() > 0 && b.request_count() > 0);
+}
+
+const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app.py");
+
+fn workers_config(marker: &Marker, greeting: &str, other: std::net::SocketAddr) -> String {
+    format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"{}\", \"{APP}\"]\n      count: 2\n      env: {{ {MARKER_VAR}: \"{}\", GREETING: \"{greeting}\" }}\n      health: {{ path: /healthz, interval: 200ms }}\n  other:\n    servers: [\"{other}\"]\nroutes:\n  - {{ path: \"/other\", upstream: other }}\n  - {{ path: \"/\", upstream: app }}\n",
+        python(),
+        marker.0
+    )
+}
+
+async fn pids(addr: std::net::SocketAddr, n: usize) -> HashSet<u32> {
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let got = get(addr, "/pid").await;
+        if got.status == StatusCode::OK {
+            seen.insert(got.text().trim().parse().unwrap());
+            if seen.len() == n {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_workers_stay_and_changed_ones_are_replaced_by_ready_ones() {
+    let marker = Marker::new("reload-workers");
+    let other = TestBackend::echo().await;
+    let proxy = Arc::new(TestProxy::from_yaml(&workers_config(&marker, "one", other.addr)).await);
+    let first = pids(proxy.addr, 2).await;
+    assert_eq!(first.len(), 2);
+
+    // Only a route changes (moved lines, same app settings): the workers stay.
+    let moved =
+        workers_config(&marker, "one", other.addr).replace("routes:\n", "# a comment\nroutes:\n");
+    std::fs::write(proxy.config_path(), moved).unwrap();
+    let got = reload(proxy.admin.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(
+        got.text().contains("2 upstreams kept, 0 new or changed"),
+        "{}",
+        got.text()
+    );
+    assert_eq!(pids(proxy.addr, 2).await, first);
+
+    // The app's environment changes: new workers, ready before they take traffic, while a
+    // client keeps sending.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let got = get(proxy.addr, "/").await;
+                assert_eq!(got.status, StatusCode::OK, "request {n}: {got:?}");
+                n += 1;
+            }
+            n
+        })
+    };
+    std::fs::write(
+        proxy.config_path(),
+        workers_config(&marker, "two", other.addr),
+    )
+    .unwrap();
+    let got = reload(proxy.admin.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(
+        got.text().contains("1 upstreams kept, 1 new or changed"),
+        "{}",
+        got.text()
+    );
+    let second = pids(proxy.addr, 2).await;
+    assert!(second.is_disjoint(&first), "{first:?} {second:?}");
+    stop.store(true, Ordering::Relaxed);
+    assert!(client.await.unwrap() > 0);
+    // The old workers were drained and stopped.
+    for pid in first {
+        for _ in 0..500 {
+            if !alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive(pid), "old worker {pid} still running");
+    }
+    Arc::try_unwrap(proxy).ok().unwrap().shutdown().await;
+    marker.wait_none_left().await;
+}
