@@ -215,3 +215,35 @@ async fn unchanged_workers_stay_and_changed_ones_are_replaced_by_ready_ones() {
     Arc::try_unwrap(proxy).ok().unwrap().shutdown().await;
     marker.wait_none_left().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_workers_that_never_get_ready_call_the_reload_off() {
+    let marker = Marker::new("reload-broken");
+    let other = TestBackend::echo().await;
+    let proxy = TestProxy::from_yaml(&workers_config(&marker, "one", other.addr)).await;
+    let first = pids(proxy.addr, 2).await;
+    assert_eq!(first.len(), 2);
+    // The new command crashes at once: the reload must not replace working workers with it.
+    let broken = workers_config(&marker, "one", other.addr)
+        .replace(APP, "/nonexistent/app.py")
+        .replace(
+            "      count: 2\n",
+            "      count: 2\n      restart: { backoff: 10ms, max_restarts: 1 }\n",
+        );
+    std::fs::write(proxy.config_path(), broken).unwrap();
+    let got = reload(proxy.admin.unwrap()).await;
+    assert_eq!(
+        got.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        got.text()
+    );
+    assert!(got.text().contains("did not get ready"), "{}", got.text());
+    assert_eq!(
+        pids(proxy.addr, 2).await,
+        first,
+        "the old workers keep serving"
+    );
+    proxy.shutdown().await;
+    marker.wait_none_left().await;
+}

@@ -82,12 +82,29 @@ impl Reloader {
                 }
             }
         }
-        // New workers take traffic only once ready, so the swap loses no capacity.
+        // New workers take traffic only once all are ready, so the swap loses no capacity;
+        // new workers that do not get ready call the reload off.
         for g in &started {
             let want = g.group.cfg.count();
             let deadline = Instant::now() + g.group.cfg.start_timeout + Duration::from_secs(1);
             while g.group.upstream.ready_count() < want && Instant::now() < deadline {
+                if g.group.failure().is_some() {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if g.group.upstream.ready_count() < want {
+                let why = g
+                    .group
+                    .failure()
+                    .unwrap_or_else(|| "not ready in time".into());
+                let e = format!(
+                    "config not reloaded: the new workers of {} did not get ready ({why}); the old config keeps serving",
+                    g.group.upstream.name
+                );
+                tracing::error!("{e}");
+                self.supervisors.stop_unused(&started).await;
+                return Err(e);
             }
         }
         let kept = next

@@ -138,6 +138,11 @@ impl Supervisors {
         stop_groups(&leaving).await;
     }
 
+    /// Stops groups that were started for a reload that was called off.
+    pub async fn stop_unused(&self, groups: &[Arc<GroupHandle>]) {
+        stop_groups(groups).await;
+    }
+
     /// The group serving `upstream` now, if any.
     pub fn group_of(&self, upstream: &Arc<crate::upstream::Upstream>) -> Option<Arc<GroupHandle>> {
         self.all()
