@@ -71,11 +71,14 @@ impl Reloader {
             match self.supervisors.group_of(u) {
                 Some(g) => groups.push(g),
                 None => {
-                    if let Some(g) = self
-                        .supervisors
-                        .start_group(&new, u)
-                        .map_err(|e| e.to_string())?
-                    {
+                    let g = match self.supervisors.start_group(&new, u) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.supervisors.stop_unused(&started).await;
+                            return Err(e.to_string());
+                        }
+                    };
+                    if let Some(g) = g {
                         started.push(g.clone());
                         groups.push(g);
                     }
