@@ -69,15 +69,59 @@ async fn routes_swap_and_a_bad_file_keeps_the_old_config() {
 }
 
 #[tokio::test]
-async fn a_listener_change_is_refused_and_named() {
+async fn listeners_are_added_and_removed_and_their_connections_drain() {
     let (a, b) = (TestBackend::echo().await, TestBackend::echo().await);
     let proxy = TestProxy::from_yaml(&two_backends(a.addr, b.addr, "a")).await;
-    let yaml = two_backends(a.addr, b.addr, "b")
-        .replace("listen:\n", "listen:\n  - addr: \"127.0.0.1:0\"\n");
-    std::fs::write(proxy.config_path(), yaml).unwrap();
-    let got = reload(proxy.admin.unwrap()).await;
+    let admin = proxy.admin.unwrap();
+    let with_second = two_backends(a.addr, b.addr, "a")
+        .replace("listen:\n", "listen:\n  - addr: \"127.0.0.2:0\"\n");
+    std::fs::write(proxy.config_path(), &with_second).unwrap();
+    let got = reload(admin).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let added: std::net::SocketAddr = got
+        .text()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| c == ';' || c.is_whitespace()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no new listener in {:?}", got.text()));
+    assert_eq!(added.ip().to_string(), "127.0.0.2");
+    let mut on_second = H1::connect(added).await;
+    assert_eq!(on_second.get("/x").await.status, StatusCode::OK);
+
+    // Removed again: no new connections there, the open one drains normally.
+    std::fs::write(proxy.config_path(), two_backends(a.addr, b.addr, "a")).unwrap();
+    let got = reload(admin).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(
+        got.text()
+            .contains(&format!("stopped listening on {added}")),
+        "{}",
+        got.text()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(added).await.is_err(),
+        "still accepting"
+    );
+    assert_eq!(on_second.get("/y").await.status, StatusCode::OK);
+    assert_eq!(get(proxy.addr, "/z").await.status, StatusCode::OK);
+
+    // A port that cannot be had calls the reload off.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let clash = two_backends(a.addr, b.addr, "b").replace(
+        "listen:\n",
+        &format!("listen:\n  - addr: \"127.0.0.1:{port}\"\n"),
+    );
+    std::fs::write(proxy.config_path(), clash).unwrap();
+    let got = reload(admin).await;
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(got.text().contains("needs a restart"), "{}", got.text());
+    assert!(
+        got.text()
+            .contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{}",
+        got.text()
+    );
     assert_eq!(
         get(proxy.addr, "/").await.header("proxyd-backend"),
         Some(a.addr.to_string().as_str())

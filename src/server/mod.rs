@@ -4,6 +4,7 @@
 pub mod conn;
 mod framing;
 pub mod head;
+pub mod listeners;
 pub mod reload;
 pub mod tls;
 
@@ -29,9 +30,11 @@ use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 
-struct Listener {
+pub struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
+    /// As written in the config (port 0 stays 0): how a reload recognises it.
+    configured: SocketAddr,
     max_connections: usize,
     tls: Option<Arc<tls::Terminator>>,
     settings: Arc<ListenerSettings>,
@@ -63,21 +66,7 @@ impl Server {
         let snapshot = Snapshot::build(loaded)?;
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for l in &cfg.listen {
-            let addr = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
-            let socket = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-            let tls = match &l.tls {
-                Some(t) => Some(Arc::new(
-                    tls::Terminator::new(t, &loaded.dir).map_err(anyhow::Error::msg)?,
-                )),
-                None => None,
-            };
-            listeners.push(Listener {
-                addr: socket.local_addr()?,
-                socket,
-                max_connections: l.max_connections.unwrap_or(cfg.limits.max_connections),
-                settings: Arc::new(ListenerSettings::from_config(l)),
-                tls,
-            });
+            listeners.push(open_listener(l, loaded)?);
         }
         let admin = match &cfg.admin {
             Some(a) => {
@@ -194,20 +183,18 @@ impl Server {
             })
             .collect();
         let watcher = tokio::spawn(certificates.clone().watch());
-        let mut tasks = Vec::new();
+        let set = Arc::new(listeners::ListenerSet::new(listeners::Spawner {
+            state: self.state.clone(),
+            builder,
+            client: self.client,
+            graceful,
+            observers: self.observers.clone(),
+            metrics: self.metrics.clone(),
+        }));
         for l in self.listeners {
-            tracing::info!(addr = %l.addr, "listening");
-            tasks.push(tokio::spawn(accept_loop(
-                l,
-                self.state.clone(),
-                builder.clone(),
-                self.client,
-                graceful.clone(),
-                stop_rx.clone(),
-                self.observers.clone(),
-                self.metrics.clone(),
-            )));
+            set.add(l).map_err(anyhow::Error::msg)?;
         }
+        self.reloader.attach_listeners(set.clone());
         let admin = self.admin.map(|admin| {
             tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
             tokio::spawn(crate::admin::serve(
@@ -225,10 +212,7 @@ impl Server {
         shutdown.await;
         tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
         let _ = stop_tx.send(true);
-        for t in tasks {
-            let _ = t.await;
-        }
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        let graceful = set.shutdown().await.unwrap_or_default();
         match tokio::time::timeout(self.grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
@@ -243,6 +227,28 @@ impl Server {
     }
 }
 
+/// Binds one configured listener (and loads its certificates).
+pub fn open_listener(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Listener> {
+    let configured = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
+    let socket = bind(configured).with_context(|| format!("cannot listen on {configured}"))?;
+    let tls = match &l.tls {
+        Some(t) => Some(Arc::new(
+            tls::Terminator::new(t, &loaded.dir).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    Ok(Listener {
+        addr: socket.local_addr()?,
+        configured,
+        socket,
+        max_connections: l
+            .max_connections
+            .unwrap_or(loaded.config.limits.max_connections),
+        settings: Arc::new(ListenerSettings::from_config(l)),
+        tls,
+    })
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -255,7 +261,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn accept_loop(
+pub(crate) async fn accept_loop(
     l: Listener,
     state: Arc<ArcSwap<Snapshot>>,
     builder: Arc<auto::Builder<TokioExecutor>>,

@@ -2,8 +2,10 @@
 //! parsed and validated first (a bad one is refused with its error and the old config keeps
 //! serving); unchanged upstreams are kept as they are (pools, queues, workers); changed or new
 //! workers upstreams get new workers, which must be ready before the new config takes
-//! traffic; then routes and upstreams are swapped at once, and the workers of upstreams that
-//! left are drained and stopped. Requests in flight finish on the config they started with.
+//! traffic; new listeners are bound first (a port that cannot be had calls the reload off);
+//! then routes and upstreams are swapped at once, new listeners start, removed ones stop
+//! accepting (their connections drain), and the workers of upstreams that left are drained
+//! and stopped. Requests in flight finish on the config they started with.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
+use super::listeners::ListenerSet;
+use super::open_listener;
 use super::Certificates;
 use crate::config::{addr::parse_listen, load_file, Loaded};
 use crate::proxy::Snapshot;
@@ -25,6 +29,8 @@ pub struct Reloader {
     certificates: Certificates,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
+    /// The running listeners, once the server runs.
+    listeners: std::sync::OnceLock<Arc<ListenerSet>>,
 }
 
 impl Reloader {
@@ -41,7 +47,12 @@ impl Reloader {
             supervisors,
             certificates,
             running: tokio::sync::Mutex::new(()),
+            listeners: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn attach_listeners(&self, set: Arc<ListenerSet>) {
+        let _ = self.listeners.set(set);
     }
 
     /// Reloads the config file; Err carries why nothing changed.
@@ -56,11 +67,31 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if listen_addrs(&old) != listen_addrs(&new) {
-            let e = "listeners changed: adding or removing a listener needs a restart".to_string();
-            tracing::error!("config not reloaded: {e}");
-            return Err(e);
+        // Listeners to open are bound first: a port that cannot be had calls the reload off.
+        let running = self
+            .listeners
+            .get()
+            .map(|l| l.configured())
+            .unwrap_or_default();
+        let wanted = listen_addrs(&new);
+        let mut opened = Vec::new();
+        for (l, addr) in new.config.listen.iter().zip(&wanted) {
+            if addr.is_some_and(|a| !running.contains(&a)) {
+                match open_listener(l, &new) {
+                    Ok(listener) => opened.push(listener),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        tracing::error!("config not reloaded: {e}");
+                        return Err(e);
+                    }
+                }
+            }
         }
+        let closing: Vec<std::net::SocketAddr> = running
+            .iter()
+            .filter(|a| !wanted.contains(&Some(**a)))
+            .copied()
+            .collect();
         let snap = self.state.load_full();
         let next = Snapshot::build_reusing(&new, Some((&snap, &old))).map_err(|e| e.to_string())?;
 
@@ -115,13 +146,26 @@ impl Reloader {
             .iter()
             .filter(|u| snap.upstreams.iter().any(|o| Arc::ptr_eq(o, u)))
             .count();
-        let summary = format!(
+        let mut summary = format!(
             "reloaded {}: {} upstreams kept, {} new or changed",
             self.path.display(),
             kept,
             next.upstreams.len() - kept
         );
         self.state.store(Arc::new(next));
+        if let Some(set) = self.listeners.get() {
+            for l in opened {
+                match set.add(l) {
+                    Ok(bound) => summary.push_str(&format!("; listening on {bound}")),
+                    Err(e) => tracing::warn!("listener not started: {e}"),
+                }
+            }
+            for addr in closing {
+                if let Some(bound) = set.remove(addr) {
+                    summary.push_str(&format!("; stopped listening on {bound}"));
+                }
+            }
+        }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         self.supervisors.replace_groups(groups).await;
         let cert_errors = self.certificates.reload();
