@@ -565,8 +565,22 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         rss.collect(),
         served.collect(),
         started.collect(),
+        access_log_dropped().collect(),
     ]
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// Access-log lines dropped because a log's buffer was full (or its file unwritable).
+fn access_log_dropped() -> IntCounterVec {
+    let dropped = counter(
+        "proxyd_access_log_dropped_lines_total",
+        "Access-log lines dropped because a log's buffer was full or its file could not be written.",
+        &[],
+    );
+    dropped
+        .with_label_values(&[] as &[&str])
+        .inc_by(crate::access_log::dropped());
+    dropped
 }

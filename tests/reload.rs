@@ -291,3 +291,48 @@ async fn new_workers_that_never_get_ready_call_the_reload_off() {
     proxy.shutdown().await;
     marker.wait_none_left().await;
 }
+
+#[tokio::test]
+async fn access_log_settings_change_with_a_reload() {
+    let a = TestBackend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let config = |log: &std::path::Path| {
+        format!(
+            "{}access_log:\n  - {{ format: json, path: {:?} }}\n",
+            two_backends(a.addr, a.addr, "a"),
+            log
+        )
+    };
+    let proxy = TestProxy::from_yaml(&config(&first)).await;
+    get(proxy.addr, "/before").await;
+    std::fs::write(proxy.config_path(), config(&second)).unwrap();
+    let got = reload(proxy.admin.unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(
+        got.text().contains("access logs reopened"),
+        "{}",
+        got.text()
+    );
+    get(proxy.addr, "/after").await;
+    // The writers flush within a fraction of a second; poll with a bound.
+    let mut seen = (String::new(), String::new());
+    for _ in 0..300 {
+        seen = (
+            std::fs::read_to_string(&first).unwrap_or_default(),
+            std::fs::read_to_string(&second).unwrap_or_default(),
+        );
+        if seen.0.contains("/before") && seen.1.contains("/after") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.0.contains("/before") && !seen.0.contains("/after"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.1.contains("/after") && !seen.1.contains("/before"),
+        "{seen:?}"
+    );
+}

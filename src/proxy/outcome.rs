@@ -62,18 +62,28 @@ pub trait Observe: Send + Sync {
     fn request_done(&self, outcome: &Outcome);
 }
 
-/// The observers of a server; cheap to clone.
+/// The observers of a server; cheap to clone. A config reload can replace the set (new
+/// access logs), and every clone sees the new one.
 #[derive(Clone, Default)]
-pub struct Observers(pub Arc<Vec<Arc<dyn Observe>>>);
+pub struct Observers(Arc<arc_swap::ArcSwap<Vec<Arc<dyn Observe>>>>);
 
 impl Observers {
+    pub fn new(list: Vec<Arc<dyn Observe>>) -> Observers {
+        Observers(Arc::new(arc_swap::ArcSwap::from_pointee(list)))
+    }
+
     pub fn done(&self, outcome: &Outcome) {
-        for o in self.0.iter() {
+        for o in self.0.load().iter() {
             o.request_done(outcome);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.load().is_empty()
+    }
+
+    /// Swaps in a new set; the old observers go when the last request using them is done.
+    pub fn replace(&self, list: Vec<Arc<dyn Observe>>) {
+        self.0.store(Arc::new(list));
     }
 }

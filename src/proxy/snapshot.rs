@@ -20,7 +20,7 @@ pub fn fingerprint(up: &crate::config::Upstream) -> String {
 
 /// Removes every `, referenced: Location { .. }` and `, defined: Location { .. }` from a
 /// Debug rendering.
-fn strip_locations(text: &str) -> String {
+pub(crate) fn strip_locations(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {

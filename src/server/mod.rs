@@ -79,6 +79,12 @@ impl Server {
         let access_logs = crate::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
         let metrics = Arc::new(crate::metrics::Metrics::new(&snapshot));
+        let observers = Observers::new(
+            [metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>]
+                .into_iter()
+                .chain(access_logs)
+                .collect(),
+        );
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let certificates = Certificates(Arc::new(
             listeners.iter().filter_map(|l| l.tls.clone()).collect(),
@@ -88,6 +94,10 @@ impl Server {
             state.clone(),
             supervisors.clone(),
             certificates,
+            reload::Logging {
+                observers: observers.clone(),
+                metrics: metrics.clone(),
+            },
         ));
         Ok(Server {
             reloader,
@@ -107,12 +117,7 @@ impl Server {
                 max_headers: cfg.limits.max_headers,
             },
             max_streams: cfg.limits.max_concurrent_streams,
-            observers: Observers(Arc::new(
-                [metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>]
-                    .into_iter()
-                    .chain(access_logs)
-                    .collect(),
-            )),
+            observers,
             metrics,
             grace: cfg.timeouts.shutdown_grace,
         })

@@ -21,7 +21,14 @@ use crate::config::{addr::parse_listen, load_file, Loaded};
 use crate::proxy::Snapshot;
 use crate::workers::Supervisors;
 
+/// What a reload changes when the access-log settings change.
+pub struct Logging {
+    pub observers: crate::proxy::outcome::Observers,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 pub struct Reloader {
+    logging: Logging,
     path: PathBuf,
     current: Mutex<Loaded>,
     state: Arc<ArcSwap<Snapshot>>,
@@ -39,8 +46,10 @@ impl Reloader {
         state: Arc<ArcSwap<Snapshot>>,
         supervisors: Arc<Supervisors>,
         certificates: Certificates,
+        logging: Logging,
     ) -> Reloader {
         Reloader {
+            logging,
             path: PathBuf::from(&loaded.file),
             current: Mutex::new(loaded.clone()),
             state,
@@ -87,6 +96,24 @@ impl Reloader {
                 }
             }
         }
+        // New access logs are opened before the swap too: a file that cannot be opened calls
+        // the reload off.
+        let settings = |l: &Loaded| {
+            crate::proxy::snapshot::strip_locations(&format!("{:?}", l.config.access_log))
+        };
+        let logs_changed = settings(&old) != settings(&new) || old.dir != new.dir;
+        let new_logs = if logs_changed {
+            match crate::access_log::open(&new) {
+                Ok(logs) => Some(logs),
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    tracing::error!("config not reloaded: {e}");
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let closing: Vec<std::net::SocketAddr> = running
             .iter()
             .filter(|a| !wanted.contains(&Some(**a)))
@@ -153,6 +180,13 @@ impl Reloader {
             next.upstreams.len() - kept
         );
         self.state.store(Arc::new(next));
+        if let Some(logs) = new_logs {
+            let metrics = self.logging.metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>;
+            self.logging
+                .observers
+                .replace(std::iter::once(metrics).chain(logs).collect());
+            summary.push_str("; access logs reopened with the new settings");
+        }
         if let Some(set) = self.listeners.get() {
             for l in opened {
                 match set.add(l) {
