@@ -117,10 +117,6 @@ impl Pool {
         });
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// The backend's shared HTTP/2 connection: the open one, unless idle past
     /// `idle_timeout`, or else a new one from `open` (which counts as opened).
     pub async fn shared(
