@@ -336,3 +336,125 @@ async fn access_log_settings_change_with_a_reload() {
         "{seen:?}"
     );
 }
+
+/// A TLS client that trusts `cert` and speaks HTTP/1.1 over it.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    cert: &rustls_pki_types::CertificateDer<'static>,
+    path: &str,
+) -> std::io::Result<Got> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get(path)
+                .header("host", "localhost")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(read_whole(resp).await)
+}
+
+#[tokio::test]
+async fn a_kept_listener_takes_new_settings_for_new_connections() {
+    let a = TestBackend::echo().await;
+    let base = two_backends(a.addr, a.addr, "a");
+    let proxy = TestProxy::from_yaml(&base).await;
+    let admin = proxy.admin.unwrap();
+    let mut kept = H1::connect(proxy.addr).await;
+    assert_eq!(kept.get("/plain").await.status, StatusCode::OK);
+
+    // The same address (as configured) now redirects to https, and the head limit shrinks.
+    let redirecting = base.replacen(
+        "  - addr: \"127.0.0.1:0\"\n",
+        "  - addr: \"127.0.0.1:0\"\n    redirect_https: true\n",
+        1,
+    ) + "limits:\n  max_header_bytes: 8KiB\n";
+    std::fs::write(proxy.config_path(), &redirecting).unwrap();
+    let got = reload(admin).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert!(got.text().contains("new settings on"), "{}", got.text());
+    // New connections get the new settings; the connection opened before keeps its own.
+    let fresh = get(proxy.addr, "/x").await;
+    assert_eq!(fresh.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(fresh.header("location"), Some("https://test.local/x"));
+    let big = "a".repeat(12000);
+    let mut c = H1::connect(proxy.addr).await;
+    let oversize = c
+        .send(
+            Request::get("/big")
+                .header("host", "test.local")
+                .header("x-big", big.as_str())
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(oversize.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let old = kept
+        .send(
+            Request::get("/still-plain")
+                .header("host", "test.local")
+                .header("x-big", big.as_str())
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::OK, "{}", old.text());
+
+    // Then TLS on the same address: new connections must handshake; the kept one goes on.
+    let certs = tempfile::tempdir().unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(certs.path().join("localhost.pem"), issued.cert.pem()).unwrap();
+    std::fs::write(
+        certs.path().join("localhost.key"),
+        issued.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let trusted = issued.cert.der().clone();
+    let dir = certs.path().display();
+    let tls = base.replacen(
+        "  - addr: \"127.0.0.1:0\"\n",
+        &format!("  - addr: \"127.0.0.1:0\"\n    tls:\n      certs: [{{ cert: \"{dir}/localhost.pem\", key: \"{dir}/localhost.key\" }}]\n"),
+        1,
+    );
+    std::fs::write(proxy.config_path(), &tls).unwrap();
+    let got = reload(admin).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let secure = https_get(proxy.addr, &trusted, "/secure").await.unwrap();
+    assert_eq!(secure.status, StatusCode::OK, "{}", secure.text());
+    assert_eq!(kept.get("/kept").await.status, StatusCode::OK);
+    let status: serde_json::Value =
+        serde_json::from_str(&get(admin, "/status").await.text()).unwrap();
+    assert_eq!(status["listeners"][0]["tls"], true, "{status}");
+
+    // A certificate that does not load calls the reload off: TLS keeps serving.
+    std::fs::write(
+        proxy.config_path(),
+        tls.replace("localhost.key", "missing.key"),
+    )
+    .unwrap();
+    let bad = reload(admin).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().contains("missing.key"), "{}", bad.text());
+    let secure = https_get(proxy.addr, &trusted, "/still-secure")
+        .await
+        .unwrap();
+    assert_eq!(secure.status, StatusCode::OK);
+}

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::Snapshot;
+use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
 use crate::workers::Supervisors;
 pub use status::ListenerInfo;
@@ -39,7 +40,7 @@ struct Admin {
     supervisors: Arc<Supervisors>,
     reloader: Arc<Reloader>,
     /// The proxy listeners, for /status.
-    listeners: Vec<ListenerInfo>,
+    listeners: Arc<ListenerSet>,
     /// `admin.token`: required on POSTs when set.
     token: Option<String>,
     started: std::time::SystemTime,
@@ -54,7 +55,7 @@ pub async fn serve(
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
     reloader: Arc<Reloader>,
-    listeners: Vec<ListenerInfo>,
+    listeners: Arc<ListenerSet>,
     token: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -130,7 +131,7 @@ impl Admin {
         let report = status::collect(
             &self.state.load(),
             &self.supervisors,
-            &self.listeners,
+            &self.listeners.info(),
             self.started,
             *self.stop.borrow(),
         );

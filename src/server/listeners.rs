@@ -1,26 +1,50 @@
-//! The running listeners: started at boot, added and removed by a config reload, and stopped
-//! together at shutdown (their open connections then drain).
+//! The running listeners: started at boot, added, changed and removed by a config reload, and
+//! stopped together at shutdown (their open connections then drain).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::conn::HeadLimits;
-use super::{accept_loop, Listener};
+use super::{accept_loop, tls, Listener};
 use crate::proxy::outcome::Observers;
-use crate::proxy::Snapshot;
+use crate::proxy::{ListenerSettings, Snapshot};
+
+/// How new client connections are served (from `limits` and `timeouts`); a reload replaces it
+/// and connections already open keep theirs.
+pub struct ConnSetup {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub client: HeadLimits,
+}
+
+/// What a reload may change on a listener that keeps its address.
+#[derive(Clone)]
+pub struct Serving {
+    pub tls: Option<Arc<tls::Terminator>>,
+    pub settings: Arc<ListenerSettings>,
+    pub max_connections: usize,
+    /// The listener's settings as configured, to tell whether a reload changed them.
+    pub fingerprint: String,
+}
+
+/// One listener's changeable part, shared with its accept loop.
+pub struct Live {
+    pub serving: ArcSwap<Serving>,
+    /// Open connections; sized to `max_connections`.
+    pub limit: Arc<Semaphore>,
+}
 
 /// What every accept loop shares.
 pub struct Spawner {
     pub state: Arc<ArcSwap<Snapshot>>,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
-    pub client: HeadLimits,
+    pub setup: Arc<ArcSwap<ConnSetup>>,
     pub graceful: Arc<GracefulShutdown>,
     pub observers: Observers,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -30,6 +54,7 @@ struct Running {
     /// The address as configured (port 0 stays 0), which is how a reload names it.
     configured: SocketAddr,
     bound: SocketAddr,
+    live: Arc<Live>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -56,12 +81,16 @@ impl ListenerSet {
         };
         let (stop, stopped) = watch::channel(false);
         let (configured, bound) = (l.configured, l.addr);
+        let live = Arc::new(Live {
+            limit: Arc::new(Semaphore::new(l.serving.max_connections)),
+            serving: ArcSwap::from_pointee(l.serving),
+        });
         tracing::info!(addr = %bound, "listening");
         let task = tokio::spawn(accept_loop(
-            l,
+            l.socket,
+            live.clone(),
             s.state.clone(),
-            s.builder.clone(),
-            s.client,
+            s.setup.clone(),
             s.graceful.clone(),
             stopped,
             s.observers.clone(),
@@ -70,10 +99,43 @@ impl ListenerSet {
         self.lock().push(Running {
             configured,
             bound,
+            live,
             stop,
             task,
         });
         Ok(bound)
+    }
+
+    /// The settings fingerprint of the listener configured as `configured`.
+    pub fn fingerprint(&self, configured: SocketAddr) -> Option<String> {
+        self.lock()
+            .iter()
+            .find(|r| r.configured == configured)
+            .map(|r| r.live.serving.load().fingerprint.clone())
+    }
+
+    /// Serves new connections of the listener configured as `configured` with `serving`;
+    /// open connections keep what they started with. Returns the bound address.
+    pub fn update(&self, configured: SocketAddr, serving: Serving) -> Option<SocketAddr> {
+        let running = self.lock();
+        let r = running.iter().find(|r| r.configured == configured)?;
+        let old = r.live.serving.load().max_connections;
+        resize(&r.live.limit, old, serving.max_connections);
+        r.live.serving.store(Arc::new(serving));
+        tracing::info!(addr = %r.bound, "listener settings changed");
+        Some(r.bound)
+    }
+
+    /// How new connections are served from now on.
+    pub fn set_conn_setup(&self, setup: ConnSetup) {
+        if let Some(s) = self
+            .spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            s.setup.store(Arc::new(setup));
+        }
     }
 
     /// Stops accepting on the listener configured as `configured`; its connections drain.
@@ -89,6 +151,58 @@ impl ListenerSet {
     /// The configured addresses of the running listeners.
     pub fn configured(&self) -> Vec<SocketAddr> {
         self.lock().iter().map(|r| r.configured).collect()
+    }
+
+    /// The running listeners, for /status.
+    pub fn info(&self) -> Vec<crate::admin::ListenerInfo> {
+        self.lock()
+            .iter()
+            .map(|r| crate::admin::ListenerInfo {
+                addr: r.bound,
+                tls: r.live.serving.load().tls.is_some(),
+            })
+            .collect()
+    }
+
+    fn terminators(&self) -> Vec<Arc<tls::Terminator>> {
+        self.lock()
+            .iter()
+            .filter_map(|r| r.live.serving.load().tls.clone())
+            .collect()
+    }
+
+    /// Loads every TLS listener's certificates again; a listener whose new files are bad
+    /// keeps its old ones. Returns what failed.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for t in self.terminators() {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!("TLS certificates not reloaded, the old ones stay: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Reloads a listener's certificates when its files change (checked every 2 s).
+    pub async fn watch_certificates(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            for t in self.terminators() {
+                if t.changed() {
+                    match t.reload() {
+                        Ok(()) => tracing::info!("TLS certificate files changed; reloaded"),
+                        Err(e) => tracing::error!(
+                            "TLS certificate files changed but are not usable, the old ones stay: {e}"
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every listener, waits for the accept loops, and hands back what drains the
@@ -111,5 +225,25 @@ impl ListenerSet {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Changes a connection cap of `old` to `new`. Permits held by open connections cannot be
+/// taken back, so a lower cap takes them as those connections close.
+fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) {
+    if new >= old {
+        limit.add_permits(new - old);
+        return;
+    }
+    let cut = old - new;
+    let rest = cut - limit.forget_permits(cut);
+    if rest > 0 {
+        let limit = limit.clone();
+        let rest = u32::try_from(rest).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            if let Ok(p) = limit.acquire_many_owned(rest).await {
+                p.forget();
+            }
+        });
     }
 }

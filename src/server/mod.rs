@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
@@ -29,15 +29,14 @@ use crate::proxy::outcome::Observers;
 use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
+pub use listeners::{ConnSetup, Serving};
 
 pub struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
     /// As written in the config (port 0 stays 0): how a reload recognises it.
     configured: SocketAddr,
-    max_connections: usize,
-    tls: Option<Arc<tls::Terminator>>,
-    settings: Arc<ListenerSettings>,
+    serving: Serving,
 }
 
 /// Bound listeners and the state they serve. `run` serves until shutdown.
@@ -48,8 +47,7 @@ pub struct Server {
     admin_token: Option<String>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
-    client: HeadLimits,
-    max_streams: u32,
+    setup: ConnSetup,
     grace: Duration,
     /// Told about every finished request (metrics, access logs).
     observers: Observers,
@@ -86,14 +84,10 @@ impl Server {
                 .collect(),
         );
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
-        let certificates = Certificates(Arc::new(
-            listeners.iter().filter_map(|l| l.tls.clone()).collect(),
-        ));
         let reloader = Arc::new(reload::Reloader::new(
             loaded,
             state.clone(),
             supervisors.clone(),
-            certificates,
             reload::Logging {
                 observers: observers.clone(),
                 metrics: metrics.clone(),
@@ -110,13 +104,7 @@ impl Server {
                 .map(|t| t.value.clone()),
             supervisors,
             state,
-            client: HeadLimits {
-                header_timeout: cfg.timeouts.client_header,
-                idle_timeout: cfg.timeouts.keepalive,
-                max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
-                max_headers: cfg.limits.max_headers,
-            },
-            max_streams: cfg.limits.max_concurrent_streams,
+            setup: conn_setup(cfg),
             observers,
             metrics,
             grace: cfg.timeouts.shutdown_grace,
@@ -142,16 +130,6 @@ impl Server {
         self.reloader.clone()
     }
 
-    /// The TLS listeners' certificates, for reloads (SIGHUP, the admin API).
-    pub fn certificates(&self) -> Certificates {
-        Certificates(Arc::new(
-            self.listeners
-                .iter()
-                .filter_map(|l| l.tls.clone())
-                .collect(),
-        ))
-    }
-
     /// The worker supervisors, for rolling restarts (SIGHUP, the admin API).
     pub fn supervisors(&self) -> Arc<Supervisors> {
         self.supervisors.clone()
@@ -162,36 +140,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            // Above the head limit: server::head answers oversize heads, with a proper 431.
-            .max_buf_size(self.client.max_head_bytes.saturating_add(8192))
-            .max_headers(self.client.max_headers)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.max_streams)
-            .max_header_list_size(u32::try_from(self.client.max_head_bytes).unwrap_or(u32::MAX));
-        let builder = Arc::new(builder);
-
-        let certificates = self.certificates();
-        let listener_info: Vec<crate::admin::ListenerInfo> = self
-            .listeners
-            .iter()
-            .map(|l| crate::admin::ListenerInfo {
-                addr: l.addr,
-                tls: l.tls.is_some(),
-            })
-            .collect();
-        let watcher = tokio::spawn(certificates.clone().watch());
         let set = Arc::new(listeners::ListenerSet::new(listeners::Spawner {
             state: self.state.clone(),
-            builder,
-            client: self.client,
+            setup: Arc::new(ArcSwap::from_pointee(self.setup)),
             graceful,
             observers: self.observers.clone(),
             metrics: self.metrics.clone(),
@@ -200,6 +151,7 @@ impl Server {
             set.add(l).map_err(anyhow::Error::msg)?;
         }
         self.reloader.attach_listeners(set.clone());
+        let watcher = tokio::spawn(set.clone().watch_certificates());
         let admin = self.admin.map(|admin| {
             tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
             tokio::spawn(crate::admin::serve(
@@ -208,7 +160,7 @@ impl Server {
                 self.state.clone(),
                 self.supervisors.clone(),
                 self.reloader.clone(),
-                listener_info,
+                set.clone(),
                 self.admin_token.clone(),
                 self.metrics.clone(),
             ))
@@ -235,23 +187,66 @@ impl Server {
 /// Binds one configured listener (and loads its certificates).
 pub fn open_listener(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Listener> {
     let configured = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
+    let serving = serving(l, loaded)?;
     let socket = bind(configured).with_context(|| format!("cannot listen on {configured}"))?;
+    Ok(Listener {
+        addr: socket.local_addr()?,
+        configured,
+        socket,
+        serving,
+    })
+}
+
+/// A listener's settings as configured, to tell whether a reload changed them.
+pub fn listener_fingerprint(l: &crate::config::Listen, loaded: &Loaded) -> String {
+    let max = l
+        .max_connections
+        .unwrap_or(loaded.config.limits.max_connections);
+    let text = format!("{:?} {max} {}", l, loaded.dir.display());
+    crate::proxy::snapshot::strip_locations(&text)
+}
+
+/// What a listener serves with (its certificates are loaded here).
+pub fn serving(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Serving> {
     let tls = match &l.tls {
         Some(t) => Some(Arc::new(
             tls::Terminator::new(t, &loaded.dir).map_err(anyhow::Error::msg)?,
         )),
         None => None,
     };
-    Ok(Listener {
-        addr: socket.local_addr()?,
-        configured,
-        socket,
+    Ok(Serving {
+        tls,
+        settings: Arc::new(ListenerSettings::from_config(l)),
         max_connections: l
             .max_connections
             .unwrap_or(loaded.config.limits.max_connections),
-        settings: Arc::new(ListenerSettings::from_config(l)),
-        tls,
+        fingerprint: listener_fingerprint(l, loaded),
     })
+}
+
+/// How client connections are served under `cfg`'s limits and time-outs.
+pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
+    let client = HeadLimits {
+        header_timeout: cfg.timeouts.client_header,
+        idle_timeout: cfg.timeouts.keepalive,
+        max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
+        max_headers: cfg.limits.max_headers,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // Above the head limit: server::head answers oversize heads, with a proper 431.
+        .max_buf_size(client.max_head_bytes.saturating_add(8192))
+        .max_headers(client.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(client.max_head_bytes).unwrap_or(u32::MAX));
+    ConnSetup { builder, client }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -267,24 +262,23 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop(
-    l: Listener,
+    socket: TcpListener,
+    live: Arc<listeners::Live>,
     state: Arc<ArcSwap<Snapshot>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    client: HeadLimits,
+    setup: Arc<ArcSwap<ConnSetup>>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     observers: Observers,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let limit = Arc::new(Semaphore::new(l.max_connections));
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog.
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = live.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
-            r = l.socket.accept() => match r {
+            r = socket.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -296,16 +290,18 @@ pub(crate) async fn accept_loop(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        // Loaded per connection: a reload changes what new connections get.
+        let serving = live.serving.load_full();
         let conn = Conn {
             state: state.clone(),
-            builder: builder.clone(),
-            client,
+            setup: setup.load_full(),
             // Taken now: a connection accepted before shutdown is drained by it.
             watcher: graceful.watcher(),
-            listener: l.settings.clone(),
+            listener: serving.settings.clone(),
             observers: observers.clone(),
         };
-        let tls = l.tls.clone();
+        let header_timeout = conn.setup.client.header_timeout;
+        let tls = serving.tls.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _open = metrics.connection_opened();
@@ -316,8 +312,7 @@ pub(crate) async fn accept_loop(
                 }
                 Some(t) => {
                     // The handshake gets the same time as a request head.
-                    let accept =
-                        tokio::time::timeout(client.header_timeout, t.acceptor().accept(stream));
+                    let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
                     match accept.await {
                         Ok(Ok(tls_stream)) => {
                             metrics.tls_handshake(true);
@@ -341,51 +336,10 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The certificates of every TLS listener.
-#[derive(Clone, Default)]
-pub struct Certificates(Arc<Vec<Arc<tls::Terminator>>>);
-
-impl Certificates {
-    /// Loads every listener's certificates again; a listener whose new files are bad keeps
-    /// its old ones. Returns what failed.
-    pub fn reload(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        for t in self.0.iter() {
-            match t.reload() {
-                Ok(()) => tracing::info!("TLS certificates reloaded"),
-                Err(e) => {
-                    tracing::error!("TLS certificates not reloaded, the old ones stay: {e}");
-                    errors.push(e);
-                }
-            }
-        }
-        errors
-    }
-
-    /// Reloads a listener's certificates when its files change (checked every 2 s).
-    async fn watch(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tick.tick().await;
-            for t in self.0.iter() {
-                if t.changed() {
-                    match t.reload() {
-                        Ok(()) => tracing::info!("TLS certificate files changed; reloaded"),
-                        Err(e) => tracing::error!(
-                            "TLS certificate files changed but are not usable, the old ones stay: {e}"
-                        ),
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// What serving one client connection needs.
 struct Conn {
     state: Arc<ArcSwap<Snapshot>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    client: HeadLimits,
+    setup: Arc<ConnSetup>,
     watcher: Watcher,
     listener: Arc<ListenerSettings>,
     observers: Observers,
@@ -399,7 +353,7 @@ impl Conn {
     {
         let peer = info.peer;
         let activity = Arc::new(Activity::default());
-        let io = ClientIo::new(stream, activity.clone(), self.client);
+        let io = ClientIo::new(stream, activity.clone(), self.setup.client);
         let info = Arc::new(info);
         let state = self.state.clone();
         let observers = self.observers.clone();
@@ -434,6 +388,7 @@ impl Conn {
             }
         });
         let conn = self
+            .setup
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();

@@ -15,8 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use super::listeners::ListenerSet;
-use super::open_listener;
-use super::Certificates;
+use super::{conn_setup, listener_fingerprint, open_listener, serving};
 use crate::config::{addr::parse_listen, load_file, Loaded};
 use crate::proxy::Snapshot;
 use crate::workers::Supervisors;
@@ -33,7 +32,6 @@ pub struct Reloader {
     current: Mutex<Loaded>,
     state: Arc<ArcSwap<Snapshot>>,
     supervisors: Arc<Supervisors>,
-    certificates: Certificates,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
     /// The running listeners, once the server runs.
@@ -45,7 +43,6 @@ impl Reloader {
         loaded: &Loaded,
         state: Arc<ArcSwap<Snapshot>>,
         supervisors: Arc<Supervisors>,
-        certificates: Certificates,
         logging: Logging,
     ) -> Reloader {
         Reloader {
@@ -54,7 +51,6 @@ impl Reloader {
             current: Mutex::new(loaded.clone()),
             state,
             supervisors,
-            certificates,
             running: tokio::sync::Mutex::new(()),
             listeners: std::sync::OnceLock::new(),
         }
@@ -83,17 +79,25 @@ impl Reloader {
             .map(|l| l.configured())
             .unwrap_or_default();
         let wanted = listen_addrs(&new);
+        // Kept listeners whose settings changed get theirs ready here too (certificates that
+        // do not load call the reload off).
         let mut opened = Vec::new();
+        let mut changed = Vec::new();
         for (l, addr) in new.config.listen.iter().zip(&wanted) {
-            if addr.is_some_and(|a| !running.contains(&a)) {
-                match open_listener(l, &new) {
-                    Ok(listener) => opened.push(listener),
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        tracing::error!("config not reloaded: {e}");
-                        return Err(e);
-                    }
-                }
+            let Some(addr) = *addr else { continue };
+            let result = if !running.contains(&addr) {
+                open_listener(l, &new).map(|x| opened.push(x))
+            } else if self.listeners.get().and_then(|s| s.fingerprint(addr))
+                != Some(listener_fingerprint(l, &new))
+            {
+                serving(l, &new).map(|x| changed.push((addr, x)))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                let e = format!("{e:#}");
+                tracing::error!("config not reloaded: {e}");
+                return Err(e);
             }
         }
         // New access logs are opened before the swap too: a file that cannot be opened calls
@@ -194,15 +198,25 @@ impl Reloader {
                     Err(e) => tracing::warn!("listener not started: {e}"),
                 }
             }
+            for (addr, serving) in changed {
+                if let Some(bound) = set.update(addr, serving) {
+                    summary.push_str(&format!("; new settings on {bound}"));
+                }
+            }
             for addr in closing {
                 if let Some(bound) = set.remove(addr) {
                     summary.push_str(&format!("; stopped listening on {bound}"));
                 }
             }
+            set.set_conn_setup(conn_setup(&new.config));
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         self.supervisors.replace_groups(groups).await;
-        let cert_errors = self.certificates.reload();
+        let cert_errors = self
+            .listeners
+            .get()
+            .map(|s| s.reload_certificates())
+            .unwrap_or_default();
         tracing::info!("{summary}");
         if cert_errors.is_empty() {
             Ok(summary)
