@@ -16,12 +16,14 @@
 //! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
 //!   the request path.
 //! - [`metrics`]: the Prometheus registry and every metric, served at the admin's `/metrics`.
+//! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
 
 pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod server;
 pub mod upstream;

@@ -39,6 +39,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, while proxyd is one thread: it takes NOTIFY_SOCKET out of the environment.
+    let notifier = proxyd::notify::Notifier::from_env();
     let cli = Cli::parse();
     let loaded = match load_file(&cli.config) {
         Ok(l) => l,
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(loaded));
+    let result = runtime.block_on(serve(loaded, notifier));
     // The writers flush when idle; the last lines must not be lost at exit.
     proxyd::access_log::shutdown(std::time::Duration::from_secs(2));
     match result {
@@ -100,12 +102,18 @@ fn status(cfg: &proxyd::config::Config) -> ExitCode {
     }
 }
 
-async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
+async fn serve(
+    loaded: proxyd::config::Loaded,
+    notifier: proxyd::notify::Notifier,
+) -> anyhow::Result<()> {
     let server = Server::bind(&loaded).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // The listeners are bound (connections queue from now on) and a SIGTERM from here on
+    // drains: tell systemd (Type=notify).
+    notifier.ready();
     // SIGUSR1: reopen the access logs after logrotate moved them (nginx's and gunicorn's USR1).
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
@@ -115,13 +123,20 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
     });
     let supervisors = server.supervisors();
     let reloader = server.reloader();
+    let on_hup = notifier.clone();
     // SIGHUP: reload the config (certificates included; a bad file keeps the old one serving),
     // then replace every worker, one at a time (gunicorn's HUP).
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the config, rolling restart of the workers");
-            let _ = reloader.reload().await;
-            let _ = supervisors.rolling_restart(None).await;
+            on_hup.reloading();
+            let config = reloader.reload().await;
+            let rolled = supervisors.rolling_restart(None).await;
+            on_hup.ready_with_status(&match (config, rolled) {
+                (Ok(_), Ok(())) => "reloaded; workers replaced".to_string(),
+                (Err(e), _) => format!("config not reloaded, the old one keeps serving: {e}"),
+                (Ok(_), Err(e)) => format!("reloaded; rolling restart failed: {e}"),
+            });
         }
     });
     server
@@ -130,6 +145,7 @@ async fn serve(loaded: proxyd::config::Loaded) -> anyhow::Result<()> {
                 _ = term.recv() => tracing::info!("SIGTERM"),
                 _ = int.recv() => tracing::info!("SIGINT"),
             }
+            notifier.stopping();
         })
         .await
 }
