@@ -4,7 +4,7 @@
 //! Two kinds of figures:
 //!
 //! - counted as things happen, in a registry that lives as long as the server: requests by
-//!   upstream, method and status class and their latency histograms (by [`Metrics`], an
+//!   route, upstream, method and status class and latency histograms by upstream (by [`Metrics`], an
 //!   observer of every finished request), client connections and TLS handshakes (by the
 //!   server's accept loop);
 //! - read when scraped from the live state: in-flight requests and queue depth, the counters
@@ -12,8 +12,9 @@
 //!   queue rejections, ejections, failing open), keepalive pool reuse, backend health and
 //!   latency, and the workers (state, restarts by reason, RSS, requests served).
 //!
-//! The request path does a few atomic operations per request: per-upstream handles (counters
-//! by method and status class, histograms) are made once and found by upstream name.
+//! The request path does a few atomic operations per request: handles (counters by method and
+//! status class per route and upstream, histograms per upstream) are made once and found by
+//! name.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -38,7 +39,7 @@ use crate::upstream::clock::now_ns;
 use crate::upstream::BackendState;
 use crate::workers::Supervisors;
 
-/// The upstream label of requests no route matched.
+/// The upstream and route label of requests no route matched.
 pub const NO_UPSTREAM: &str = "-";
 
 /// Latency buckets in seconds: sub-millisecond proxy overhead up to a minute-long upstream.
@@ -82,21 +83,31 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     /// Per-upstream handles by upstream name; grows (rarely) when a reload adds an upstream.
     by_upstream: ArcSwap<HashMap<Box<str>, Arc<UpstreamHandles>>>,
+    /// Request counters by route, then upstream; grows when a reload adds a route.
+    by_route: ArcSwap<HashMap<Box<str>, ByUpstream>>,
     client_connections_open: IntGauge,
     client_connections: IntCounter,
     tls_ok: IntCounter,
     tls_failed: IntCounter,
 }
 
-/// One upstream's request metrics, ready to bump.
+/// One upstream's latency histograms, ready to observe.
 struct UpstreamHandles {
-    name: Box<str>,
-    /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
-    /// the output.
-    requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
     duration: Histogram,
     upstream_time: Histogram,
     queue_wait: Histogram,
+}
+
+/// A route's counters by upstream name.
+type ByUpstream = HashMap<Box<str>, Arc<RouteHandles>>;
+
+/// The request counters of one route and upstream.
+struct RouteHandles {
+    route: Box<str>,
+    upstream: Box<str>,
+    /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
+    /// the output.
+    requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
 }
 
 /// Keeps `proxyd_client_connections_open` up while a client connection lives.
@@ -129,9 +140,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxyd_requests_total",
-                "Requests answered, by upstream (\"-\" when no route matched), method and status class.",
+                "Requests answered, by route, upstream (both \"-\" when no route matched), method and status class.",
             ),
-            &["upstream", "method", "status_class"],
+            &["route", "upstream", "method", "status_class"],
         )
         .expect("valid counter definition");
         let duration = histogram(
@@ -178,6 +189,7 @@ impl Metrics {
             upstream_time,
             queue_wait,
             by_upstream: ArcSwap::from_pointee(HashMap::new()),
+            by_route: ArcSwap::from_pointee(HashMap::new()),
             client_connections_open,
             client_connections,
             tls_ok: tls.with_label_values(&["ok"]),
@@ -196,8 +208,6 @@ impl Metrics {
             return h.clone();
         }
         let made = Arc::new(UpstreamHandles {
-            name: name.into(),
-            requests: Default::default(),
             duration: self.duration.with_label_values(&[name]),
             upstream_time: self.upstream_time.with_label_values(&[name]),
             queue_wait: self.queue_wait.with_label_values(&[name]),
@@ -208,6 +218,37 @@ impl Metrics {
             map
         });
         self.by_upstream.load().get(name).cloned().unwrap_or(made)
+    }
+
+    /// The counters of `route` to `upstream`, made the first time the pair is seen.
+    fn route(&self, route: &str, upstream: &str) -> Arc<RouteHandles> {
+        if let Some(h) = self
+            .by_route
+            .load()
+            .get(route)
+            .and_then(|m| m.get(upstream))
+        {
+            return h.clone();
+        }
+        let made = Arc::new(RouteHandles {
+            route: route.into(),
+            upstream: upstream.into(),
+            requests: Default::default(),
+        });
+        self.by_route.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(route.into())
+                .or_default()
+                .entry(upstream.into())
+                .or_insert_with(|| made.clone());
+            map
+        });
+        self.by_route
+            .load()
+            .get(route)
+            .and_then(|m| m.get(upstream))
+            .cloned()
+            .unwrap_or(made)
     }
 
     /// Counts an accepted client connection; the guard counts it closed when dropped.
@@ -262,11 +303,14 @@ fn seconds(d: Duration) -> f64 {
 impl Observe for Metrics {
     fn request_done(&self, o: &Outcome) {
         let routed = o.trace.upstream.as_deref();
-        let h = self.upstream(routed.map_or(NO_UPSTREAM, |u| u.name.as_str()));
-        h.requests[method_index(&o.method)][class_index(o.status)]
+        let name = routed.map_or(NO_UPSTREAM, |u| u.name.as_str());
+        let h = self.upstream(name);
+        let r = self.route(o.trace.route.as_deref().unwrap_or(NO_UPSTREAM), name);
+        r.requests[method_index(&o.method)][class_index(o.status)]
             .get_or_init(|| {
                 self.requests.with_label_values(&[
-                    &*h.name,
+                    &*r.route,
+                    &*r.upstream,
                     METHODS[method_index(&o.method)],
                     STATUS_CLASSES[class_index(o.status)],
                 ])

@@ -334,7 +334,7 @@ upstreams:
     queue: {{ max: 0, timeout: 5s }}
     servers: ["{held}"]
 routes:
-  - {{ path: "/app/", upstream: app }}
+  - {{ name: app-api, path: "/app/", upstream: app }}
   - {{ path: "/refused/", upstream: refused }}
   - {{ path: "/flaky/", upstream: flaky }}
   - {{ path: "/held/", upstream: held }}
@@ -358,6 +358,7 @@ routes:
         before.get(
             "proxyd_requests_total",
             &[
+                ("route", "app-api"),
                 ("upstream", "app"),
                 ("method", "GET"),
                 ("status_class", "2xx")
@@ -403,6 +404,7 @@ routes:
         s.get(
             "proxyd_requests_total",
             &[
+                ("route", "/held/"),
                 ("upstream", "held"),
                 ("method", "GET"),
                 ("status_class", "5xx"),
@@ -438,10 +440,21 @@ routes:
         s.sum("proxyd_requests_total", &[]) == 12.0
     })
     .await;
+    // Routes are labelled by their name, else by host and path.
     let req = |u: &str, method: &str, class: &str| {
+        let route = match u {
+            "app" => "app-api".to_string(),
+            "-" => "-".to_string(),
+            u => format!("/{u}/"),
+        };
         m.value(
             "proxyd_requests_total",
-            &[("upstream", u), ("method", method), ("status_class", class)],
+            &[
+                ("route", &route),
+                ("upstream", u),
+                ("method", method),
+                ("status_class", class),
+            ],
         )
     };
     assert_eq!(req("app", "GET", "2xx"), 3.0);
@@ -672,6 +685,7 @@ upstreams:
         m.value(
             "proxyd_requests_total",
             &[
+                ("route", "/"),
                 ("upstream", "web"),
                 ("method", "POST"),
                 ("status_class", "5xx")
@@ -780,6 +794,7 @@ async fn tls_handshakes_are_counted_by_result() {
         m.value(
             "proxyd_requests_total",
             &[
+                ("route", "/"),
                 ("upstream", "app"),
                 ("method", "GET"),
                 ("status_class", "2xx")

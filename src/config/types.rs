@@ -211,6 +211,9 @@ impl Default for Pool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// The route's label in metrics; default: host (if any) and path, e.g. `api.example.com/v1/`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Exact (`api.example.com`) or wildcard (`*.example.com`); absent matches any host.
     #[serde(default)]
     pub host: Option<Spanned<String>>,

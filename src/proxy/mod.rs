@@ -198,13 +198,21 @@ async fn proxy(
             .and_then(|h| h.to_str().ok())
             .map(route::host_only)
     });
-    let target = snap.router.pick(host, parts.uri.path()).ok_or_else(|| {
-        ProxyError::new(
-            Cause::NoRoute,
-            format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path()),
-        )
-    })?;
-    let upstream = &snap.upstreams[target];
+    let route = snap
+        .router
+        .pick(host, parts.uri.path())
+        .and_then(|i| snap.routes.get(i))
+        .ok_or_else(|| {
+            ProxyError::new(
+                Cause::NoRoute,
+                format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path()),
+            )
+        })?;
+    let upstream = snap
+        .upstreams
+        .get(route.upstream)
+        .ok_or_else(|| ProxyError::new(Cause::NoRoute, "the route's upstream is missing"))?;
+    trace.route = Some(route.name.clone());
     trace.upstream = Some(upstream.clone());
 
     // read body

@@ -14,6 +14,8 @@ use crate::upstream::{Backend, Upstream};
 /// Filled by the pipeline's phases.
 #[derive(Default)]
 pub struct Trace {
+    /// The route that matched, by its name (metrics label).
+    pub route: Option<Arc<str>>,
     /// The upstream the route chose.
     pub upstream: Option<Arc<Upstream>>,
     /// The backend that answered (or failed last).

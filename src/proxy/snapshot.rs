@@ -53,12 +53,20 @@ pub(crate) fn strip_locations(text: &str) -> String {
 }
 
 pub struct Snapshot {
+    /// Picks an index into `routes`.
     pub router: Router,
+    pub routes: Vec<RouteInfo>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub body_limits: BodyLimits,
     pub request_id: HeaderName,
     pub preserve_host: bool,
     pub debug_headers: bool,
+}
+
+/// A configured route: its name (the metrics label) and its upstream's index.
+pub struct RouteInfo {
+    pub name: Arc<str>,
+    pub upstream: usize,
 }
 
 impl Snapshot {
@@ -100,25 +108,39 @@ impl Snapshot {
             upstreams.push(Upstream::new(name, addrs, up, connector));
         }
         let index = |name: &str| upstreams.iter().position(|u| u.name == name);
-        let router = if cfg.routes.is_empty() {
-            Router::new([(None, "/".to_string(), 0)])
+        let (router, routes) = if cfg.routes.is_empty() {
+            let all = RouteInfo {
+                name: "/".into(),
+                upstream: 0,
+            };
+            (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
+            let mut entries = Vec::with_capacity(cfg.routes.len());
             let mut routes = Vec::with_capacity(cfg.routes.len());
-            for r in &cfg.routes {
+            for (i, r) in cfg.routes.iter().enumerate() {
                 let host = match &r.host {
                     Some(h) => Some(HostMatch::parse(&h.value).map_err(fail)?),
                     None => None,
                 };
-                let target = index(&r.upstream.value)
+                let upstream = index(&r.upstream.value)
                     .ok_or_else(|| fail(format!("unknown upstream {}", r.upstream.value)))?;
-                routes.push((host, r.path.clone(), target));
+                let name = r.name.clone().unwrap_or_else(|| {
+                    let host = r.host.as_ref().map_or("", |h| h.value.as_str());
+                    format!("{host}{}", r.path)
+                });
+                entries.push((host, r.path.clone(), i));
+                routes.push(RouteInfo {
+                    name: name.into(),
+                    upstream,
+                });
             }
-            Router::new(routes)
+            (Router::new(entries), routes)
         };
         let request_id = HeaderName::from_bytes(cfg.headers.request_id.as_bytes())
             .map_err(|e| fail(format!("headers.request_id: {e}")))?;
         Ok(Snapshot {
             router,
+            routes,
             upstreams,
             body_limits: BodyLimits {
                 max_body: cfg.limits.max_body,
