@@ -32,6 +32,23 @@ src="$bundle/bin/proxyd-$arch"
 if [ ! -f "$src" ]; then
     fail "$src is missing from the bundle: this instance is $arch; build the bundle with scripts/package.sh on (or cross-compiling for) $arch"
 fi
+# A zip tool that dropped the execute bit should not fail the deployment.
+[ -x "$src" ] || chmod 0755 "$src"
+if ! version="$("$src" --version 2>&1)"; then
+    printf '%s\n' "$version" >&2
+    fail "$src does not run on this instance ($machine)"
+fi
+if [ ! -f "$bundle/$config" ]; then
+    fail "$bundle/$config is missing: the Procfile's web process runs proxyd -c $config"
+fi
+# Checked with the bundle's own binary before anything is installed, so a bad config leaves
+# the instance as it was. The check sees what the web process will: ${PORT} and the other
+# environment properties.
+if ! checked="$(cd "$bundle" && "$src" check -c "$config" 2>&1)"; then
+    printf '%s\n' "$checked" >&2
+    fail "$config is invalid (the error above names file:line:column); stopping the deployment, the running version keeps serving"
+fi
+printf 'proxyd prebuild hook: %s\n' "$checked"
 
 dest_dir="$prefix/usr/local/bin"
 dest="$dest_dir/proxyd"
@@ -44,19 +61,4 @@ cp "$src" "$tmp"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$dest"
 trap - EXIT
-
-if ! version="$("$dest" --version 2>&1)"; then
-    printf '%s\n' "$version" >&2
-    fail "$dest does not run on this instance ($machine)"
-fi
 printf 'proxyd prebuild hook: installed %s as %s\n' "$version" "$dest"
-
-if [ ! -f "$bundle/$config" ]; then
-    fail "$bundle/$config is missing: the Procfile's web process runs proxyd -c $config"
-fi
-# The check sees what the web process will: ${PORT} and the other environment properties.
-if ! checked="$(cd "$bundle" && "$dest" check -c "$config" 2>&1)"; then
-    printf '%s\n' "$checked" >&2
-    fail "$config is invalid (the error above names file:line:column); stopping the deployment, the running version keeps serving"
-fi
-printf 'proxyd prebuild hook: %s\n' "$checked"

@@ -1,0 +1,1417 @@
+//! The deploy/ paths, each run for real where this machine can:
+//!
+//! - Elastic Beanstalk: the prebuild hook (and confighook) against a temporary root with the
+//!   real binary in a copy of the sample bundle, then `proxyd` started as the Procfile's `web:`
+//!   line says, from the installed file, and a 200 from the sample app's workers; a broken
+//!   proxy.yaml fails the hook with file:line:column and installs nothing; the proxy-none
+//!   overlay (port 80 hook, healthd log); the nginx tuning under `nginx -t` and in front of
+//!   proxyd; scripts/package.sh's zip, its entries and modes, and its hook run from the zip.
+//! - systemd: `systemd-analyze verify` of the unit; sd_notify READY=1 (the listener accepts
+//!   then), RELOADING=1 .. READY=1 on SIGHUP, STOPPING=1 on SIGTERM, no NOTIFY_SOCKET in the
+//!   workers' environment.
+//! - Docker: hadolint, the Dockerfile's shape, the image's config served by the binary and its
+//!   HEALTHCHECK command run against it.
+//! - Kubernetes: yamllint, kubernetes-validate, the ConfigMap's proxy.yaml under `proxyd
+//!   check`, and the probe ports and termination grace consistent with that config.
+//! - Every script: `sh -n`, shellcheck, `#!` line, execute bit in git, LF endings.
+//!
+//! A tool that is not installed (shellcheck, yamllint, kubernetes-validate, hadolint,
+//! systemd-analyze, nginx) makes its part print SKIPPED; .ci/run installs them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::procs::{python, Marker, MARKER_VAR};
+use common::{get, proxyd_bin, Got};
+use serde_json::Value;
+
+/// How long a step may take before the test gives up (a bound, never a measurement).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn eb_dir() -> PathBuf {
+    repo().join("deploy/elasticbeanstalk")
+}
+
+/// `uname -m`, named as the bundle names its binaries.
+fn arch() -> String {
+    let out = Command::new("uname").arg("-m").output().unwrap();
+    let m = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match m.as_str() {
+        "amd64" => "x86_64".into(),
+        "arm64" => "aarch64".into(),
+        _ => m,
+    }
+}
+
+/// The program's path on the PATH, if it is installed.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn skipped(what: &str, tool: &str) {
+    println!("SKIPPED: {what}: {tool} is not installed (.ci/run installs it)");
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Copies a tree (dot files included; std::fs::copy keeps the permission bits).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Every file under `dir`, recursively, dot directories included.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A temporary EB instance: `bundle/` (the sample bundle with bin/proxyd-<arch>, the proxy-none
+/// overlay applied or not) and `root/`, the fake root the hooks install under.
+struct Instance {
+    dir: tempfile::TempDir,
+}
+
+impl Instance {
+    fn new(proxy_none: bool) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        copy_tree(&eb_dir(), &bundle);
+        std::fs::remove_dir_all(bundle.join("proxy-none")).unwrap();
+        if proxy_none {
+            copy_tree(&eb_dir().join("proxy-none"), &bundle);
+        }
+        std::fs::create_dir_all(bundle.join("bin")).unwrap();
+        // A hard link where the file systems allow (the debug binary is large); the hooks
+        // only read it.
+        let bin = bundle.join(format!("bin/proxyd-{}", arch()));
+        if std::fs::hard_link(proxyd_bin(), &bin).is_err() {
+            std::fs::copy(proxyd_bin(), &bin).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        Instance { dir }
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn installed(&self) -> PathBuf {
+        self.root().join("usr/local/bin/proxyd")
+    }
+
+    /// Runs a hook as EB does: the file itself (its `#!` line), from the bundle's root.
+    fn hook(&self, rel: &str, env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(self.bundle().join(rel));
+        cmd.current_dir(self.bundle())
+            .env("PROXYD_PREFIX", self.root())
+            .env("PORT", "0")
+            .env("PROXYD_ADMIN_PORT", "0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// The Procfile's `web:` command, split into words.
+    fn web_command(&self) -> Vec<String> {
+        let procfile = std::fs::read_to_string(self.bundle().join("Procfile")).unwrap();
+        let line = procfile
+            .lines()
+            .find_map(|l| l.strip_prefix("web:"))
+            .unwrap_or_else(|| panic!("no web: line in the Procfile:\n{procfile}"));
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Starts the Procfile's web process from the bundle's root, with the fake root's
+    /// /usr/local/bin first on the PATH (so `proxyd` is the installed file) and the real
+    /// Python next (pyenv's `python3` is a wrapper script).
+    fn start_web(&self, marker: &Marker, env: &[(&str, &str)]) -> Running {
+        let argv = self.web_command();
+        let python_dir = Path::new(python()).parent().unwrap().to_path_buf();
+        let mut dirs = vec![self.root().join("usr/local/bin"), python_dir];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(self.bundle())
+            .env("PATH", std::env::join_paths(dirs).unwrap())
+            .env("PORT", "0")
+            .env("PROXYD_ADMIN_PORT", "0")
+            .env("WEB_CONCURRENCY", "2")
+            .env(MARKER_VAR, &marker.0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let running = Running::spawn(cmd);
+        // The PATH lookup found the file the hook installed, not some other proxyd.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", running.child.id())).unwrap();
+        assert_eq!(exe, self.installed().canonicalize().unwrap());
+        running
+    }
+}
+
+/// A proxyd process with its stderr collected line by line; killed on drop.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: mpsc::Receiver<()>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, new_line) = mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+                let _ = tx.send(());
+            }
+        });
+        Running {
+            child,
+            lines,
+            new_line,
+        }
+    }
+
+    /// Waits for a stderr line that `f` maps to Some, and returns that.
+    fn wait_for<T>(&self, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(t) = self.lines.lock().unwrap().iter().find_map(|l| f(l)) {
+                return t;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.new_line.recv_timeout(left).is_err() {
+                // Timed out, or stderr closed (proxyd exited): one last look.
+                if let Some(t) = self.lines.lock().unwrap().iter().find_map(|l| f(l)) {
+                    return t;
+                }
+                panic!(
+                    "proxyd never logged {what}: {:?}",
+                    self.lines.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// The proxy listener's address, from its "listening" line (text or JSON logs); an
+    /// unspecified address (0.0.0.0) is reached on loopback.
+    fn addr(&self) -> SocketAddr {
+        let mut addr = self.wait_for("its listener", |l| log_addr(l, "listening"));
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    }
+
+    /// The admin listener's address ("admin listening addr=Some(127.0.0.1:9901)").
+    fn admin_addr(&self) -> SocketAddr {
+        self.wait_for("its admin listener", |l| log_addr(l, "admin listening"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the exit (bounded) and returns the exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("proxyd did not exit: {:?}", self.lines.lock().unwrap());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `addr` of a log line whose message is `message`, in proxyd's text or JSON format
+/// (`addr=Some(..)` for the admin's).
+fn log_addr(line: &str, message: &str) -> Option<SocketAddr> {
+    let addr = if line.starts_with('{') {
+        let v: Value = serde_json::from_str(line).ok()?;
+        if v["fields"]["message"] != message {
+            return None;
+        }
+        v["fields"]["addr"].as_str()?.to_string()
+    } else {
+        let (before, after) = line.split_once(" addr=")?;
+        if !before.ends_with(&format!(": {message}")) {
+            return None;
+        }
+        after.split_whitespace().next()?.to_string()
+    };
+    let addr = addr
+        .strip_prefix("Some(")
+        .map_or(addr.as_str(), |a| a.trim_end_matches(')'));
+    addr.parse().ok()
+}
+
+/// GET through proxyd, bounded by PATIENCE (the first one may wait in proxyd's queue for a
+/// worker to get ready).
+async fn get_within(addr: SocketAddr, path: &str) -> Got {
+    tokio::time::timeout(PATIENCE, get(addr, path))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} via {addr} took over {PATIENCE:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elastic Beanstalk
+// ---------------------------------------------------------------------------------------------
+
+const HOOK: &str = ".platform/hooks/prebuild/01_install_proxyd.sh";
+const CONFIGHOOK: &str = ".platform/confighooks/prebuild/01_install_proxyd.sh";
+
+#[tokio::test]
+async fn eb_hook_installs_proxyd_and_the_procfile_web_process_serves() {
+    let eb = Instance::new(false);
+    let out = eb.hook(HOOK, &[]);
+    assert!(out.status.success(), "hook failed: {}", text(&out));
+    assert!(text(&out).contains("proxy.yaml is valid"), "{}", text(&out));
+    let installed = eb.installed();
+    let meta = installed.metadata().unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(meta.len(), std::fs::metadata(proxyd_bin()).unwrap().len());
+    // A configuration-only deployment runs the confighook: the same install and check.
+    let out = eb.hook(CONFIGHOOK, &[]);
+    assert!(out.status.success(), "confighook failed: {}", text(&out));
+    assert!(text(&out).contains("installed proxyd"), "{}", text(&out));
+    // Nothing but the binary is left in the install directory (no temp file).
+    let left: Vec<_> = std::fs::read_dir(installed.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["proxyd"]);
+
+    assert_eq!(eb.web_command(), ["proxyd", "-c", "proxy.yaml"]);
+    let marker = Marker::new("eb-web");
+    let mut web = eb.start_web(&marker, &[]);
+    let addr = web.addr();
+    let got = get_within(addr, "/").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(
+        got.text().starts_with("hello from worker pid "),
+        "{}",
+        got.text()
+    );
+    // The app's health path, which proxyd's worker health check uses, answers through it too.
+    let got = get_within(addr, "/healthz").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "ok\n"));
+    // EB stops the web process with SIGTERM: proxyd drains and exits 0, workers with it.
+    web.signal("TERM");
+    assert_eq!(web.wait_exit(), Some(0));
+    marker.wait_none_left().await;
+}
+
+#[test]
+fn eb_hook_fails_the_deploy_on_a_bad_config_and_installs_nothing() {
+    let eb = Instance::new(false);
+    let config = eb.bundle().join("proxy.yaml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let bad = good.replacen("      count:", "      cuont:", 1);
+    assert_ne!(good, bad);
+    std::fs::write(&config, &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains("cuont:")).unwrap() + 1;
+
+    let out = eb.hook(HOOK, &[]);
+    let said = text(&out);
+    assert!(
+        !out.status.success(),
+        "the hook passed a bad config: {said}"
+    );
+    assert!(
+        said.contains(&format!("proxy.yaml:{line}:7: unknown field `cuont`")),
+        "no file:line:column in: {said}"
+    );
+    assert!(said.contains("proxy.yaml is invalid"), "{said}");
+    assert!(!eb.installed().exists(), "installed despite the bad config");
+
+    // The confighook fails the same way.
+    let out = eb.hook(CONFIGHOOK, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("proxy.yaml:{line}:7")),
+        "{}",
+        text(&out)
+    );
+
+    // A property the config needs but that is malformed (EB passes properties as-is).
+    std::fs::write(&config, &good).unwrap();
+    let out = eb.hook(HOOK, &[("PORT", "eighty")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("proxy.yaml:"), "{}", text(&out));
+}
+
+#[test]
+fn eb_hook_names_the_missing_binary() {
+    let eb = Instance::new(false);
+    std::fs::remove_dir_all(eb.bundle().join("bin")).unwrap();
+    let out = eb.hook(HOOK, &[]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("bin/proxyd-{} is missing from the bundle", arch())),
+        "{said}"
+    );
+    assert!(!eb.installed().exists());
+}
+
+#[tokio::test]
+async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
+    let eb = Instance::new(true);
+    // A stand-in setcap that records its arguments (file capabilities need a file system with
+    // extended attributes; what matters here is what the hook asks for).
+    let fake = eb.dir.path().join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    let record = eb.dir.path().join("setcap.args");
+    std::fs::write(
+        fake.join("setcap"),
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(fake.join("setcap"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let env = [("PATH", path.as_str()), ("PROXYD_WEB_USER", me.trim())];
+
+    // Before 01 ran, 02 says what is missing.
+    let out = eb.hook(".platform/hooks/prebuild/02_proxyd_port80.sh", &env);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not installed"), "{}", text(&out));
+
+    for hook in [
+        HOOK,
+        ".platform/hooks/prebuild/02_proxyd_port80.sh",
+        ".platform/confighooks/prebuild/02_proxyd_port80.sh",
+    ] {
+        let out = eb.hook(hook, &env);
+        assert!(out.status.success(), "{hook}: {}", text(&out));
+    }
+    let calls = std::fs::read_to_string(&record).unwrap();
+    let expected = format!("cap_net_bind_service=+ep {}\n", eb.installed().display());
+    assert_eq!(calls, expected.repeat(2));
+    let logdir = eb.root().join("var/log/nginx/healthd");
+    assert!(logdir.is_dir());
+
+    // The overlay's config, served (a loopback port instead of 80; the log in the fake root).
+    let base = logdir.join("application.log");
+    let marker = Marker::new("eb-proxy-none");
+    let mut web = eb.start_web(
+        &marker,
+        &[
+            ("PROXYD_LISTEN", "127.0.0.1:0"),
+            ("PROXYD_HEALTHD_LOG", base.to_str().unwrap()),
+        ],
+    );
+    let addr = web.addr();
+    let mut h1 = common::H1::connect(addr).await;
+    let req = http::Request::get("/")
+        .header("host", "env.elasticbeanstalk.com")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(common::full(""))
+        .unwrap();
+    let got = tokio::time::timeout(PATIENCE, h1.send(req)).await.unwrap();
+    assert_eq!(got.status, 200);
+    // One file per UTC hour: application.log.YYYY-MM-DD-HH; the line is written off the
+    // request path, so poll for it.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let line = loop {
+        let found = std::fs::read_dir(&logdir).unwrap().find_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            let hour = name.strip_prefix("application.log.")?;
+            assert_eq!(hour.len(), "YYYY-MM-DD-HH".len(), "{name}");
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .next()
+                .map(str::to_string)
+        });
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no healthd line written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let fields: Vec<&str> = line.split('"').collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    assert_eq!(&fields[1..3], ["/", "200"], "{line}");
+    assert_eq!(fields[5], "203.0.113.9", "{line}");
+    web.signal("TERM");
+    assert_eq!(web.wait_exit(), Some(0));
+}
+
+/// An nginx.conf shaped like the EB platform's: http { include conf.d/*.conf; server {
+/// listen; include conf.d/elasticbeanstalk/*.conf; } }, with the bundle's .platform/nginx
+/// files, the upstream pointed at `upstream`.
+fn eb_nginx_prefix(dir: &Path, upstream: SocketAddr, listen: u16) -> PathBuf {
+    let prefix = dir.join("nginx");
+    copy_tree(
+        &eb_dir().join(".platform/nginx/conf.d"),
+        &prefix.join("conf.d"),
+    );
+    let conf = prefix.join("conf.d/proxyd.conf");
+    let tuned = std::fs::read_to_string(&conf).unwrap();
+    assert!(tuned.contains("server 127.0.0.1:8000;"), "{tuned}");
+    std::fs::write(
+        &conf,
+        tuned.replace("127.0.0.1:8000", &upstream.to_string()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    // Worker processes (user nobody when started as root) must reach the temp directories.
+    for d in [dir, prefix.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let p = prefix.display();
+    std::fs::write(
+        prefix.join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+             error_log {p}/logs/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  include conf.d/*.conf;\n\
+             \x20 server {{\n    listen 127.0.0.1:{listen};\n\
+             \x20   include conf.d/elasticbeanstalk/*.conf;\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    prefix
+}
+
+#[tokio::test]
+async fn eb_nginx_tuning_passes_nginx_t_and_proxies_to_proxyd() {
+    let Some(nginx) = which("nginx").or_else(|| {
+        Path::new("/usr/sbin/nginx")
+            .exists()
+            .then(|| PathBuf::from("/usr/sbin/nginx"))
+    }) else {
+        return skipped("nginx in front of proxyd", "nginx");
+    };
+    let eb = Instance::new(false);
+    let out = eb.hook(HOOK, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let marker = Marker::new("eb-nginx");
+    let web = eb.start_web(&marker, &[]);
+    let upstream = web.addr();
+
+    // nginx cannot listen on port 0: take a free port, and try again if another process
+    // takes it in between.
+    let mut tries = 0;
+    let (nginx_proc, front) = loop {
+        tries += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let prefix = eb_nginx_prefix(&eb.dir.path().join(format!("n{tries}")), upstream, port);
+        let conf = prefix.join("nginx.conf");
+        let t = Command::new(&nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "nginx -t: {}", text(&t));
+        let mut child = Command::new(&nginx)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let up = loop {
+            if std::net::TcpStream::connect(front).is_ok() {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if up {
+            break (StopOnDrop(child), front);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+        assert!(tries < 3, "nginx did not start: {log}");
+    };
+    // Two requests on one client connection, through nginx's upstream keepalive to proxyd.
+    let mut h1 = common::H1::connect(front).await;
+    for _ in 0..2 {
+        let got = tokio::time::timeout(PATIENCE, h1.get("/")).await.unwrap();
+        assert_eq!(got.status, 200, "{got:?}");
+        assert!(
+            got.text().starts_with("hello from worker pid "),
+            "{}",
+            got.text()
+        );
+    }
+    drop(h1);
+    drop(nginx_proc);
+}
+
+/// nginx's master, stopped with SIGTERM on drop (it stops its workers; SIGKILL would leave
+/// them running).
+struct StopOnDrop(Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// The entries of a zip with their unix modes (Python's zipfile; the suite needs Python).
+fn zip_entries(zip: &Path) -> BTreeMap<String, u32> {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import sys, zipfile\n\
+             for i in zipfile.ZipFile(sys.argv[1]).infolist():\n\
+             \x20   print('%o %s' % ((i.external_attr >> 16) & 0o777, i.filename))",
+        )
+        .arg(zip)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(|l| {
+            let (mode, name) = l.split_once(' ').unwrap();
+            (name.to_string(), u32::from_str_radix(mode, 8).unwrap())
+        })
+        .collect()
+}
+
+fn package(out: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(repo().join("scripts/package.sh"));
+    cmd.env("PROXYD_BIN", proxyd_bin())
+        .env("PROXYD_BUNDLE_OUT", out)
+        .current_dir(repo());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn package_sh_zips_the_bundle_with_its_execute_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = format!("bin/proxyd-{}", arch());
+    for zipper in ["zip", "python3"] {
+        if zipper == "zip" && which("zip").is_none() {
+            skipped("package.sh with zip", "zip");
+            continue;
+        }
+        let zip = dir.path().join(format!("bundle-{zipper}.zip"));
+        let out = package(&zip, &[("PROXYD_ZIP", zipper)]);
+        assert!(out.status.success(), "{}", text(&out));
+        let entries = zip_entries(&zip);
+        let expected: BTreeMap<String, u32> = [
+            ("Procfile", 0o644),
+            ("proxy.yaml", 0o644),
+            ("app.py", 0o644),
+            (HOOK, 0o755),
+            (CONFIGHOOK, 0o755),
+            (".platform/nginx/conf.d/proxyd.conf", 0o644),
+            (
+                ".platform/nginx/conf.d/elasticbeanstalk/00_application.conf",
+                0o644,
+            ),
+            (bin.as_str(), 0o755),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // Modes as git checks files out (umask 022); the hooks and binary must be 0755.
+        let got: BTreeMap<String, u32> = entries
+            .iter()
+            .map(|(k, v)| (k.clone(), v & 0o755))
+            .collect();
+        assert_eq!(got, expected, "{zipper}");
+    }
+
+    // The proxy-none variant: the overlay replaces proxy.yaml and adds its hooks and option
+    // settings; no nginx tuning.
+    let zip = dir.path().join("none.zip");
+    let out = package(&zip, &[("PROXYD_EB_PROXY", "none")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let entries = zip_entries(&zip);
+    for (name, mode) in [
+        (".ebextensions/proxyd-proxy-none.config", 0o644),
+        (".platform/hooks/prebuild/02_proxyd_port80.sh", 0o755),
+        (".platform/confighooks/prebuild/02_proxyd_port80.sh", 0o755),
+        (HOOK, 0o755),
+    ] {
+        assert_eq!(
+            entries.get(name).map(|m| m & 0o755),
+            Some(mode),
+            "{name}: {entries:?}"
+        );
+    }
+    assert!(!entries.keys().any(|k| k.contains("nginx")), "{entries:?}");
+
+    // What EB does with the zip: extract (modes kept, as unzip does) and run the hook.
+    let root = dir.path().join("instance");
+    let staging = dir.path().join("staging");
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import os, sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             for i in z.infolist():\n\
+             \x20   p = z.extract(i, sys.argv[2])\n\
+             \x20   os.chmod(p, (i.external_attr >> 16) & 0o777 or 0o644)",
+        )
+        .arg(dir.path().join("bundle-python3.zip"))
+        .arg(&staging)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new(staging.join(HOOK))
+        .current_dir(&staging)
+        .env("PROXYD_PREFIX", &root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(root.join("usr/local/bin/proxyd").is_file());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts: syntax, shellcheck, #! lines, execute bits in git, LF endings
+// ---------------------------------------------------------------------------------------------
+
+/// Every shell script under deploy/ and scripts/.
+fn shell_scripts() -> Vec<PathBuf> {
+    let mut all = files_under(&repo().join("deploy"));
+    all.extend(files_under(&repo().join("scripts")));
+    all.retain(|p| p.extension().is_some_and(|e| e == "sh"));
+    assert!(all.len() >= 5, "{all:?}");
+    all
+}
+
+#[test]
+fn scripts_parse_and_pass_shellcheck() {
+    for script in shell_scripts() {
+        let body = std::fs::read_to_string(&script).unwrap();
+        assert!(
+            body.starts_with("#!/bin/sh\n"),
+            "{}: not a POSIX sh script",
+            script.display()
+        );
+        for shell in ["sh", "dash", "bash"] {
+            if which(shell).is_none() {
+                continue;
+            }
+            let out = Command::new(shell).arg("-n").arg(&script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{shell} -n {}: {}",
+                script.display(),
+                text(&out)
+            );
+        }
+    }
+    let Some(shellcheck) = which("shellcheck") else {
+        return skipped("shellcheck of deploy/ and scripts/", "shellcheck");
+    };
+    let out = Command::new(shellcheck)
+        .args(["--shell=sh", "--severity=style", "--external-sources"])
+        .args(shell_scripts())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shellcheck:\n{}", text(&out));
+}
+
+#[test]
+fn hooks_are_executable_in_git_with_lf_endings() {
+    let must_run: Vec<PathBuf> = files_under(&eb_dir())
+        .into_iter()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.contains("/.platform/hooks/") || s.contains("/.platform/confighooks/")
+        })
+        .chain([repo().join("scripts/package.sh")])
+        .collect();
+    assert!(must_run.len() >= 5, "{must_run:?}");
+    for path in &must_run {
+        let mode = path.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "{} is not executable", path.display());
+        let body = std::fs::read(path).unwrap();
+        assert!(body.starts_with(b"#!"), "{}: no #! line", path.display());
+        assert!(!body.contains(&b'\r'), "{}: CR in the file", path.display());
+    }
+    // The mode that a clone gets is git's, not this working tree's.
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo())
+        .args(["ls-files", "--stage", "--", "deploy", "scripts"])
+        .output();
+    let listed = match out {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
+        _ => return println!("SKIPPED: execute bits in git: not a git checkout"),
+    };
+    let modes: BTreeMap<PathBuf, &str> = listed
+        .lines()
+        .filter_map(|l| {
+            let (meta, path) = l.split_once('\t')?;
+            Some((repo().join(path), meta.split(' ').next()?))
+        })
+        .collect();
+    for path in &must_run {
+        match modes.get(path) {
+            Some(mode) => assert_eq!(*mode, "100755", "{} in git", path.display()),
+            None => println!("NOTE: {} is not committed yet", path.display()),
+        }
+    }
+    // Every file in the EB bundle: LF endings (nginx and YAML files too).
+    for path in files_under(&eb_dir()) {
+        let body = std::fs::read(&path).unwrap();
+        assert!(!body.contains(&b'\r'), "{}: CR in the file", path.display());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd
+// ---------------------------------------------------------------------------------------------
+
+/// `key=value` lines of a unit file (repeated keys keep every value, in order).
+fn unit_settings(unit: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            out.entry(k.to_string()).or_default().push(v.to_string());
+        }
+    }
+    out
+}
+
+/// Seconds in a systemd time span or a proxyd duration ("75s", "1min", "500ms").
+fn secs(span: &str) -> f64 {
+    humantime::parse_duration(span)
+        .unwrap_or_else(|e| panic!("{span:?}: {e}"))
+        .as_secs_f64()
+}
+
+#[test]
+fn systemd_unit_is_notify_with_a_stop_timeout_past_the_drain() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/proxyd.service")).unwrap();
+    let s = unit_settings(&unit);
+    let one = |k: &str| -> &str {
+        match s.get(k).map(Vec::as_slice) {
+            Some([v]) => v,
+            other => panic!("{k}: {other:?}"),
+        }
+    };
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "main");
+    assert_eq!(one("KillMode"), "mixed");
+    assert_eq!(one("KillSignal"), "SIGTERM");
+    assert_eq!(
+        s["ExecReload"],
+        [
+            "/usr/local/bin/proxyd check -c /etc/proxyd/proxy.yaml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    for (k, v) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
+        ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
+    ] {
+        assert_eq!(one(k), v, "{k}");
+    }
+    // The longest clean stop with proxyd's defaults: the clients' drain, then the workers'.
+    let yaml = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"sh\"]\n";
+    let cfg = proxyd::config::load_str(yaml, "defaults.yaml", repo())
+        .unwrap()
+        .config;
+    let w = cfg.upstreams["app"].workers.as_ref().unwrap();
+    let drain = (cfg.timeouts.shutdown_grace + w.graceful_timeout + w.kill_timeout).as_secs_f64();
+    let stop = secs(one("TimeoutStopSec"));
+    assert!(
+        stop > drain,
+        "TimeoutStopSec {stop}s must exceed proxyd's drain, {drain}s"
+    );
+
+    let Some(analyze) = which("systemd-analyze") else {
+        return skipped("systemd-analyze verify", "systemd-analyze");
+    };
+    // verify insists that ExecStart's program exists; point a copy at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("proxyd.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/proxyd", proxyd_bin())).unwrap();
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    assert_eq!(text(&out).trim(), "", "systemd-analyze verify complained");
+    // The unit as shipped: its only complaint may be the binary not installed here.
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(repo().join("deploy/systemd/proxyd.service"))
+        .output()
+        .unwrap();
+    for line in text(&out).lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.contains("Command /usr/local/bin/proxyd is not executable"),
+            "systemd-analyze verify: {line}"
+        );
+    }
+}
+
+/// A port free right now (for a listener whose address the test must know before proxyd
+/// says it is ready).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The next notification proxyd sends.
+async fn recv(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, sock.recv(&mut buf))
+        .await
+        .expect("no notification from proxyd")
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn sd_notify_ready_reloading_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let marker = Marker::new("sd-notify");
+    let port = free_port();
+    let app = repo().join("examples/app.py");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen:\n  - addr: \"127.0.0.1:{port}\"\nupstreams:\n  app:\n    workers:\n      \
+             command: [{:?}, {:?}]\n      count: 1\n      env: {{{MARKER_VAR}: \"{}\"}}\n      \
+             health: {{path: /healthz}}\n      kill_timeout: 2s\n",
+            python(),
+            app.display(),
+            marker.0
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(proxyd_bin());
+    cmd.arg("-c").arg(&config).env("NOTIFY_SOCKET", &sock_path);
+    let mut proxyd = Running::spawn(cmd);
+
+    assert_eq!(recv(&sock).await, "READY=1");
+    // Ready means the listener takes connections: this one is accepted, and its request
+    // answered once the worker is up.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let got = get_within(addr, "/pid").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    let worker: u32 = got.text().trim().parse().unwrap();
+    // proxyd took NOTIFY_SOCKET out of its environment before starting the worker.
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    assert!(environ
+        .split(|b| *b == 0)
+        .any(|v| v.starts_with(MARKER_VAR.as_bytes())));
+    assert!(
+        !environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(b"NOTIFY_SOCKET=")),
+        "the worker inherited NOTIFY_SOCKET"
+    );
+
+    // SIGHUP: RELOADING=1 with the monotonic clock, then READY=1 when the reload and the
+    // rolling restart are over.
+    proxyd.signal("HUP");
+    let reloading = recv(&sock).await;
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("{reloading}"))
+        .parse()
+        .unwrap();
+    assert!(usec <= proxyd::notify::monotonic_usec().unwrap());
+    assert_eq!(
+        recv(&sock).await,
+        "READY=1\nSTATUS=reloaded; workers replaced"
+    );
+    let got = get_within(addr, "/pid").await;
+    assert_ne!(
+        got.text().trim().parse::<u32>().unwrap(),
+        worker,
+        "not replaced"
+    );
+
+    proxyd.signal("TERM");
+    assert_eq!(recv(&sock).await, "STOPPING=1");
+    assert_eq!(proxyd.wait_exit(), Some(0));
+    marker.wait_none_left().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker
+// ---------------------------------------------------------------------------------------------
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/docker/Dockerfile")).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || (t.is_empty() && current.is_empty()) {
+            continue;
+        }
+        if let Some(part) = t.strip_suffix('\\') {
+            current.push_str(part);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(t);
+        let (op, args) = current.split_once(' ').unwrap_or((current.as_str(), ""));
+        out.push((op.to_uppercase(), args.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+#[tokio::test]
+async fn docker_image_config_serves_and_its_healthcheck_passes() {
+    let steps = dockerfile();
+    let all = |op: &str| -> Vec<String> {
+        steps
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, a)| a.clone())
+            .collect()
+    };
+    let from = all("FROM");
+    assert_eq!(from.len(), 2, "multi-stage: {from:?}");
+    assert!(
+        from[0].starts_with("rust:") && from[0].ends_with(" AS build"),
+        "{from:?}"
+    );
+    assert_eq!(all("STOPSIGNAL"), ["SIGTERM"]);
+    let user = all("USER");
+    assert_eq!(user.len(), 1);
+    assert!(
+        !user[0].starts_with("root") && !user[0].starts_with("0"),
+        "{user:?}"
+    );
+    assert_eq!(all("EXPOSE"), ["8080 9901"]);
+    assert_eq!(all("ENTRYPOINT"), [r#"["proxyd"]"#]);
+    // Whatever the build copies from the repository exists and passes the .dockerignore.
+    let ignore =
+        std::fs::read_to_string(repo().join("deploy/docker/Dockerfile.dockerignore")).unwrap();
+    for copy in all("COPY").iter().filter(|c| !c.starts_with("--from")) {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        for src in &words[..words.len() - 1] {
+            assert!(repo().join(src).exists(), "COPY {src}: missing");
+            let kept = format!("!{}", src.trim_end_matches('/'));
+            assert!(
+                ignore.lines().any(|l| l.trim_end_matches('/') == kept),
+                "COPY {src} is not let through {ignore}"
+            );
+        }
+    }
+    let healthcheck = all("HEALTHCHECK");
+    assert_eq!(healthcheck.len(), 1);
+    let cmd_json = healthcheck[0].split_once("CMD ").unwrap().1;
+    let probe: Vec<String> = serde_json::from_str(cmd_json).unwrap();
+    assert_eq!(probe[0], "python3", "the image has python3: {probe:?}");
+
+    if let Some(hadolint) = which("hadolint") {
+        let out = Command::new(hadolint)
+            .arg(repo().join("deploy/docker/Dockerfile"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "hadolint:\n{}", text(&out));
+    } else {
+        skipped("hadolint of deploy/docker/Dockerfile", "hadolint");
+    }
+
+    // The image's proxy.yaml with the image's app, as the entrypoint runs it (the app
+    // directory and ports moved for this machine).
+    let app_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("examples/app.py"),
+        app_dir.path().join("app.py"),
+    )
+    .unwrap();
+    let python_dir = Path::new(python()).parent().unwrap().to_path_buf();
+    let mut dirs = vec![python_dir];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(dirs).unwrap();
+    let marker = Marker::new("docker");
+    let mut cmd = Command::new(proxyd_bin());
+    cmd.arg("-c")
+        .arg(repo().join("deploy/docker/proxy.yaml"))
+        .env("PATH", &path)
+        .env("APP_DIR", app_dir.path())
+        .env("PORT", "0")
+        .env("PROXYD_ADMIN_PORT", "0")
+        .env("WEB_CONCURRENCY", "2")
+        .env(MARKER_VAR, &marker.0);
+    let mut proxyd = Running::spawn(cmd);
+    let addr = proxyd.addr();
+    let admin = proxyd.admin_addr();
+    let got = get_within(addr, "/").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    // The HEALTHCHECK command, as Docker would run it in the container.
+    let healthcheck = || {
+        Command::new(python())
+            .args(&probe[1..])
+            .env("PROXYD_ADMIN_PORT", admin.port().to_string())
+            .output()
+            .unwrap()
+    };
+    let out = healthcheck();
+    assert!(out.status.success(), "HEALTHCHECK failed: {}", text(&out));
+    proxyd.signal("TERM");
+    assert_eq!(proxyd.wait_exit(), Some(0));
+    let out = healthcheck();
+    assert!(
+        !out.status.success(),
+        "HEALTHCHECK passed with proxyd stopped"
+    );
+    marker.wait_none_left().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+// ---------------------------------------------------------------------------------------------
+
+fn k8s_dir() -> PathBuf {
+    repo().join("deploy/kubernetes")
+}
+
+fn manifest(name: &str) -> Value {
+    let text = std::fs::read_to_string(k8s_dir().join(name)).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn kubernetes_manifests_pass_yamllint_and_kubernetes_validate() {
+    let mut yamls: Vec<PathBuf> = files_under(&k8s_dir())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    yamls.retain(|p| !p.ends_with(".yamllint.yaml"));
+    assert!(yamls.len() >= 6, "{yamls:?}");
+    if let Some(yamllint) = which("yamllint") {
+        let out = Command::new(yamllint)
+            .arg("--strict")
+            .arg("-c")
+            .arg(k8s_dir().join(".yamllint.yaml"))
+            .args(&yamls)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "yamllint:\n{}", text(&out));
+    } else {
+        skipped("yamllint of deploy/kubernetes", "yamllint");
+    }
+    let Some(validate) = which("kubernetes-validate") else {
+        return skipped(
+            "kubernetes-validate of deploy/kubernetes",
+            "kubernetes-validate",
+        );
+    };
+    // The core kinds against the API schemas; the ServiceMonitor is a CRD with no schema
+    // there (yamllint above and the checks below cover it).
+    let core: Vec<&PathBuf> = yamls
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains("prometheus-operator"))
+        .collect();
+    for version in ["1.28.0", "1.33.0"] {
+        let out = Command::new(&validate)
+            .args(["--strict", "-k", version])
+            .args(&core)
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert!(
+            out.status.success(),
+            "kubernetes-validate {version}:\n{said}"
+        );
+        assert_eq!(said.matches(" passed ").count(), core.len(), "{said}");
+    }
+}
+
+#[test]
+fn kubernetes_config_probes_and_grace_agree() {
+    let cm = manifest("configmap.yaml");
+    let yaml = cm["data"]["proxy.yaml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::copy(repo().join("examples/app.py"), dir.path().join("app.py")).unwrap();
+    let check = |token: Option<&str>| {
+        let mut cmd = Command::new(proxyd_bin());
+        cmd.arg("check")
+            .arg("-c")
+            .arg(&path)
+            .env("APP_DIR", dir.path());
+        match token {
+            Some(t) => cmd.env("PROXYD_ADMIN_TOKEN", t),
+            None => cmd.env_remove("PROXYD_ADMIN_TOKEN"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = check(Some("s3cret"));
+    assert!(out.status.success(), "{}", text(&out));
+    // Without the Secret the pod does not start on an open admin listener.
+    let out = check(None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("PROXYD_ADMIN_TOKEN is not set"),
+        "{}",
+        text(&out)
+    );
+
+    let cfg = {
+        let expanded = yaml
+            .replace("${PROXYD_ADMIN_TOKEN}", "s3cret")
+            .replace("${APP_DIR:-/app}", dir.path().to_str().unwrap());
+        proxyd::config::load_str(&expanded, "configmap proxy.yaml", dir.path().to_path_buf())
+            .unwrap()
+            .config
+    };
+    let admin = cfg.admin.as_ref().unwrap();
+    assert!(
+        admin.addr.value.starts_with("0.0.0.0:"),
+        "probes come to the pod IP"
+    );
+    assert!(
+        admin.token.is_some(),
+        "an admin on the pod IP needs the token"
+    );
+    let admin_port: u64 = admin
+        .addr
+        .value
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let http_port: u64 = cfg.listen[0]
+        .addr
+        .value
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let deploy = manifest("deployment.yaml");
+    let pod = &deploy["spec"]["template"];
+    let c = &pod["spec"]["containers"][0];
+    let port = |name: &str| -> u64 {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port("admin"), admin_port);
+    assert_eq!(port("http"), http_port);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], admin_port.to_string());
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    assert_eq!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "PROXYD_ADMIN_TOKEN")
+            .unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "proxyd-admin"
+    );
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    assert!(c["resources"]["requests"]["memory"].is_string());
+
+    // preStop sleep, then proxyd's whole drain, inside the grace period.
+    let pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .unwrap();
+    assert_eq!(pre_stop[0], "sleep");
+    let sleep: f64 = pre_stop[1].as_str().unwrap().parse().unwrap();
+    let w = cfg.upstreams["app"].workers.as_ref().unwrap();
+    let drain = (cfg.timeouts.shutdown_grace + w.graceful_timeout + w.kill_timeout).as_secs_f64();
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        grace > sleep + drain,
+        "terminationGracePeriodSeconds {grace} <= preStop {sleep} + drain {drain}"
+    );
+
+    // The Service, PDB, HPA and ServiceMonitor select these pods and use these ports.
+    let labels = &pod["metadata"]["labels"];
+    let svc = manifest("service.yaml");
+    assert_eq!(&svc["spec"]["selector"], labels);
+    let svc_ports = svc["spec"]["ports"].as_array().unwrap();
+    assert!(svc_ports.iter().any(|p| p["targetPort"] == "http"));
+    assert!(svc_ports.iter().any(|p| p["name"] == "admin"));
+    assert_eq!(
+        &manifest("pdb.yaml")["spec"]["selector"]["matchLabels"],
+        labels
+    );
+    let hpa = manifest("hpa.yaml");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deploy["metadata"]["name"]
+    );
+    let sm = manifest("prometheus-operator/servicemonitor.yaml");
+    assert_eq!(
+        &sm["spec"]["selector"]["matchLabels"],
+        &svc["metadata"]["labels"]
+    );
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every sample config passes `proxyd check`
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sample_configs_pass_proxyd_check() {
+    let app_dir = tempfile::tempdir().unwrap();
+    for (config, env) in [
+        (eb_dir().join("proxy.yaml"), vec![]),
+        (eb_dir().join("proxy-none/proxy.yaml"), vec![]),
+        (
+            repo().join("deploy/docker/proxy.yaml"),
+            vec![("APP_DIR", app_dir.path().to_str().unwrap())],
+        ),
+    ] {
+        let mut cmd = Command::new(proxyd_bin());
+        cmd.arg("check").arg("-c").arg(&config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}: {}", config.display(), text(&out));
+    }
+}
