@@ -622,10 +622,12 @@ async fn eb_nginx_tuning_passes_nginx_t_and_proxies_to_proxyd() {
         let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
         assert!(tries < 3, "nginx did not start: {log}");
     };
-    // Two requests on one client connection, through nginx's upstream keepalive to proxyd.
-    let mut h1 = common::H1::connect(front).await;
-    for _ in 0..2 {
-        let got = tokio::time::timeout(PATIENCE, h1.get("/")).await.unwrap();
+    // Three requests, each on a new client connection to nginx: nginx's upstream keepalive
+    // carries them all on the one connection it opened to proxyd.
+    for _ in 0..3 {
+        let got = tokio::time::timeout(PATIENCE, get(front, "/"))
+            .await
+            .unwrap();
         assert_eq!(got.status, 200, "{got:?}");
         assert!(
             got.text().starts_with("hello from worker pid "),
@@ -633,7 +635,15 @@ async fn eb_nginx_tuning_passes_nginx_t_and_proxies_to_proxyd() {
             got.text()
         );
     }
-    drop(h1);
+    let metrics = get_within(web.admin_addr(), "/metrics").await.text();
+    let accepted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("proxyd_client_connections_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(
+        accepted, "1",
+        "nginx did not reuse its connection to proxyd"
+    );
     drop(nginx_proc);
 }
 
