@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# proxyd against nginx and HAProxy, side by side in one run (issue 8):
+#
+#   benches/compare.sh                       # everything, about 9 minutes plus the build
+#   VARIANTS="keepalive close" DURATION=5 benches/compare.sh
+#
+# A tiny fast backend (nginx, one worker, `return 200` with a 13-byte body, static 1 KiB and
+# 1 MiB files, a /post that discards the body) runs on the load core (1) with the load
+# generator; each front end in turn runs pinned to the other core (0): direct (wrk straight to
+# the backend: the ceiling), nginx (worker_processes 1, upstream keepalive), HAProxy
+# (nbthread 1, http-reuse always), proxyd (threads: 1). Each front end is started afresh for
+# every variant, answers a first request, is warmed up (WARMUP s of the same load), then gets
+# identical load: wrk -t1 -c64 -dDURATION --latency. The configs are in benches/compare/.
+#
+# Variants (VARIANTS, space-separated; all by default):
+#   keepalive   GET /, 64 keepalive connections
+#   close       the same with "Connection: close": a new client connection per request
+#   1k, 1m      GET of a 1 KiB and a 1 MiB body
+#   post16k     POST with a 16 KiB body (benches/compare/post.lua)
+#   https       GET / over TLS 1.3 (throwaway ECDSA P-256 certificate), keepalive
+#   handshake   the same with "Connection: close" and an LD_PRELOAD shim that makes wrk do a
+#               full handshake on every connection: handshakes/s and CPU per handshake
+#   h2          HTTP/2 over TLS (ALPN h2) with h2load -c H2_CLIENTS(10) -m H2_STREAMS(100)
+#   idle        IDLE_CONNS (10000) client connections, each after one keep-alive GET, held
+#               open (benches/compare/idle_conns.py): front-end RSS per connection
+#   scaling     proxyd with threads 1 and 2, not pinned, keepalive load
+# Figures per run: requests/s, p50/p99 (wrk --latency; h2load gives a mean only), errors
+# (non-2xx + socket errors), CPU µs per request (utime+stime of the front end's processes from
+# /proc over the run / requests), RSS (VmRSS of its processes at the end of the run), how busy
+# that made its core, and the CPU other processes on the machine took meanwhile (each run
+# first waits up to QUIET_WAIT=10 s for the machine to be quiet). Then the ratios
+# proxyd/nginx and proxyd/HAProxy, and issue 8's targets met or missed. The tables go to
+# stdout and to target/bench/compare-<date>.md.
+#
+# Knobs (environment): DURATION=10, WARMUP=2, CONNS=64, VARIANTS, FRONTENDS="direct nginx
+# haproxy proxyd", IDLE_CONNS=10000, H2_CLIENTS=10, H2_STREAMS=100, FRONT_CPU=0, LOAD_CPU=1,
+# QUIET_WAIT=10, KEEP=1 (keep the temp dir: configs, logs, raw tool output).
+#
+# Installs what is missing with apt-get (nginx-light, haproxy, wrk, nghttp2-client, openssl,
+# curl, python3, gcc), builds proxyd in release (a failed build, e.g. a tree mid-edit, is
+# retried twice a minute apart, then the existing binary is used with a warning), uses only
+# 127.0.0.1 with free ports, a temp dir, stops every process it started by pid on exit.
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+missing=""
+command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"
+command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
+command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
+if [ -n "$missing" ]; then
+  say "installing:$missing"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } \
+    >/dev/null || die "could not install$missing (needs root and apt-get)"
+fi
+
+# 10,000 idle connections need that many descriptors in the front end and in the client.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+want=$(( ${IDLE_CONNS:-10000} + 1000 ))
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
+  say "WARNING: open files limited to $(ulimit -n) (< $want): the idle variant may fail"
+fi
+
+build() { cargo build --release --quiet --bin proxyd; }
+if ! build; then
+  built=0
+  for _ in 1 2; do
+    say "cargo build --release failed (the tree may be mid-edit); retrying in 60 s"
+    sleep 60
+    build && { built=1; break; }
+  done
+  if [ "$built" = 0 ]; then
+    [ -x target/release/proxyd ] || die "cargo build --release failed and there is no binary to fall back on"
+    say "WARNING: cargo build --release failed 3 times; using the existing target/release/proxyd"
+  fi
+fi
+
+cmd="benches/compare.sh"
+for v in DURATION WARMUP CONNS VARIANTS FRONTENDS IDLE_CONNS H2_CLIENTS H2_STREAMS; do
+  [ -n "${!v:-}" ] && cmd="$v=\"${!v}\" $cmd"
+done
+COMPARE_COMMAND=$cmd exec python3 benches/compare/compare.py

@@ -1,0 +1,853 @@
+#!/usr/bin/env python3
+"""The load comparison of issue 8: proxyd against nginx and HAProxy, in one run.
+
+Run it through benches/compare.sh (which installs the tools, builds proxyd and raises the
+open-files limit); see that file for the knobs. This script:
+
+- makes a temp dir with a throwaway CA and an ECDSA P-256 server certificate for
+  localhost/127.0.0.1, the backend's static files (1 KiB, 1 MiB) and the handshake shim;
+- starts the backend (nginx, 1 worker, benches/compare/backend-nginx.conf) pinned to the
+  load core, and keeps it for the whole run;
+- for every variant, starts each front end in turn (direct = no front end, the ceiling;
+  nginx; HAProxy; proxyd) pinned to the front core with its config rendered from
+  benches/compare/, waits for it, warms it up, runs the load generator (pinned to the load
+  core) and stops it again, so every run starts from a fresh process;
+- records per run: requests/s, p50/p99, errors (non-2xx + socket errors), the CPU the front
+  end's processes spent (utime+stime from /proc/PID/stat, all threads, nginx master+worker)
+  per request, their RSS (VmRSS summed) at the end of the run, how busy that made the front
+  core, and the CPU other processes on the machine took meanwhile;
+- prints the tables (markdown) and writes them to target/bench/compare-<date>.md.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def env_int(name, default):
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        sys.exit(f"compare: {name} must be a number")
+
+
+DURATION = env_int("DURATION", 10)
+WARMUP = env_int("WARMUP", 2)
+CONNS = env_int("CONNS", 64)
+IDLE_CONNS = env_int("IDLE_CONNS", 10000)
+H2_CLIENTS = env_int("H2_CLIENTS", 10)
+H2_STREAMS = env_int("H2_STREAMS", 100)
+FRONT_CPU = env_int("FRONT_CPU", 0)
+LOAD_CPU = env_int("LOAD_CPU", 1)
+QUIET_WAIT = env_int("QUIET_WAIT", 10)
+KEEP = os.environ.get("KEEP", "0") == "1"
+ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "https", "handshake", "h2", "idle", "scaling"]
+ALL_FRONTS = ["direct", "nginx", "haproxy", "proxyd"]
+VARIANTS = os.environ.get("VARIANTS", " ".join(ALL_VARIANTS)).replace(",", " ").split()
+FRONTS = os.environ.get("FRONTENDS", " ".join(ALL_FRONTS)).replace(",", " ").split()
+for v in VARIANTS:
+    if v not in ALL_VARIANTS:
+        sys.exit(f"compare: unknown variant {v!r}; known: {' '.join(ALL_VARIANTS)}")
+for f in FRONTS:
+    if f not in ALL_FRONTS:
+        sys.exit(f"compare: unknown front end {f!r}; known: {' '.join(ALL_FRONTS)}")
+PROXYD = os.environ.get("PROXYD", os.path.join(ROOT, "target/release/proxyd"))
+
+NCPU = os.cpu_count() or 1
+PINNED = NCPU >= 2
+START = time.monotonic()
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def t():
+    return f"[t={time.monotonic() - START:.0f}s]"
+
+
+# ------------------------------------------------------------------ processes
+
+STARTED = []  # every Popen this script started, for the cleanup
+
+
+def pin(cpu):
+    return ["taskset", "-c", str(cpu)] if PINNED and cpu is not None else []
+
+
+def start(name, argv, cpu=None, env=None, stdout=None):
+    log = open(os.path.join(DIR, f"{name}.log"), "ab")
+    p = subprocess.Popen(
+        pin(cpu) + argv,
+        stdout=stdout if stdout is not None else log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    STARTED.append(p)
+    return p
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rfind(")") + 2:].split()
+        if fields[1] == str(pid):
+            out.append(int(d))
+    return out
+
+
+def tree(pid):
+    """pid and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+def stop(p, grace=3.0):
+    if p.poll() is not None:
+        return
+    kids = [k for k in tree(p.pid) if k != p.pid]
+    try:
+        p.terminate()
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+    for k in kids:  # e.g. an nginx worker whose master was killed
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def cleanup():
+    for p in reversed(STARTED):
+        try:
+            stop(p, 2.0)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+    if KEEP:
+        say(f"work directory kept: {DIR}")
+    else:
+        shutil.rmtree(DIR, ignore_errors=True)
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def free_ports(n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        fields = s[s.rfind(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def sockets(pids):
+    n = 0
+    for p in pids:
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    if os.readlink(f"/proc/{p}/fd/{fd}").startswith("socket:"):
+                        n += 1
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return n
+
+
+def sys_busy():
+    with open("/proc/stat") as f:
+        v = f.readline().split()[1:]
+    # user nice system irq softirq steal
+    return sum(int(v[i]) for i in (0, 1, 2, 5, 6, 7))
+
+
+def child_ticks():
+    tm = os.times()
+    return (tm.children_user + tm.children_system) * HZ
+
+
+def wait_quiet():
+    """Until the rest of the machine uses under a quarter of a core (at most QUIET_WAIT s)."""
+    deadline = time.monotonic() + QUIET_WAIT
+    while True:
+        a = sys_busy()
+        time.sleep(1)
+        b = sys_busy()
+        if b - a <= HZ / 4 or time.monotonic() >= deadline:
+            return 100 * (b - a) / HZ
+
+
+def run_bounded(name, argv, limit, env=None):
+    """Runs argv (pinned to the load core) to completion, killed past `limit` seconds;
+    returns its output (stdout and stderr together)."""
+    out = os.path.join(DIR, f"{name}.out")
+    with open(out, "wb") as f:
+        p = subprocess.Popen(pin(LOAD_CPU) + argv, stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env)
+        STARTED.append(p)
+        try:
+            p.wait(limit)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    with open(out, errors="replace") as f:
+        return f.read()
+
+
+def http_ok(url, cacert=None, timeout=2):
+    argv = ["curl", "-fs", "-o", "/dev/null", "--max-time", str(timeout)]
+    if cacert:
+        argv += ["--cacert", cacert]
+    if url.startswith("https://localhost:"):
+        port = url.split(":")[2].split("/")[0]
+        argv += ["--resolve", f"localhost:{port}:127.0.0.1"]
+    return subprocess.run(argv + [url], stdin=subprocess.DEVNULL).returncode == 0
+
+
+def wait_http(url, secs, cacert=None):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if http_ok(url, cacert):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def render(template, out, **vals):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    text = re.sub(r"@@([A-Z_]+)@@", lambda m: str(vals[m.group(1)]), text)
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+# ------------------------------------------------------------------ parsing
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        return None
+    x = float(m.group(1))
+    return {"us": x / 1000, "ms": x, "s": x * 1000, "m": x * 60000}[m.group(2)]
+
+
+def parse_wrk(text):
+    r = {"requests": 0, "secs": 0.0, "rps": 0.0, "p50": None, "p99": None, "errors": 0,
+         "full": 0, "resumed": 0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", text)
+    if m:
+        r["requests"] = int(m.group(1))
+        r["secs"] = to_ms(m.group(2) + m.group(3)) / 1000
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        r["rps"] = float(m.group(1))
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}%\s+(\S+)", text, re.M)
+        if m:
+            r["p" + q] = to_ms(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        r["errors"] += sum(int(x) for x in m.groups())
+        r["socket"] = "connect %s read %s write %s timeout %s" % m.groups()
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        r["errors"] += int(m.group(1))
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"tls-shim: (\d+) full handshakes, (\d+) resumed, (\d+) TLSv1.3", text)
+    if m:
+        r["full"], r["resumed"], r["tls13"] = (int(x) for x in m.groups())
+    return r
+
+
+def parse_h2load(text):
+    r = {"requests": 0, "secs": 0.0, "rps": 0.0, "p50": None, "p99": None, "errors": 0}
+    m = re.search(r"finished in ([\d.]+)(ms|s|m), ([\d.]+) req/s", text)
+    if m:
+        r["secs"] = to_ms(m.group(1) + m.group(2)) / 1000
+        r["rps"] = float(m.group(3))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    if m:
+        total, started, done, ok, failed, errored, timeout = (int(x) for x in m.groups())
+        r["requests"] = ok
+        r["errors"] = failed + errored + timeout
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        r["requests"] = min(r["requests"], int(m.group(1))) if r["requests"] else int(m.group(1))
+        r["errors"] += int(m.group(3)) + int(m.group(4))
+    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    if m:
+        r["mean"] = to_ms(m.group(3))
+    m = re.search(r"Application protocol: (\S+)", text)
+    r["proto"] = m.group(1) if m else "?"
+    return r
+
+
+# ------------------------------------------------------------------ setup
+
+def make_certs():
+    c = os.path.join(DIR, "certs")
+    os.makedirs(c)
+
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+    ossl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{c}/ca.key")
+    ossl("req", "-x509", "-new", "-key", f"{c}/ca.key", "-sha256", "-days", "2",
+         "-subj", "/CN=proxyd compare.sh throwaway CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", f"{c}/ca.pem")
+    ossl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{c}/ec.key")
+    with open(f"{c}/ec.ext", "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ossl("req", "-new", "-key", f"{c}/ec.key", "-subj", "/CN=localhost", "-out", f"{c}/ec.csr")
+    ossl("x509", "-req", "-in", f"{c}/ec.csr", "-CA", f"{c}/ca.pem", "-CAkey", f"{c}/ca.key",
+         "-CAcreateserial", "-days", "2", "-sha256", "-extfile", f"{c}/ec.ext", "-out", f"{c}/ec.pem")
+    with open(f"{c}/ec-combined.pem", "w") as out:  # HAProxy wants cert and key in one file
+        for part in ("ec.pem", "ec.key"):
+            with open(f"{c}/{part}") as f:
+                out.write(f.read())
+    return c
+
+
+def nginx_temp_paths(prefix):
+    """*_temp_path lines for the modules this nginx has, under prefix (so nothing outside
+    the temp dir is written)."""
+    v = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+    lines = []
+    for m in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        if m != "client_body" and f"--without-http_{m}_module" in v:
+            continue
+        d = os.path.join(prefix, "tmp", m)
+        os.makedirs(d, exist_ok=True)
+        lines.append(f"  {m}_temp_path {d};")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ front ends
+
+class Front:
+    """One running front end: its Popen, ports and the pids to account."""
+
+    def __init__(self, name, proc, port, tls_port):
+        self.name, self.proc, self.port, self.tls_port = name, proc, port, tls_port
+
+    def pids(self):
+        if self.proc is None:
+            return []
+        return tree(self.proc.pid)
+
+
+def start_front(name, threads=1, pinned=True):
+    port, tls_port = free_ports(2)
+    cpu = FRONT_CPU if pinned else None
+    if name == "nginx":
+        d = os.path.join(DIR, "nginx")
+        os.makedirs(d, exist_ok=True)
+        conf = render("nginx.conf", os.path.join(d, "nginx.conf"), DIR=DIR, PORT=port,
+                      TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
+                      KEY=f"{CERTS}/ec.key", TEMP_PATHS=nginx_temp_paths(d))
+        p = start("nginx", ["nginx", "-p", d + "/", "-c", conf, "-e", f"{d}/error.log"], cpu)
+    elif name == "haproxy":
+        conf = render("haproxy.cfg", os.path.join(DIR, "haproxy.cfg"), PORT=port,
+                      TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT,
+                      PEM=f"{CERTS}/ec-combined.pem", MAXCONN=IDLE_CONNS + 500)
+        p = start("haproxy", ["haproxy", "-db", "-f", conf], cpu)
+    elif name == "proxyd":
+        conf = render("proxyd.yaml", os.path.join(DIR, f"proxyd-t{threads}.yaml"), PORT=port,
+                      TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
+                      KEY=f"{CERTS}/ec.key", THREADS=threads)
+        p = start("proxyd", [PROXYD, "-c", conf], cpu)
+    else:
+        raise ValueError(name)
+    f = Front(name, p, port, tls_port)
+    ok = wait_http(f"http://127.0.0.1:{port}/", 15) and wait_http(
+        f"https://localhost:{tls_port}/", 15, cacert=f"{CERTS}/ca.pem")
+    if not ok:
+        stop(p)
+        with open(os.path.join(DIR, f"{name}.log"), errors="replace") as lf:
+            tail = lf.read()[-800:]
+        raise RuntimeError(f"{name} did not answer on ports {port}/{tls_port}: {tail}")
+    return f
+
+
+# ------------------------------------------------------------------ runs
+
+RESULTS = {}  # (variant, front) -> dict
+NOTES = []
+
+
+def measure(variant, front, tool, url, extra=(), env=None, label=None):
+    """Warm-up, then the measured run with the front end's CPU and RSS."""
+    key = (variant, label or front.name)
+    other_before = wait_quiet()
+    pids = front.pids()
+    if tool == "wrk":
+        argv = ["wrk", "-t1", f"-c{CONNS}", *extra, url]
+        run_bounded(f"{variant}-{key[1]}-warm", argv[:3] + [f"-d{WARMUP}s"] + argv[3:],
+                    WARMUP + 30, env)
+        argv = ["wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}s", "--latency", *extra, url]
+    else:
+        base = ["h2load", "-c", str(H2_CLIENTS), "-m", str(H2_STREAMS), *extra, url]
+        run_bounded(f"{variant}-{key[1]}-warm", base[:1] + ["-D", str(WARMUP)] + base[1:],
+                    WARMUP + 30, env)
+        argv = base[:1] + ["-D", str(DURATION)] + base[1:]
+    pids = front.pids() or pids
+    f0 = ticks(pids)
+    b0 = ticks(BACKEND_PIDS)
+    c0 = child_ticks()
+    s0 = sys_busy()
+    w0 = time.monotonic()
+    text = run_bounded(f"{variant}-{key[1]}", argv, DURATION + 60, env)
+    wall = time.monotonic() - w0
+    pids_end = front.pids()
+    f1 = ticks(pids_end)
+    rss = rss_kib(pids_end)
+    b1 = ticks(BACKEND_PIDS)
+    c1 = child_ticks()
+    s1 = sys_busy()
+    r = parse_wrk(text) if tool == "wrk" else parse_h2load(text)
+    secs = r["secs"] or wall
+    fd = f1 - f0
+    r["cpu_s"] = fd / HZ
+    r["busy"] = 100 * fd / HZ / secs if pids_end else None
+    r["other"] = max(0.0, 100 * ((s1 - s0) - fd - (b1 - b0) - (c1 - c0)) / HZ / wall)
+    r["other_before"] = other_before
+    r["rss"] = rss / 1024 if pids_end else None
+    units = r["requests"]
+    if variant == "handshake":
+        hs = r.get("full", 0) + r.get("resumed", 0)
+        units = hs
+        r["rps"] = hs / secs if secs else 0
+    r["cpu_us"] = (fd / HZ * 1e6 / units) if (pids_end and units) else None
+    RESULTS[key] = r
+    extra_txt = ""
+    if variant == "handshake":
+        extra_txt = f", handshakes {r.get('full', 0)} full + {r.get('resumed', 0)} resumed"
+    if tool == "h2load":
+        extra_txt = f", {r['proto']}, mean {fmt(r.get('mean'), 2)} ms"
+    say(f"  {key[1]:<12} {r['requests']} requests in {secs:.1f} s = {r['rps']:.0f}/s, "
+        f"p50 {fmt(r['p50'], 2)} ms, p99 {fmt(r['p99'], 2)} ms, errors {r['errors']}{extra_txt}; "
+        f"CPU {fmt(r['cpu_us'], 1)} us/req, core {fmt(r['busy'], 0)}% busy, RSS {fmt(r['rss'], 1)} MiB, "
+        f"other processes {r['other']:.0f}% of a core")
+    if units == 0:
+        say("    (no requests; tool output:)")
+        say("    " + text.strip().replace("\n", "\n    "))
+    if tool == "h2load" and r["proto"] != "h2":
+        NOTES.append(f"{key[1]} did not speak h2 in the h2 variant ({r['proto']})")
+    return r
+
+
+class Direct:
+    name = "direct"
+    port = None
+    tls_port = None
+
+    def pids(self):
+        return []
+
+
+def variant_target(variant, f):
+    """(tool, url, extra wrk args, env) for a variant against front end f."""
+    host_http = f"http://127.0.0.1:{f.port}"
+    host_https = f"https://localhost:{f.tls_port}"
+    shim_env = dict(os.environ, LD_PRELOAD=SHIM)
+    return {
+        "keepalive": ("wrk", host_http + "/", [], None),
+        "close": ("wrk", host_http + "/", ["-H", "Connection: close"], None),
+        "1k": ("wrk", host_http + "/1k", [], None),
+        "1m": ("wrk", host_http + "/1m", [], None),
+        "post16k": ("wrk", host_http + "/post", ["-s", os.path.join(HERE, "post.lua")], None),
+        "https": ("wrk", host_https + "/", [], None),
+        "handshake": ("wrk", host_https + "/", ["-H", "Connection: close"], shim_env),
+        "h2": ("h2load", host_https + "/", [], None),
+    }[variant]
+
+
+DESCRIBE = {
+    "keepalive": f"GET / (13-byte body), {CONNS} keepalive connections",
+    "close": f"GET /, `Connection: close` (a new client connection per request), {CONNS} connections",
+    "1k": "GET /1k, 1 KiB body, keepalive",
+    "1m": "GET /1m, 1 MiB body, keepalive",
+    "post16k": "POST /post with a 16 KiB body, keepalive",
+    "https": "GET / over HTTPS (TLS 1.3, ECDSA P-256), keepalive",
+    "handshake": "GET / over HTTPS with `Connection: close`: a full TLS 1.3 handshake per request "
+                 "(req/s = handshakes/s, CPU per handshake)",
+    "h2": f"HTTP/2 over TLS (ALPN h2): h2load -c {H2_CLIENTS} -m {H2_STREAMS}",
+}
+
+
+def run_variant(variant):
+    say(f"== {t()} {variant}: {DESCRIBE[variant]}")
+    for name in FRONTS:
+        if name == "direct":
+            if variant in ("https", "handshake", "h2"):
+                continue  # the backend speaks plain HTTP/1.1 only
+            f = Direct()
+            f.port = BACKEND_PORT
+            tool, url, extra, env = variant_target(variant, f)
+            measure(variant, f, tool, url, extra, env)
+            continue
+        try:
+            f = start_front(name)
+        except RuntimeError as e:
+            say(f"  {name}: {e}")
+            NOTES.append(f"{variant}: {name} did not start")
+            continue
+        try:
+            tool, url, extra, env = variant_target(variant, f)
+            measure(variant, f, tool, url, extra, env)
+            if f.proc.poll() is not None:
+                NOTES.append(f"{variant}: {name} exited during the run")
+        finally:
+            stop(f.proc)
+
+
+def run_scaling():
+    say(f"== {t()} scaling: proxyd keepalive (as the keepalive variant) with threads 1 and 2, "
+        "NOT pinned (wrk and the backend stay on core %d)" % LOAD_CPU)
+    for threads in (1, 2):
+        f = start_front("proxyd", threads=threads, pinned=False)
+        try:
+            measure("scaling", f, "wrk", f"http://127.0.0.1:{f.port}/", label=f"proxyd-t{threads}")
+        finally:
+            stop(f.proc)
+
+
+IDLE = {}
+
+
+def run_idle():
+    say(f"== {t()} idle: {IDLE_CONNS} client connections, each after one keep-alive GET, held open")
+    for name in FRONTS:
+        if name == "direct":
+            continue
+        f = start_front(name)
+        try:
+            run_bounded(f"idle-{name}-warm", ["wrk", "-t1", f"-c{CONNS}", "-d1s",
+                                              f"http://127.0.0.1:{f.port}/"], 30)
+            time.sleep(0.5)
+            pids = f.pids()
+            base = rss_kib(pids)
+            base_socks = sockets(pids)
+            out = open(os.path.join(DIR, f"idle-{name}.out"), "w+b")
+            client = start(f"idle-{name}-client",
+                           [sys.executable, os.path.join(HERE, "idle_conns.py"), "127.0.0.1",
+                            str(f.port), str(IDLE_CONNS), "120"], LOAD_CPU, stdout=out)
+            deadline = time.monotonic() + 100
+            line = ""
+            while time.monotonic() < deadline and client.poll() is None:
+                out.seek(0)
+                line = out.read().decode(errors="replace")
+                if "READY" in line:
+                    break
+                time.sleep(0.2)
+            time.sleep(1.0)
+            pids = f.pids()
+            held = rss_kib(pids)
+            socks = sockets(pids) - base_socks
+            m = re.search(r"READY ok=(\d+) failed=(\d+) secs=([\d.]+)", line)
+            ok, failed, secs = (int(m.group(1)), int(m.group(2)), m.group(3)) if m else (0, IDLE_CONNS, "-")
+            stop(client)
+            per = (held - base) / ok if ok else None
+            IDLE[name] = {"base": base / 1024, "held": held / 1024, "per": per, "ok": ok,
+                          "failed": failed, "socks": socks}
+            say(f"  {name:<8} RSS {base / 1024:.1f} MiB -> {held / 1024:.1f} MiB with {ok} connections "
+                f"({failed} failed, opened in {secs} s; {socks} more sockets open in the front end) = "
+                f"{fmt(per, 2)} KiB per connection")
+        finally:
+            stop(f.proc)
+
+
+# ------------------------------------------------------------------ report
+
+def fmt(v, d=1):
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)) and abs(v) >= 1000 and d <= 1:
+        return f"{v:,.0f}"
+    return f"{v:.{d}f}"
+
+
+def ratio(a, b, d=2):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def report(header):
+    lines = list(header)
+    add = lines.append
+    order = [v for v in ALL_VARIANTS if v in VARIANTS and v not in ("idle", "scaling")]
+    if order:
+        add("")
+        add("| variant | front end | req/s | p50 ms | p99 ms | errors | CPU µs/req | RSS MiB | core busy % | other % |")
+        add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for v in order:
+            for name in ALL_FRONTS:
+                r = RESULTS.get((v, name))
+                if not r:
+                    continue
+                p50 = fmt(r["p50"], 2) if r["p50"] is not None else (
+                    f"(mean {fmt(r.get('mean'), 2)})" if r.get("mean") is not None else "-")
+                add(f"| {v} | {name} | {fmt(r['rps'], 0)} | {p50} | {fmt(r['p99'], 2)} | {r['errors']} | "
+                    f"{fmt(r['cpu_us'], 1)} | {fmt(r['rss'], 1)} | {fmt(r['busy'], 0)} | {r['other']:.0f} |")
+        add("")
+        add("Ratios proxyd/nginx and proxyd/HAProxy (same run). req/s: above 1 is better for proxyd; "
+            "p99, CPU and RSS: below 1 is better.")
+        add("")
+        add("| variant | req/s ÷ nginx | req/s ÷ HAProxy | p99 ÷ nginx | p99 ÷ HAProxy | CPU ÷ nginx | CPU ÷ HAProxy | RSS ÷ nginx | RSS ÷ HAProxy |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for v in order:
+            p, n, h = (RESULTS.get((v, x)) for x in ("proxyd", "nginx", "haproxy"))
+            if not p:
+                continue
+            cells = []
+            for k in ("rps", "p99", "cpu_us", "rss"):
+                for other in (n, h):
+                    cells.append(fmt(ratio(p[k], other[k]) if other else None, 2))
+            add(f"| {v} | " + " | ".join(cells) + " |")
+    if "scaling" in VARIANTS:
+        add("")
+        add(f"Scaling: proxyd, keepalive load as above, not pinned (wrk and the backend pinned to core {LOAD_CPU}; "
+            f"{NCPU} cores in all, so a second proxyd thread competes with them).")
+        add("")
+        add("| proxyd threads | req/s | p50 ms | p99 ms | errors | CPU µs/req | RSS MiB | proxyd CPU % of a core |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for th in (1, 2):
+            r = RESULTS.get(("scaling", f"proxyd-t{th}"))
+            if r:
+                add(f"| {th} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {r['errors']} | "
+                    f"{fmt(r['cpu_us'], 1)} | {fmt(r['rss'], 1)} | {fmt(r['busy'], 0)} |")
+        a, b = RESULTS.get(("scaling", "proxyd-t1")), RESULTS.get(("scaling", "proxyd-t2"))
+        if a and b and a["rps"]:
+            add("")
+            add(f"threads 2 ÷ threads 1: req/s {b['rps'] / a['rps']:.2f}")
+    if IDLE:
+        add("")
+        add(f"Idle connections: {IDLE_CONNS} client connections, each after one keep-alive GET, held open; "
+            "RSS of the front end before (after a 1 s warm-up with 64 connections) and with them open.")
+        add("")
+        add("| front end | RSS before MiB | RSS with the connections MiB | KiB per connection | connections answered | failed |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name in ALL_FRONTS:
+            r = IDLE.get(name)
+            if r:
+                add(f"| {name} | {r['base']:.1f} | {r['held']:.1f} | {fmt(r['per'], 2)} | {r['ok']} | {r['failed']} |")
+    targets = target_lines()
+    if targets:
+        add("")
+        add("Issue 8's targets, from this run:")
+        add("")
+        add("| target | figure | met |")
+        add("| --- | --- | --- |")
+        lines.extend(targets)
+    if NOTES:
+        add("")
+        for n in NOTES:
+            add(f"- note: {n}")
+    return lines
+
+
+def target_lines():
+    out = []
+
+    def get(v, f, k):
+        r = RESULTS.get((v, f))
+        return r.get(k) if r else None
+
+    def row(name, figure, ok):
+        out.append(f"| {name} | {figure} | {'yes' if ok else '**no**'} |")
+
+    for v in ("keepalive", "close"):
+        for other, label in (("nginx", "nginx"), ("haproxy", "HAProxy")):
+            r = ratio(get(v, "proxyd", "cpu_us"), get(v, other, "cpu_us"))
+            if r is not None:
+                row(f"{v}: CPU/req ≤ 0.75 × {label}", f"{r:.2f} ×", r <= 0.75)
+    for v, others in (("keepalive", ("nginx", "haproxy")), ("https", ("nginx",)), ("h2", ("nginx",))):
+        best = None
+        for o in others:
+            rps = get(v, o, "rps")
+            if rps is not None and (best is None or rps > get(v, best, "rps")):
+                best = o
+        if best is None or get(v, "proxyd", "rps") is None:
+            continue
+        label = {"nginx": "nginx", "haproxy": "HAProxy"}[best]
+        r = ratio(get(v, "proxyd", "rps"), get(v, best, "rps"))
+        if r is not None:
+            row(f"{v}: req/s ≥ 1.1 × the better ({label})", f"{r:.2f} ×", r >= 1.1)
+        r = ratio(get(v, "proxyd", "p99"), get(v, best, "p99"))
+        if r is not None:
+            row(f"{v}: p99 ≤ the better's ({label})", f"{get(v, 'proxyd', 'p99'):.2f} ms vs "
+                f"{get(v, best, 'p99'):.2f} ms = {r:.2f} ×", r <= 1.0)
+        if v != "keepalive":
+            r = ratio(get(v, "proxyd", "cpu_us"), get(v, "nginx", "cpu_us"))
+            if r is not None:
+                row(f"{v}: CPU/req ≤ 0.75 × nginx", f"{r:.2f} ×", r <= 0.75)
+    rss = get("keepalive", "proxyd", "rss")
+    if rss is not None:
+        row(f"RSS with {CONNS} connections ≤ 20 MiB", f"{rss:.1f} MiB", rss <= 20)
+    r = IDLE.get("proxyd")
+    if r and r["per"] is not None:
+        row(f"RSS with {IDLE_CONNS} idle connections ≤ 8 KiB per connection",
+            f"{r['per']:.2f} KiB", r["per"] <= 8 and r["failed"] == 0)
+    return out
+
+
+def version(argv, pattern=r"(\S+)"):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        text = p.stdout + p.stderr
+        m = re.search(pattern, text)
+        return m.group(1) if m else "?"
+    except OSError:
+        return "?"
+
+
+def main():
+    global DIR
+    DIR = tempfile.mkdtemp(prefix="proxyd-compare.")
+    os.chmod(DIR, 0o755)  # nginx workers run as nobody and read the backend's files
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return run()
+    finally:
+        cleanup()
+
+
+def run():
+    global CERTS, SHIM, BACKEND_PORT, BACKEND_PIDS
+    date = datetime.datetime.now(datetime.timezone.utc)
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "src", "Cargo.toml",
+                            "Cargo.lock"]).returncode != 0
+    versions = ", ".join([
+        "nginx " + version(["nginx", "-v"], r"nginx/(\S+)"),
+        "HAProxy " + version(["haproxy", "-v"], r"version (\S+)"),
+        "wrk " + version(["wrk", "-v"], r"wrk (\S+)"),
+        "h2load " + version(["h2load", "--version"], r"nghttp2/(\S+)"),
+        version(["openssl", "version"], r"(OpenSSL \S+)"),
+    ])
+    header = [
+        f"proxyd compare bench, {date:%Y-%m-%d %H:%M} UTC, proxyd {commit}{' + uncommitted changes' if dirty else ''}",
+        f"machine: {NCPU} cores, Linux {os.uname().release}; {versions}",
+        f"pinning: {'front end on core %d, wrk/h2load and the backend (nginx, 1 worker) on core %d' % (FRONT_CPU, LOAD_CPU) if PINNED else 'NOT pinned (1 core)'}",
+        f"load: wrk -t1 -c{CONNS} -d{DURATION}s --latency after a {WARMUP} s warm-up (h2: h2load -c{H2_CLIENTS} -m{H2_STREAMS} -D{DURATION} after -D{WARMUP}); "
+        f"front ends: nginx worker_processes 1 + upstream keepalive, HAProxy nbthread 1 + http-reuse always, proxyd threads: 1",
+        "CPU µs/req = the front end's utime+stime (/proc/PID/stat, all its processes and threads) over the run ÷ requests; "
+        f"RSS = VmRSS summed at the end of the run; other % = CPU of processes that are none of front end, backend, load generator ({1000 // HZ} ms ticks).",
+    ]
+    say("\n".join(header))
+    say(f"variants: {' '.join(VARIANTS)}; front ends: {' '.join(FRONTS)}; work dir {DIR}")
+
+    CERTS = make_certs()
+    SHIM = os.path.join(DIR, "shim.so")
+    if "handshake" in VARIANTS:
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", SHIM, os.path.join(HERE, "shim.c"), "-ldl"],
+                       check=True)
+    www = os.path.join(DIR, "www")
+    os.makedirs(www)
+    with open(os.path.join(www, "1k"), "wb") as f:
+        f.write(b"x" * 1024)
+    with open(os.path.join(www, "1m"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    for p in (www, os.path.join(www, "1k"), os.path.join(www, "1m")):
+        os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
+
+    (BACKEND_PORT,) = free_ports(1)
+    bd = os.path.join(DIR, "backend")
+    os.makedirs(bd)
+    conf = render("backend-nginx.conf", os.path.join(bd, "nginx.conf"), DIR=DIR, PORT=BACKEND_PORT,
+                  TEMP_PATHS=nginx_temp_paths(bd))
+    backend = start("backend", ["nginx", "-p", bd + "/", "-c", conf, "-e", f"{bd}/error.log"], LOAD_CPU)
+    if not wait_http(f"http://127.0.0.1:{BACKEND_PORT}/", 15):
+        sys.exit("compare: the backend nginx did not start: " + open(f"{bd}/error.log").read()[-500:])
+    BACKEND_PIDS = tree(backend.pid)
+
+    for v in VARIANTS:
+        if v == "idle":
+            run_idle()
+        elif v == "scaling":
+            run_scaling()
+        else:
+            run_variant(v)
+
+    header.append(f"command: {os.environ.get('COMPARE_COMMAND', 'benches/compare.sh')}; "
+                  f"bench time {time.monotonic() - START:.0f} s")
+    lines = report(header)
+    text = "\n".join(lines) + "\n"
+    say("")
+    say(text)
+    outdir = os.path.join(ROOT, "target", "bench")
+    os.makedirs(outdir, exist_ok=True)
+    out = os.path.join(outdir, f"compare-{date:%Y-%m-%dT%H%M}.md")
+    with open(out, "w") as f:
+        f.write(text)
+    say(f"written to {os.path.relpath(out, ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
