@@ -1,7 +1,8 @@
 //! The admin API seen from outside: `/status` after known traffic (counts, worker pids that
 //! match what the workers themselves report), the bearer token on POSTs, `proxyd status`
-//! against the real binary, and the status page in a real headless Chromium (skipped, with a
-//! notice, where /usr/bin/chromium is missing; CI installs it).
+//! against the real binary, and the status page in a real headless Chromium driven over the
+//! DevTools Protocol: one open page is watched updating itself through a rolling restart
+//! (skipped, with a notice, where /usr/bin/chromium is missing; CI installs it).
 
 mod common;
 
@@ -9,13 +10,17 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::procs::*;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app.py");
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -368,72 +373,264 @@ async fn proxyd_status_prints_the_workers() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The status page in a real browser
+// The status page in a real browser, driven over the Chrome DevTools Protocol: one page stays
+// open while the workers restart, and is watched updating itself.
 
-/// Loads `url` in headless Chromium and returns the DOM after `budget_ms` of (virtual) time,
-/// during which the page polls /status. None when Chromium is not installed.
-async fn chromium_dom(url: String, budget_ms: u32) -> Option<String> {
-    if !Path::new(CHROMIUM).exists() {
-        eprintln!("SKIPPED: {CHROMIUM} is missing (apt-get install chromium); the status page was not tested in a browser");
-        return None;
-    }
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let read = async {
-        let mut dom = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut dom)
-            .await
+/// Headless Chromium with remote debugging on a port it picks, in a process group of its own.
+/// Dropping it SIGKILLs that group (the browser and its renderers) by its id, so a failing test
+/// leaves no browser behind; the profile directory goes after it.
+struct Browser {
+    child: tokio::process::Child,
+    /// The browser's DevTools websocket, from "DevTools listening on ws://..." on its stderr.
+    ws_url: String,
+    /// The last lines of its stderr, for failure messages.
+    stderr: Arc<Mutex<Vec<String>>>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// None (with a SKIPPED notice) when Chromium is not installed.
+    async fn launch() -> Option<Browser> {
+        if !Path::new(CHROMIUM).exists() {
+            eprintln!("SKIPPED: {CHROMIUM} is missing (apt-get install chromium); the status page was not tested in a browser");
+            return None;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            // What a killed browser cannot clean up (its singleton socket) goes with the profile.
+            .env("TMPDIR", profile.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
             .unwrap();
-        dom
-    };
-    let dom = tokio::time::timeout(Duration::from_secs(90), read)
-        .await
-        .expect("chromium did not finish within 90 s");
-    let _ = child.wait().await;
-    Some(dom)
+        // Read stderr to its end (a full pipe would stall the browser), handing over the
+        // DevTools URL when it shows up.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let kept = stderr.clone();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.trim().strip_prefix("DevTools listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.to_string());
+                    }
+                }
+                let mut kept = kept.lock().unwrap();
+                kept.push(line);
+                if kept.len() > 100 {
+                    kept.remove(0);
+                }
+            }
+        });
+        let mut browser = Browser {
+            child,
+            ws_url: String::new(),
+            stderr,
+            _profile: profile,
+        };
+        match tokio::time::timeout(PATIENCE, rx).await {
+            Ok(Ok(url)) => browser.ws_url = url,
+            Ok(Err(_)) => panic!("chromium exited without a DevTools URL:\n{}", browser.log()),
+            Err(_) => panic!("no DevTools URL from chromium in 30 s:\n{}", browser.log()),
+        }
+        Some(browser)
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Kills the browser and reaps it.
+    async fn close(mut self) {
+        self.kill();
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("chromium did not die of SIGKILL")
+            .unwrap();
+    }
 }
 
-/// The values of `attr="..."` in `html`.
-fn attr_values(html: &str, attr: &str) -> Vec<String> {
-    let needle = format!("{attr}=\"");
-    html.match_indices(&needle)
-        .filter_map(|(i, _)| {
-            let rest = &html[i + needle.len()..];
-            rest.find('"').map(|end| rest[..end].to_string())
-        })
-        .collect()
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
-fn page_pids(dom: &str) -> HashSet<u32> {
-    // The page's own script also spells data-pid="${...}": only numbers are pids.
-    attr_values(dom, "data-pid")
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A minimal DevTools Protocol client: one command at a time, with the events that arrive
+/// meanwhile kept in order.
+struct Cdp {
+    ws: Ws,
+    next_id: u64,
+    /// The page session (flat mode) that commands go to once attached.
+    session: Option<String>,
+    events: Vec<Value>,
+}
+
+impl Cdp {
+    async fn connect(url: &str) -> Cdp {
+        let (ws, _) = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connecting to DevTools timed out")
+            .expect("connecting to DevTools");
+        Cdp {
+            ws,
+            next_id: 0,
+            session: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Sends `method` and returns its result, or the protocol's error.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if let Some(session) = &self.session {
+            msg["sessionId"] = session.clone().into();
+        }
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method} in 30 s"))
+                .unwrap_or_else(|| panic!("DevTools closed the connection during {method}"))
+                .unwrap();
+            let Message::Text(text) = frame else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["id"] == id {
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
+            }
+            if v.get("method").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// The value of `expression` in the page, or None when it could not be evaluated (say,
+    /// the document is being replaced) or threw.
+    async fn evaluate(&mut self, expression: &str) -> Option<Value> {
+        let params = serde_json::json!({"expression": expression, "returnByValue": true});
+        let r = self.try_call("Runtime.evaluate", params).await.ok()?;
+        if r.get("exceptionDetails").is_some() {
+            return None;
+        }
+        Some(r["result"]["value"].clone())
+    }
+
+    /// The `params` of the events named `method` received so far.
+    fn events(&self, method: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["method"] == method)
+            .map(|e| &e["params"])
+            .collect()
+    }
+}
+
+/// What the status page shows right now, read from its live DOM.
+const PAGE_STATE: &str = r##"(() => {
+  const card = document.getElementById("up-app");
+  const rows = card ? [...card.querySelectorAll("tr.worker")] : [];
+  return {
+    marker: window.__proxydTestMarker ?? null,
+    timeOrigin: performance.timeOrigin,
+    polls: Number(document.body.dataset.polls),
+    live: document.getElementById("conn").className === "live",
+    error: document.getElementById("error").textContent,
+    pids: rows.map(r => Number(r.querySelector("td.pid").textContent)),
+    states: rows.map(r => r.querySelector(".st").textContent),
+    cards: [...document.querySelectorAll("#upstreams section.card")].map(c => c.dataset.upstream),
+    sparklines: card ? card.querySelectorAll("h2 .spark svg.sl").length : 0,
+    drawn: card ? card.querySelectorAll("h2 .spark svg.sl polyline").length : 0,
+    restarts: document.getElementById("t-restarts").textContent,
+    events: document.getElementById("events").innerText,
+    text: document.body.innerText,
+    linked: [...document.querySelectorAll("[src], [href], link, iframe, object, embed")]
+      .map(e => e.outerHTML.slice(0, 200)),
+    resources: performance.getEntriesByType("resource").map(e => e.name),
+  };
+})()"##;
+
+/// Reads the page's state every 100 ms until `cond` holds on it (then returns it), checking
+/// `each` on every reading; gives up after 30 s.
+async fn page_until(
+    cdp: &mut Cdp,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+    mut each: impl FnMut(&Value),
+) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = Value::Null;
+    loop {
+        if let Some(state) = cdp.evaluate(PAGE_STATE).await {
+            each(&state);
+            if cond(&state) {
+                return state;
+            }
+            last = state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for the page to show {what}; it shows: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn shown_pids(state: &Value) -> HashSet<u32> {
+    state["pids"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter_map(|p| p.parse().ok())
+        .filter_map(|p| p.as_u64())
+        .map(|p| p as u32)
         .collect()
 }
 
 #[tokio::test]
-async fn status_page_in_headless_chromium_shows_workers_and_follows_restarts() {
+async fn status_page_in_headless_chromium_updates_live_when_workers_restart() {
     if !Path::new(CHROMIUM).exists() {
         eprintln!("SKIPPED: {CHROMIUM} is missing (apt-get install chromium); the status page was not tested in a browser");
         return;
@@ -446,7 +643,7 @@ async fn status_page_in_headless_chromium_shows_workers_and_follows_restarts() {
         get(proxy.addr, "/pid").await;
     }
 
-    // The page is self-contained: nothing but ./status is fetched.
+    // The page as served: HTML, and self-contained (nothing but ./status is fetched).
     let page = admin_get(admin, "/").await;
     assert_eq!(
         page.header("content-type"),
@@ -456,50 +653,179 @@ async fn status_page_in_headless_chromium_shows_workers_and_follows_restarts() {
     for external in ["http://", "https://", "//cdn", "<link", "src=\""] {
         assert!(!html.contains(external), "the page refers to {external}");
     }
-
-    let url = format!("http://{admin}/");
     let before = worker_pids(&status(admin).await);
     assert_eq!(before.len(), 2);
-    let Some(dom) = chromium_dom(url.clone(), 3000).await else {
+
+    let Some(browser) = Browser::launch().await else {
         return;
     };
-    assert_eq!(
-        page_pids(&dom),
-        before,
-        "every worker's pid is shown:\n{dom}"
-    );
-    // It kept polling: several reports arrived during the 3 s budget (live refresh).
-    let polls: u32 = attr_values(&dom, "data-polls")
-        .iter()
-        .find_map(|p| p.parse().ok())
-        .unwrap_or(0);
-    assert!(polls >= 2, "the page polled {polls} times:\n{dom}");
-    assert!(
-        dom.contains("id=\"up-app\""),
-        "the upstream's card is there"
-    );
-    assert!(dom.contains("<svg class=\"sl\""), "sparklines are drawn");
-    assert!(dom.contains(">live<"), "the page says it is connected");
-    let error_box = dom.split("id=\"error\"").nth(1).unwrap_or_default();
-    let error_box = error_box.split("</div>").next().unwrap_or_default();
-    assert!(!error_box.contains("Cannot"), "{error_box}");
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    // A page of our own, attached in flat mode: its commands and events carry its session id.
+    let target = cdp
+        .call(
+            "Target.createTarget",
+            serde_json::json!({"url": "about:blank"}),
+        )
+        .await["targetId"]
+        .clone();
+    let session = cdp
+        .call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": target, "flatten": true}),
+        )
+        .await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cdp.session = Some(session);
+    cdp.call("Network.enable", serde_json::json!({})).await;
+    cdp.call("Page.enable", serde_json::json!({})).await;
+    let origin = format!("http://{admin}");
+    let url = format!("{origin}/");
+    let nav = cdp
+        .call("Page.navigate", serde_json::json!({"url": url}))
+        .await;
+    assert!(nav.get("errorText").is_none(), "navigation failed: {nav}");
 
-    // A rolling restart: a new load of the page shows the new workers only.
-    let got = admin_post(admin, "/upstreams/app/restart", None).await;
-    assert_eq!(got.status, StatusCode::OK);
-    let after = status_until(admin, "new workers", |s| {
-        let p = worker_pids(s);
-        p.len() == 2 && p.is_disjoint(&before)
-    })
+    // The page loads and shows every worker, with both sparklines drawn (a line takes two
+    // samples, so three polls).
+    let shown = page_until(
+        &mut cdp,
+        "both workers and drawn sparklines",
+        |s| shown_pids(s) == before && s["drawn"] == 2 && s["live"] == true,
+        |_| {},
+    )
     .await;
-    let after = worker_pids(&after);
-    let dom = chromium_dom(url, 2000).await.unwrap_or_default();
-    assert_eq!(page_pids(&dom), after, "the new workers are shown:\n{dom}");
-    assert!(
-        dom.contains("rolling 2"),
-        "the restarts are counted on the page"
-    );
+    assert_eq!(shown["cards"], serde_json::json!(["app"]), "{shown:#}");
+    assert_eq!(shown["sparklines"], 2, "request rate and latency");
+    assert_eq!(shown["states"], serde_json::json!(["ready", "ready"]));
+    assert_eq!(shown["error"], "", "{shown:#}");
+    assert_eq!(shown["linked"], serde_json::json!([]), "no linked resource");
+    for pid in &before {
+        let text = shown["text"].as_str().unwrap();
+        assert!(text.contains(&pid.to_string()), "pid {pid} shown: {text}");
+    }
 
+    // Mark this very document: a reload or a new navigation would lose the marker and start a
+    // new time origin (and its poll count would start again from zero).
+    let mark = cdp
+        .evaluate(&format!(
+            "window.__proxydTestMarker = {:?}; performance.timeOrigin",
+            marker.0
+        ))
+        .await
+        .expect("the marker is set");
+    let polls_at_mark = cdp.evaluate(PAGE_STATE).await.unwrap()["polls"]
+        .as_u64()
+        .unwrap();
+
+    // A rolling restart, while the same page keeps being read: it ends up showing the new
+    // workers only, without ever having been reloaded.
+    let restart =
+        tokio::spawn(async move { admin_post(admin, "/upstreams/app/restart", None).await });
+    let same_document = |s: &Value| {
+        assert_eq!(
+            s["marker"],
+            marker.0.as_str(),
+            "the page was reloaded: {s:#}"
+        );
+        assert_eq!(s["timeOrigin"], mark, "the page was reloaded: {s:#}");
+        assert!(s["polls"].as_u64().unwrap() >= polls_at_mark, "{s:#}");
+    };
+    let mut seen_states = Vec::new();
+    page_until(
+        &mut cdp,
+        "two new workers",
+        |s| {
+            let pids = shown_pids(s);
+            pids.len() == 2 && pids.is_disjoint(&before)
+        },
+        |s| {
+            same_document(s);
+            let pids = shown_pids(s);
+            if seen_states.last() != Some(&pids) {
+                seen_states.push(pids);
+            }
+        },
+    )
+    .await;
+    let got = restart.await.unwrap();
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    let after = worker_pids(&status(admin).await);
+    assert!(after.is_disjoint(&before), "{after:?} {before:?}");
+    let shown = page_until(
+        &mut cdp,
+        "the restarts counted",
+        |s| shown_pids(s) == after && s["restarts"] == "2" && s["live"] == true,
+        same_document,
+    )
+    .await;
+    eprintln!("worker pids as the open page showed them, in order: {seen_states:?}");
+
+    let text = shown["text"].as_str().unwrap();
+    assert!(text.contains("rolling 2"), "restarts by reason: {text}");
+    for pid in &after {
+        assert!(text.contains(&pid.to_string()), "pid {pid} shown: {text}");
+    }
+    // The page itself noticed each replacement (its event list compares one report with the
+    // one before, so only a page that stayed open through the restart can list them).
+    let events = shown["events"].as_str().unwrap();
+    for pid in before.iter().chain(&after) {
+        assert!(
+            events.contains(&format!("(pid {pid})")),
+            "no event about pid {pid}: {events}"
+        );
+    }
+    assert!(
+        shown["polls"].as_u64().unwrap() > polls_at_mark,
+        "{shown:#}"
+    );
+    assert_eq!(shown["error"], "", "{shown:#}");
+    // And it goes on refreshing afterwards (not one lucky update).
+    let polls = shown["polls"].as_u64().unwrap();
+    page_until(
+        &mut cdp,
+        "two more polls",
+        |s| s["polls"].as_u64().unwrap() >= polls + 2 && shown_pids(s) == after,
+        same_document,
+    )
+    .await;
+
+    // Navigated once, to the status page; every request it made went to the admin listener,
+    // and it kept fetching /status.
+    let main_frame_navigations: Vec<String> = cdp
+        .events("Page.frameNavigated")
+        .iter()
+        .filter(|p| p["frame"]["parentId"].is_null())
+        .map(|p| p["frame"]["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(main_frame_navigations, std::slice::from_ref(&url));
+    let requested: Vec<String> = cdp
+        .events("Network.requestWillBeSent")
+        .iter()
+        .map(|p| p["request"]["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let resources: Vec<String> = shown["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap_or_default().to_string())
+        .collect();
+    for u in requested.iter().chain(&resources) {
+        assert!(
+            u.starts_with(&format!("{origin}/")),
+            "the page fetched {u} from elsewhere"
+        );
+    }
+    assert_eq!(requested.first(), Some(&url), "{requested:?}");
+    let status_fetches = requested
+        .iter()
+        .filter(|u| *u == &format!("{origin}/status"))
+        .count();
+    assert!(status_fetches >= 4, "{requested:?}");
+
+    drop(cdp);
+    browser.close().await;
     proxy.shutdown().await;
     marker.wait_none_left().await;
 }
