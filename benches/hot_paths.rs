@@ -1,0 +1,261 @@
+//! Micro-benches of proxyd's per-request hot paths, through its public library API:
+//!
+//! - header rewriting: `proxy::headers::check_request`, `prepare_request`, `prepare_response`
+//!   and `ensure_request_id` on a typical browser-like request head;
+//! - route matching: `proxy::route::Router::pick` over a dozen routes, and `host_only`;
+//! - balancer pick: `upstream::balancer::Policy::choose` for each policy over 4 and 16
+//!   backends;
+//! - access-log formatting: `access_log::format` is private, so this goes through
+//!   `AccessLogger::request_done` (the per-request call: format the line and hand it to the
+//!   writer thread, here writing to /dev/null) for each format.
+//!
+//! The request and response heads are built outside the timed part (`iter_batched`), so the
+//! figures are the rewrite alone.
+//!
+//! Run: `cargo bench --bench hot_paths` (add a filter: `cargo bench --bench hot_paths -- route`).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+
+use proxyd::access_log::{AccessLogger, Destination};
+use proxyd::config::{AccessLogFormat, BackendAddr, Balance};
+use proxyd::proxy::body::RequestBody;
+use proxyd::proxy::headers::{
+    check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
+};
+use proxyd::proxy::outcome::{Observe, Outcome, Trace};
+use proxyd::proxy::route::{host_only, HostMatch, Router};
+use proxyd::upstream::balancer::{Choice, Policy};
+use proxyd::upstream::clock::now_ns;
+use proxyd::upstream::pool::Pool;
+use proxyd::upstream::{Backend, BackendSpec};
+
+/// A browser-like GET as hyper hands it over: 10 headers, a keep-alive Connection.
+fn request_parts() -> http::request::Parts {
+    let (parts, ()) = Request::builder()
+        .method(Method::GET)
+        .uri("/api/v1/items?page=2&sort=name")
+        .version(Version::HTTP_11)
+        .header("host", "app.example.com")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        )
+        .header(
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        )
+        .header("accept-language", "en-US,en;q=0.5")
+        .header("accept-encoding", "gzip, deflate, br")
+        .header("connection", "keep-alive")
+        .header("cookie", "session=4f2a9c81d7e3b6a0; theme=dark")
+        .header("referer", "https://app.example.com/items")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("upgrade-insecure-requests", "1")
+        .body(())
+        .expect("a valid request")
+        .into_parts();
+    parts
+}
+
+fn response_parts() -> http::response::Parts {
+    let (parts, ()) = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("content-length", "1234")
+        .header("date", "Fri, 27 Nov 2026 05:00:00 GMT")
+        .header("server", "gunicorn")
+        .header("connection", "keep-alive")
+        .header("keep-alive", "timeout=5")
+        .header("cache-control", "no-store")
+        .body(())
+        .expect("a valid response")
+        .into_parts();
+    parts
+}
+
+fn headers(c: &mut Criterion) {
+    let side = ClientSide {
+        client_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
+        proto: "https",
+        preserve_host: true,
+    };
+    let body = RequestBody::Empty;
+    let id_name = HeaderName::from_static("x-request-id");
+    let mut g = c.benchmark_group("headers");
+    let parts = request_parts();
+    g.bench_function("check_request", |b| {
+        b.iter(|| check_request(black_box(&parts)).is_ok())
+    });
+    g.bench_function("prepare_request", |b| {
+        b.iter_batched(
+            request_parts,
+            |mut p| {
+                prepare_request(&mut p, &body, false, &side);
+                p
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("ensure_request_id (new id)", |b| {
+        b.iter_batched(
+            request_parts,
+            |mut p| {
+                let id = ensure_request_id(&mut p.headers, &id_name);
+                (p, id)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("prepare_response", |b| {
+        b.iter_batched(
+            response_parts,
+            |mut p| {
+                prepare_response(&mut p);
+                p
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn routes(c: &mut Criterion) {
+    let h = |s: &str| Some(HostMatch::parse(s).expect("a valid host"));
+    let router = Router::new([
+        (None, "/".to_string(), 0),
+        (None, "/static/".to_string(), 1),
+        (None, "/api/".to_string(), 2),
+        (None, "/api/v1/".to_string(), 3),
+        (None, "/api/v2/".to_string(), 4),
+        (None, "/ws/".to_string(), 5),
+        (h("api.example.com"), "/".to_string(), 6),
+        (h("api.example.com"), "/v1/".to_string(), 7),
+        (h("*.example.com"), "/".to_string(), 8),
+        (h("*.cdn.example.com"), "/img/".to_string(), 9),
+        (h("admin.example.org"), "/".to_string(), 10),
+        (h("www.example.org"), "/blog/".to_string(), 11),
+    ]);
+    let mut g = c.benchmark_group("route");
+    g.bench_function("pick: exact host, long prefix", |b| {
+        b.iter(|| {
+            router.pick(
+                black_box(Some("api.example.com")),
+                black_box("/v1/users/42"),
+            )
+        })
+    });
+    g.bench_function("pick: wildcard host", |b| {
+        b.iter(|| router.pick(black_box(Some("shop.example.com")), black_box("/cart")))
+    });
+    g.bench_function("pick: no host route, falls to a path prefix", |b| {
+        b.iter(|| router.pick(black_box(Some("other.test")), black_box("/api/v1/items")))
+    });
+    g.bench_function("host_only", |b| {
+        b.iter(|| host_only(black_box("App.Example.com:8443")).len())
+    });
+    g.finish();
+}
+
+fn backends(n: usize) -> Vec<Arc<Backend>> {
+    (0..n)
+        .map(|i| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
+            Arc::new(Backend::new(
+                BackendSpec {
+                    addr: BackendAddr::Tcp(addr),
+                    pool: Pool::new(64, Duration::from_secs(1)),
+                    worker: None,
+                    limit: usize::MAX,
+                    weight: 1 + (i % 3) as u32,
+                    fresh: false,
+                },
+                Weak::new(),
+            ))
+        })
+        .collect()
+}
+
+fn balancer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("balancer");
+    for n in [4usize, 16] {
+        let list = backends(n);
+        for (name, kind, key) in [
+            ("round_robin", Balance::RoundRobin, None),
+            ("least_outstanding", Balance::LeastOutstanding, None),
+            ("p2c_ewma", Balance::P2cEwma, None),
+            ("hash", Balance::Hash, Some(0x9e37_79b9_7f4a_7c15u64)),
+        ] {
+            let policy = Policy::new(kind);
+            g.bench_function(format!("choose {name}, {n} backends"), |b| {
+                b.iter(|| {
+                    let choice = Choice {
+                        now: now_ns(),
+                        slow_start_ns: 0,
+                        key,
+                    };
+                    policy.choose(black_box(&list), |_| true, choice)
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn outcome() -> Outcome {
+    Outcome {
+        at: SystemTime::now(),
+        method: Method::GET,
+        target: "/api/v1/items?page=2&sort=name".into(),
+        path_len: "/api/v1/items".len(),
+        version: Version::HTTP_11,
+        host: Some(HeaderValue::from_static("app.example.com")),
+        client: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
+        forwarded_for: Some(HeaderValue::from_static("203.0.113.9")),
+        user_agent: Some(HeaderValue::from_static(
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        )),
+        referer: Some(HeaderValue::from_static("https://app.example.com/items")),
+        request_id: HeaderValue::from_static("4f2a9c81d7e3b6a0"),
+        status: StatusCode::OK,
+        body_bytes: 1234,
+        duration: Duration::from_micros(1830),
+        trace: Trace {
+            upstream_time: Some(Duration::from_micros(1650)),
+            ..Trace::default()
+        },
+    }
+}
+
+fn access_log(c: &mut Criterion) {
+    let o = outcome();
+    let mut g = c.benchmark_group("access_log");
+    for (name, format) in [
+        ("combined", AccessLogFormat::Combined),
+        ("json", AccessLogFormat::Json),
+    ] {
+        let logger = match AccessLogger::start(
+            format,
+            Destination::File("/dev/null".into()),
+            proxyd::access_log::CAPACITY,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("access_log {name}: cannot open /dev/null ({e:#}); skipped");
+                continue;
+            }
+        };
+        g.bench_function(format!("request_done {name} (format + hand-off)"), |b| {
+            b.iter(|| logger.request_done(black_box(&o)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(hot_paths, headers, routes, balancer, access_log);
+criterion_main!(hot_paths);
