@@ -34,7 +34,9 @@
 #
 # Knobs (environment): DURATION=10, WARMUP=2, CONNS=64, VARIANTS, FRONTENDS="direct nginx
 # haproxy proxyd", IDLE_CONNS=10000, H2_CLIENTS=10, H2_STREAMS=100, FRONT_CPU=0, LOAD_CPU=1,
-# QUIET_WAIT=10, KEEP=1 (keep the temp dir: configs, logs, raw tool output).
+# QUIET_WAIT=10, KEEP=1 (keep the temp dir: configs, logs, raw tool output), PROXYD=path (a
+# proxyd binary to use instead of building this tree, e.g. one built from a clean export of a
+# commit while the working tree is mid-edit; PROXYD_COMMIT=name labels it in the header).
 #
 # Installs what is missing with apt-get (nginx-light, haproxy, wrk, nghttp2-client, openssl,
 # curl, python3, gcc), builds proxyd in release (a failed build, e.g. a tree mid-edit, is
@@ -71,7 +73,10 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
 fi
 
 build() { cargo build --release --quiet --bin proxyd; }
-if ! build; then
+if [ -n "${PROXYD:-}" ]; then
+  [ -x "$PROXYD" ] || die "PROXYD=$PROXYD is not an executable"
+  say "using PROXYD=$PROXYD (not building)"
+elif ! build; then
   built=0
   for _ in 1 2; do
     say "cargo build --release failed (the tree may be mid-edit); retrying in 60 s"

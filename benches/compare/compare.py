@@ -724,7 +724,8 @@ def target_lines():
             r = ratio(get(v, "proxyd", "cpu_us"), get(v, other, "cpu_us"))
             if r is not None:
                 row(f"{v}: CPU/req ≤ 0.75 × {label}", f"{r:.2f} ×", r <= 0.75)
-    for v, others in (("keepalive", ("nginx", "haproxy")), ("https", ("nginx",)), ("h2", ("nginx",))):
+    for v, others in (("keepalive", ("nginx", "haproxy")), ("close", ("nginx", "haproxy")),
+                      ("https", ("nginx",)), ("h2", ("nginx",))):
         best = None
         for o in others:
             rps = get(v, o, "rps")
@@ -740,7 +741,7 @@ def target_lines():
         if r is not None:
             row(f"{v}: p99 ≤ the better's ({label})", f"{get(v, 'proxyd', 'p99'):.2f} ms vs "
                 f"{get(v, best, 'p99'):.2f} ms = {r:.2f} ×", r <= 1.0)
-        if v != "keepalive":
+        if v in ("https", "h2"):
             r = ratio(get(v, "proxyd", "cpu_us"), get(v, "nginx", "cpu_us"))
             if r is not None:
                 row(f"{v}: CPU/req ≤ 0.75 × nginx", f"{r:.2f} ×", r <= 0.75)
@@ -790,8 +791,12 @@ def run():
         "h2load " + version(["h2load", "--version"], r"nghttp2/(\S+)"),
         version(["openssl", "version"], r"(OpenSSL \S+)"),
     ])
+    if "PROXYD" in os.environ:
+        what = f"proxyd {os.environ.get('PROXYD_COMMIT') or os.environ['PROXYD']}"
+    else:
+        what = f"proxyd {commit}{' + uncommitted changes' if dirty else ''}"
     header = [
-        f"proxyd compare bench, {date:%Y-%m-%d %H:%M} UTC, proxyd {commit}{' + uncommitted changes' if dirty else ''}",
+        f"proxyd compare bench, {date:%Y-%m-%d %H:%M} UTC, {what}",
         f"machine: {NCPU} cores, Linux {os.uname().release}; {versions}",
         f"pinning: {'front end on core %d, wrk/h2load and the backend (nginx, 1 worker) on core %d' % (FRONT_CPU, LOAD_CPU) if PINNED else 'NOT pinned (1 core)'}",
         f"load: wrk -t1 -c{CONNS} -d{DURATION}s --latency after a {WARMUP} s warm-up (h2: h2load -c{H2_CLIENTS} -m{H2_STREAMS} -D{DURATION} after -D{WARMUP}); "
