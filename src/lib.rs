@@ -5,11 +5,14 @@
 //! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
 //!   file:line:column errors (`proxyd check`).
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
-//!   time-outs (408 for a slow head, idle keep-alive), HTTP/1.1 and h2c via hyper-util's auto
+//!   time-outs (408 for a slow head, idle keep-alive, stalled writes), the PROXY protocol
+//!   header (`server::proxy_protocol`), HTTP/1.1 and h2c via hyper-util's auto
 //!   server, and the graceful drain on shutdown.
 //! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
 //!   the header rules, the runtime [`proxy::Snapshot`], and the ONE error-to-response mapping
 //!   ([`proxy::error::error_response`]).
+//! - [`limits`]: what one client may take and who the client is: request rate limits (429),
+//!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
 //! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`logging`]: tracing to stderr.
@@ -21,6 +24,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -49,7 +49,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let warnings = proxyd::config::secrets::warnings(&loaded);
     if let Some(Command::Check) = cli.command {
+        for w in &warnings {
+            eprintln!("proxyd: {w}");
+        }
         println!("proxyd: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -57,6 +61,9 @@ fn main() -> ExitCode {
         return status(&loaded.config);
     }
     proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let threads = loaded
         .config
         .threads

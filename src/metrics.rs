@@ -89,7 +89,23 @@ pub struct Metrics {
     client_connections: IntCounter,
     tls_ok: IntCounter,
     tls_failed: IntCounter,
+    rate_limited: IntCounterVec,
+    /// `proxyd_client_connections_rejected_total` by reason, in [`Rejected`] order.
+    rejected: [IntCounter; 3],
 }
+
+/// Why a client connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// `limits.max_connections_per_ip`.
+    PerIp = 0,
+    /// A PROXY protocol listener got no valid header in time.
+    ProxyProtocol = 1,
+    /// A PROXY protocol listener's peer is not in `trusted_proxies`.
+    Untrusted = 2,
+}
+
+const REJECTED: [&str; 3] = ["per_ip_limit", "proxy_protocol", "untrusted_proxy"];
 
 /// One upstream's latency histograms, ready to observe.
 struct UpstreamHandles {
@@ -108,6 +124,8 @@ struct RouteHandles {
     /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
     /// the output.
     requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
+    /// `proxyd_rate_limited_total` of the route, made on first use.
+    rate_limited: OnceLock<IntCounter>,
 }
 
 /// Keeps `proxyd_client_connections_open` up while a client connection lives.
@@ -182,6 +200,24 @@ impl Metrics {
         register(&registry, &client_connections_open);
         register(&registry, &client_connections);
         register(&registry, &tls);
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "proxyd_rate_limited_total",
+                "Requests answered 429 by a rate limit (limits.rate or the route's rate), by route (\"-\" when none matched).",
+            ),
+            &["route"],
+        )
+        .expect("valid counter definition");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "proxyd_client_connections_rejected_total",
+                "Client connections closed as soon as they were accepted, by reason: per_ip_limit (limits.max_connections_per_ip), proxy_protocol (no valid PROXY header in time), untrusted_proxy (a PROXY protocol listener's peer not in trusted_proxies).",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter definition");
+        register(&registry, &rate_limited);
+        register(&registry, &rejected);
         let metrics = Metrics {
             registry,
             requests,
@@ -194,6 +230,8 @@ impl Metrics {
             client_connections,
             tls_ok: tls.with_label_values(&["ok"]),
             tls_failed: tls.with_label_values(&["failed"]),
+            rate_limited,
+            rejected: REJECTED.map(|r| rejected.with_label_values(&[r])),
         };
         for u in &snapshot.upstreams {
             metrics.upstream(&u.name);
@@ -234,6 +272,7 @@ impl Metrics {
             route: route.into(),
             upstream: upstream.into(),
             requests: Default::default(),
+            rate_limited: OnceLock::new(),
         });
         self.by_route.rcu(|map| {
             let mut map = HashMap::clone(map);
@@ -256,6 +295,11 @@ impl Metrics {
         self.client_connections.inc();
         self.client_connections_open.inc();
         ConnectionGuard(self.client_connections_open.clone())
+    }
+
+    /// Counts a client connection closed at accept.
+    pub fn connection_rejected(&self, why: Rejected) {
+        self.rejected[why as usize].inc();
     }
 
     /// Counts a finished TLS handshake with a client.
@@ -316,6 +360,11 @@ impl Observe for Metrics {
                 ])
             })
             .inc();
+        if o.trace.cause == Some(Cause::RateLimited) {
+            r.rate_limited
+                .get_or_init(|| self.rate_limited.with_label_values(&[&*r.route]))
+                .inc();
+        }
         h.duration.observe(seconds(o.duration));
         if routed.is_some() {
             h.queue_wait.observe(seconds(o.trace.queued));

@@ -1,10 +1,12 @@
 //! Configuration: the file's types and defaults (`types`), reading it with `${VAR}` expansion
 //! (`load`), the `workers:` block (`workers`), an upstream's protocol and TLS
-//! (`upstream_tls`), and the checks that `proxyd check` runs (`validate`).
+//! (`upstream_tls`), the checks that `proxyd check` runs (`validate`), and the warnings about
+//! secret files others can read (`secrets`).
 
 pub mod addr;
 pub mod balance;
 pub mod load;
+pub mod secrets;
 pub mod types;
 pub mod upstream_tls;
 pub mod validate;

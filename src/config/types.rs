@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
 pub use super::workers::{Health, Restart, WorkerListen, Workers};
+pub use crate::limits::{Cidr, Rate};
 
 /// The whole `proxy.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +36,11 @@ pub struct Config {
     /// Runtime threads; default: one per core.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Address ranges of the proxies in front (load balancers): from them, the client IP is
+    /// taken from `X-Forwarded-For` (the right-most untrusted address), and only they may
+    /// send a PROXY protocol header when a listener takes one.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +59,10 @@ pub struct Listen {
     /// The port in those redirects (default 443: none written).
     #[serde(default)]
     pub redirect_https_port: Option<u16>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose source address
+    /// becomes the client's; a connection without a valid one is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +231,54 @@ pub struct Route {
     #[serde(default = "default_path")]
     pub path: String,
     pub upstream: Spanned<String>,
+    /// A request rate limit for this route.
+    #[serde(default)]
+    pub rate: Option<RouteRate>,
+}
+
+/// `routes[].rate`: `{ limit: "50/s", burst: 100, by: ip }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRate {
+    pub limit: Rate,
+    /// Requests let through back to back (the bucket's size); default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<Spanned<u32>>,
+    /// `ip`: a bucket per client IP (default); `route`: one bucket for every client.
+    #[serde(default)]
+    pub by: RateBy,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateBy {
+    #[default]
+    Ip,
+    Route,
+}
+
+/// `limits.rate`: `{ per_ip: "100/s", burst: 200, max_clients: 100000 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests per client IP, whatever the route.
+    #[serde(default)]
+    pub per_ip: Option<Rate>,
+    /// Requests let through back to back (the bucket's size); default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<Spanned<u32>>,
+    /// Client IPs tracked per limit (this one and each route's); idle ones are forgotten
+    /// first, and past it the least needed. Default 100000.
+    #[serde(default)]
+    pub max_clients: Option<Spanned<usize>>,
+}
+
+impl RateLimits {
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+            .as_ref()
+            .map_or(crate::limits::rate::DEFAULT_MAX_CLIENTS, |m| m.value)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +306,12 @@ pub struct Limits {
     /// Open client connections per listener; past it, accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open client connections per client IP; more are closed as they are accepted.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Request rate limits per client IP.
+    #[serde(default)]
+    pub rate: RateLimits,
 }
 
 impl Default for Limits {
@@ -260,6 +324,8 @@ impl Default for Limits {
             buffer_response: default_buffer_response(),
             max_connections: default_max_connections(),
             max_concurrent_streams: default_max_streams(),
+            max_connections_per_ip: None,
+            rate: RateLimits::default(),
         }
     }
 }
@@ -273,6 +339,11 @@ pub struct Timeouts {
     /// Between two reads of a request body (408 past it).
     #[serde(default = "default_client_body", deserialize_with = "duration")]
     pub client_body: Duration,
+    /// A response write to the client that makes no progress for this long closes the
+    /// connection (nginx's `send_timeout`), so a client that stops reading cannot hold a
+    /// backend forever.
+    #[serde(default = "default_client_send", deserialize_with = "duration")]
+    pub client_send: Duration,
     /// An idle client keep-alive connection is closed after this.
     #[serde(default = "default_keepalive", deserialize_with = "duration")]
     pub keepalive: Duration,
@@ -286,6 +357,7 @@ impl Default for Timeouts {
         Timeouts {
             client_header: default_client_header(),
             client_body: default_client_body(),
+            client_send: default_client_send(),
             keepalive: default_keepalive(),
             shutdown_grace: default_shutdown_grace(),
         }
@@ -453,6 +525,9 @@ fn default_client_header() -> Duration {
     Duration::from_secs(10)
 }
 fn default_client_body() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_client_send() -> Duration {
     Duration::from_secs(60)
 }
 fn default_keepalive() -> Duration {

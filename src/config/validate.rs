@@ -180,6 +180,7 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             "limits.max_connections: must be at least 1",
         ));
     }
+    validate_rate_limits(loaded)?;
     if HeaderName::from_bytes(cfg.headers.request_id.as_bytes()).is_err() {
         return Err(ConfigError::new(
             file,
@@ -204,6 +205,59 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::new(file, None, "threads: must be at least 1"));
     }
     validate_access_logs(loaded)?;
+    Ok(())
+}
+
+/// `limits.rate`, `routes[].rate` and `limits.max_connections_per_ip`: no zero sizes, and no
+/// burst without a rate.
+fn validate_rate_limits(loaded: &Loaded) -> Result<(), ConfigError> {
+    let file = loaded.file.as_str();
+    let limits = &loaded.config.limits;
+    let zero = |b: &Spanned<u32>, key: &str| {
+        (b.value == 0).then(|| {
+            ConfigError::at(
+                file,
+                &b.referenced,
+                format!("{key}: at least 1 (the requests let through back to back)"),
+            )
+        })
+    };
+    if let Some(b) = &limits.rate.burst {
+        if let Some(e) = zero(b, "limits.rate.burst") {
+            return Err(e);
+        }
+        if limits.rate.per_ip.is_none() {
+            return Err(ConfigError::at(
+                file,
+                &b.referenced,
+                "limits.rate.burst: needs limits.rate.per_ip (the rate the bucket refills at)",
+            ));
+        }
+    }
+    if let Some(m) = limits.rate.max_clients.as_ref().filter(|m| m.value == 0) {
+        return Err(ConfigError::at(
+            file,
+            &m.referenced,
+            "limits.rate.max_clients: at least 1",
+        ));
+    }
+    if limits.max_connections_per_ip == Some(0) {
+        return Err(ConfigError::new(
+            file,
+            None,
+            "limits.max_connections_per_ip: at least 1 (leave it out for no cap)",
+        ));
+    }
+    for r in &loaded.config.routes {
+        if let Some(e) = r
+            .rate
+            .as_ref()
+            .and_then(|rate| rate.burst.as_ref())
+            .and_then(|b| zero(b, "routes: rate.burst"))
+        {
+            return Err(e);
+        }
+    }
     Ok(())
 }
 

@@ -25,6 +25,8 @@ pub enum Cause {
     BodyTooLarge,
     ClientHeaderTimeout,
     ClientBodyTimeout,
+    /// A rate limit (`limits.rate`, `routes[].rate`) has no token for this request.
+    RateLimited,
     NoRoute,
     NoBackend,
     /// Every backend slot is taken and the queue is full.
@@ -52,6 +54,7 @@ impl Cause {
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Cause::NoRoute => StatusCode::NOT_FOUND,
             Cause::NoBackend | Cause::QueueFull | Cause::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -75,6 +78,7 @@ impl Cause {
             Cause::BodyTooLarge => "body-too-large",
             Cause::ClientHeaderTimeout => "client-header-timeout",
             Cause::ClientBodyTimeout => "client-body-timeout",
+            Cause::RateLimited => "rate-limited",
             Cause::NoRoute => "no-route",
             Cause::NoBackend => "no-healthy-backend",
             Cause::QueueFull => "queue-full",
@@ -96,7 +100,8 @@ impl Cause {
             | Cause::HeadersTooLarge
             | Cause::BodyTooLarge
             | Cause::ClientHeaderTimeout
-            | Cause::ClientBodyTimeout => Side::Client,
+            | Cause::ClientBodyTimeout
+            | Cause::RateLimited => Side::Client,
             Cause::NoRoute
             | Cause::NoBackend
             | Cause::QueueFull
@@ -106,9 +111,10 @@ impl Cause {
         }
     }
 
-    /// After these the client connection is not trusted for another request.
+    /// After these the client connection is not trusted for another request (a rate-limited
+    /// request was well-formed: its connection stays).
     fn closes_connection(self) -> bool {
-        self.side() == Side::Client
+        self.side() == Side::Client && self != Cause::RateLimited
     }
 }
 
@@ -119,6 +125,8 @@ pub struct ProxyError {
     /// True when nothing of the request reached a backend, so any method may be retried.
     pub nothing_sent: bool,
     pub detail: String,
+    /// Seconds for `Retry-After` (a 503 says 1 without it).
+    pub retry_after: Option<u32>,
 }
 
 impl ProxyError {
@@ -127,7 +135,14 @@ impl ProxyError {
             cause,
             nothing_sent: false,
             detail: detail.to_string(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to come back in `secs` seconds.
+    pub fn retry_after(mut self, secs: u32) -> ProxyError {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn nothing_sent(mut self) -> ProxyError {
@@ -165,7 +180,9 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert("proxyd-error", HeaderValue::from_static(cause.code()));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(secs) = err.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(
             header::RETRY_AFTER,
             HeaderValue::from(RETRY_AFTER.as_secs()),

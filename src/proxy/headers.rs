@@ -267,9 +267,9 @@ pub fn prepare_request(
 
 /// The request's key for `balance: hash`; None when it has none (it is then balanced by
 /// load).
-pub fn hash_key(key: &HashKey, h: &HeaderMap, peer: Option<std::net::SocketAddr>) -> Option<u64> {
+pub fn hash_key(key: &HashKey, h: &HeaderMap, client: Option<IpAddr>) -> Option<u64> {
     match key {
-        HashKey::ClientIp => peer.map(|p| hash_str(&p.ip().to_string())),
+        HashKey::ClientIp => client.map(|ip| hash_str(&ip.to_string())),
         HashKey::Header(name) => h.get(name).map(|v| hash_bytes(v.as_bytes())),
         HashKey::Cookie(name) => h
             .get_all(header::COOKIE)

@@ -39,9 +39,23 @@ pub struct ConnInfo {
     /// The verified client certificate's subject (mTLS), as a header value.
     pub client_subject: Option<HeaderValue>,
     pub listener: Arc<ListenerSettings>,
+    /// `trusted_proxies`, when there are any: the client may then be named in
+    /// `X-Forwarded-For`.
+    pub trusted: Option<Arc<crate::limits::TrustedProxies>>,
 }
 
 impl ConnInfo {
+    /// The request's client: the peer, or with trusted proxies, the right-most untrusted
+    /// address of `X-Forwarded-For` (rate limits, logs, `hash_key: client_ip` and the
+    /// `X-Forwarded-For` proxyd sends all use it).
+    pub fn client_ip(&self, h: &http::HeaderMap) -> Option<std::net::IpAddr> {
+        let peer = self.peer?.ip();
+        Some(match &self.trusted {
+            None => peer,
+            Some(t) => t.client_ip(peer, h),
+        })
+    }
+
     pub fn new(
         peer: SocketAddr,
         listener: &Arc<ListenerSettings>,
@@ -52,6 +66,7 @@ impl ConnInfo {
             proto: if listener.tls { "https" } else { "http" },
             client_subject: subject.and_then(|s| HeaderValue::from_str(&s).ok()),
             listener: listener.clone(),
+            trusted: None,
         }
     }
 }
@@ -95,7 +110,8 @@ pub async fn handle(
 ) -> (Response<ResponseBody>, Pending) {
     let started = tokio::time::Instant::now();
     let request_id = headers::ensure_request_id(req.headers_mut(), &snap.request_id);
-    let begun = Begun::of(&req, conn, request_id.clone());
+    let client = conn.client_ip(req.headers());
+    let begun = Begun::of(&req, client, request_id.clone());
     let mut trace = Trace::default();
     if let Some(port) = conn.listener.redirect_https {
         let resp = redirect_https(&req, port);
@@ -112,7 +128,7 @@ pub async fn handle(
     }
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let mut resp = match proxy(req, &snap, conn, &mut trace).await {
+    let mut resp = match proxy(req, &snap, conn, client, &mut trace).await {
         Ok(resp) => resp,
         Err(e) => {
             match e.cause.side() {
@@ -180,6 +196,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     snap: &Snapshot,
     conn: &ConnInfo,
+    client: Option<std::net::IpAddr>,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
@@ -201,13 +218,18 @@ async fn proxy(
     let route = snap
         .router
         .pick(host, parts.uri.path())
-        .and_then(|i| snap.routes.get(i))
-        .ok_or_else(|| {
-            ProxyError::new(
-                Cause::NoRoute,
-                format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path()),
-            )
-        })?;
+        .and_then(|i| snap.routes.get(i));
+    if snap.rate.is_some() || route.is_some_and(|r| r.rate.is_some()) {
+        trace.route = route.map(|r| r.name.clone());
+        let route_rate = route.and_then(|r| r.rate.as_deref());
+        crate::limits::rate::admit(snap.rate.as_deref(), route_rate, client)?;
+    }
+    let route = route.ok_or_else(|| {
+        ProxyError::new(
+            Cause::NoRoute,
+            format_args!("no route for {:?}{}", host.unwrap_or(""), parts.uri.path()),
+        )
+    })?;
     let upstream = snap
         .upstreams
         .get(route.upstream)
@@ -231,7 +253,7 @@ async fn proxy(
 
     // pick + forward
     let side = ClientSide {
-        client_ip: conn.peer.map(|p| p.ip()),
+        client_ip: client,
         proto: conn.proto,
         preserve_host: snap.preserve_host,
     };
@@ -246,7 +268,7 @@ async fn proxy(
     let key = upstream
         .hash_key
         .as_ref()
-        .and_then(|k| headers::hash_key(k, &parts.headers, conn.peer));
+        .and_then(|k| headers::hash_key(k, &parts.headers, client));
     // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade: the request goes without it.
     let upgrade = upgrade && !upstream.connector.multiplexed();
     let backend_host = headers::prepare_request(&mut parts, &body, upgrade, &side);
@@ -308,7 +330,11 @@ struct Begun {
 }
 
 impl Begun {
-    fn of(req: &Request<Incoming>, conn: &ConnInfo, request_id: HeaderValue) -> Begun {
+    fn of(
+        req: &Request<Incoming>,
+        client: Option<std::net::IpAddr>,
+        request_id: HeaderValue,
+    ) -> Begun {
         let h = req.headers();
         let target = req
             .uri()
@@ -326,7 +352,7 @@ impl Begun {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 .or_else(|| h.get(header::HOST).cloned()),
-            client: conn.peer.map(|p| p.ip()),
+            client,
             forwarded_for: h.get("x-forwarded-for").cloned(),
             user_agent: h.get(header::USER_AGENT).cloned(),
             referer: h.get(header::REFERER).cloned(),

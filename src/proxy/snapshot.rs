@@ -9,6 +9,7 @@ use http::HeaderName;
 use super::body::BodyLimits;
 use super::route::{HostMatch, Router};
 use crate::config::{addr, BackendAddr, ConfigError, Loaded};
+use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 
@@ -61,12 +62,16 @@ pub struct Snapshot {
     pub request_id: HeaderName,
     pub preserve_host: bool,
     pub debug_headers: bool,
+    /// `limits.rate.per_ip`: the whole proxy's rate limit per client IP.
+    pub rate: Option<Arc<RateLimiter>>,
 }
 
 /// A configured route: its name (the metrics label) and its upstream's index.
 pub struct RouteInfo {
     pub name: Arc<str>,
     pub upstream: usize,
+    /// `routes[].rate`.
+    pub rate: Option<Arc<RateLimiter>>,
 }
 
 impl Snapshot {
@@ -107,11 +112,13 @@ impl Snapshot {
             let connector = Connector::new(name, up, &loaded.dir, https).map_err(fail)?;
             upstreams.push(Upstream::new(name, addrs, up, connector));
         }
+        let (rate, mut route_rates) = crate::limits::rate::build(loaded, previous);
         let index = |name: &str| upstreams.iter().position(|u| u.name == name);
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),
                 upstream: 0,
+                rate: None,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -132,6 +139,7 @@ impl Snapshot {
                 routes.push(RouteInfo {
                     name: name.into(),
                     upstream,
+                    rate: route_rates.get_mut(i).and_then(Option::take),
                 });
             }
             (Router::new(entries), routes)
@@ -151,6 +159,7 @@ impl Snapshot {
             request_id,
             preserve_host: cfg.headers.preserve_host,
             debug_headers: cfg.headers.debug,
+            rate,
         })
     }
 }

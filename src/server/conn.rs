@@ -139,6 +139,10 @@ pub struct ClientIo<T> {
     http2: Option<bool>,
     /// Where each request head starts, so that pipelined ones are checked too.
     stream: RequestStream,
+    send_timeout: Duration,
+    /// Runs while a write to the client makes no progress; made on the first stall.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
 }
 
 /// Limits the head check applies.
@@ -146,6 +150,8 @@ pub struct ClientIo<T> {
 pub struct HeadLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A write to the client that makes no progress for this long fails the connection.
+    pub send_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_headers: usize,
 }
@@ -168,7 +174,41 @@ impl<T> ClientIo<T> {
             timer_at: now + limits.header_timeout,
             http2: None,
             stream: RequestStream::new(limits.max_head_bytes, limits.max_headers),
+            send_timeout: limits.send_timeout,
+            send_timer: None,
+            stalled: false,
         }
+    }
+
+    /// Watches a write: one that stays blocked (the client stopped reading) for
+    /// `send_timeout` fails, so the connection closes and lets go of its backend.
+    fn watch_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = false;
+            return polled;
+        }
+        if !self.stalled {
+            self.stalled = true;
+            let at = Instant::now() + self.send_timeout;
+            match &mut self.send_timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.send_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        if let Some(t) = &mut self.send_timer {
+            if t.as_mut().poll(cx).is_ready() {
+                tracing::debug!("client stopped reading: closing after timeouts.client_send");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client-send-timeout",
+                )));
+            }
+        }
+        Poll::Pending
     }
 
     /// A request finished since we last looked: back to the idle clock.
@@ -280,20 +320,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(cx, polled)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_write(cx, polled)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)

@@ -22,6 +22,8 @@ use crate::proxy::{ListenerSettings, Snapshot};
 pub struct ConnSetup {
     pub builder: auto::Builder<TokioExecutor>,
     pub client: HeadLimits,
+    /// Trusted proxies and the per-IP connection cap.
+    pub clients: Arc<crate::limits::ClientPolicy>,
 }
 
 /// What a reload may change on a listener that keeps its address.
@@ -32,6 +34,8 @@ pub struct Serving {
     pub max_connections: usize,
     /// The listener's settings as configured, to tell whether a reload changed them.
     pub fingerprint: String,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// One listener's changeable part, shared with its accept loop.
@@ -126,14 +130,19 @@ impl ListenerSet {
         Some(r.bound)
     }
 
-    /// How new connections are served from now on.
-    pub fn set_conn_setup(&self, setup: ConnSetup) {
+    /// How new connections are served from now on. Connections already open still count
+    /// against the per-IP cap.
+    pub fn set_conn_setup(&self, mut setup: ConnSetup) {
         if let Some(s) = self
             .spawner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
+            let open = s.setup.load().clients.open.clone();
+            if let Some(clients) = Arc::get_mut(&mut setup.clients) {
+                clients.open = open;
+            }
             s.setup.store(Arc::new(setup));
         }
     }

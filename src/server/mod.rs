@@ -1,10 +1,12 @@
 //! Listeners and the accept loop: connection limits, the HTTP/1.1 + h2c server, and the
 //! graceful drain on shutdown.
 
+mod admit;
 pub mod conn;
 mod framing;
 pub mod head;
 pub mod listeners;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod tls;
 
@@ -221,6 +223,7 @@ pub fn serving(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Ser
             .max_connections
             .unwrap_or(loaded.config.limits.max_connections),
         fingerprint: listener_fingerprint(l, loaded),
+        proxy_protocol: l.proxy_protocol,
     })
 }
 
@@ -229,6 +232,7 @@ pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
     let client = HeadLimits {
         header_timeout: cfg.timeouts.client_header,
         idle_timeout: cfg.timeouts.keepalive,
+        send_timeout: cfg.timeouts.client_send,
         max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
         max_headers: cfg.limits.max_headers,
     };
@@ -246,7 +250,11 @@ pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(client.max_head_bytes).unwrap_or(u32::MAX));
-    ConnSetup { builder, client }
+    ConnSetup {
+        builder,
+        client,
+        clients: Arc::new(crate::limits::ClientPolicy::from_config(cfg)),
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -300,36 +308,20 @@ pub(crate) async fn accept_loop(
             listener: serving.settings.clone(),
             observers: observers.clone(),
         };
-        let header_timeout = conn.setup.client.header_timeout;
         let tls = serving.tls.clone();
+        let proxy_protocol = serving.proxy_protocol;
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _open = metrics.connection_opened();
-            match tls {
-                None => {
-                    let info = ConnInfo::new(peer, &conn.listener, None);
-                    conn.serve(stream, info).await
+            if proxy_protocol {
+                let setup = conn.setup.clone();
+                if let Some((stream, client, _slot)) =
+                    admit::proxied(stream, peer, &setup, &metrics).await
+                {
+                    conn.start(stream, client, tls, &metrics).await;
                 }
-                Some(t) => {
-                    // The handshake gets the same time as a request head.
-                    let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
-                    match accept.await {
-                        Ok(Ok(tls_stream)) => {
-                            metrics.tls_handshake(true);
-                            let subject = tls::peer_subject(tls_stream.get_ref().1);
-                            let info = ConnInfo::new(peer, &conn.listener, subject);
-                            conn.serve(tls_stream, info).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.tls_handshake(false);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            metrics.tls_handshake(false);
-                            tracing::debug!(%peer, "TLS handshake timed out")
-                        }
-                    }
-                }
+            } else if let Some(_slot) = admit::direct(peer, &conn.setup, &metrics) {
+                conn.start(stream, peer, tls, &metrics).await;
             }
             drop(permit);
         });
@@ -346,6 +338,48 @@ struct Conn {
 }
 
 impl Conn {
+    /// Serves `stream` from client `peer`: TLS first when the listener has it.
+    async fn start<S>(
+        self,
+        stream: S,
+        peer: SocketAddr,
+        tls: Option<Arc<tls::Terminator>>,
+        metrics: &crate::metrics::Metrics,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let header_timeout = self.setup.client.header_timeout;
+        let trusted = self.setup.clients.trusted.clone();
+        match tls {
+            None => {
+                let mut info = ConnInfo::new(peer, &self.listener, None);
+                info.trusted = trusted;
+                self.serve(stream, info).await
+            }
+            Some(t) => {
+                // The handshake gets the same time as a request head.
+                let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
+                match accept.await {
+                    Ok(Ok(tls_stream)) => {
+                        metrics.tls_handshake(true);
+                        let subject = tls::peer_subject(tls_stream.get_ref().1);
+                        let mut info = ConnInfo::new(peer, &self.listener, subject);
+                        info.trusted = trusted;
+                        self.serve(tls_stream, info).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics.tls_handshake(false);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake(false);
+                        tracing::debug!(%peer, "TLS handshake timed out")
+                    }
+                }
+            }
+        }
+    }
+
     /// Serves HTTP/1.1 or h2 on `stream` until it closes.
     async fn serve<T>(self, stream: T, info: ConnInfo)
     where
