@@ -369,7 +369,7 @@ async fn connection_churn_leaves_normal_clients_served() {
                         }
                         // A reset instead of a FIN.
                         _ => {
-                            let _ = s.set_linger(Some(Duration::ZERO));
+                            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         }
                     }
                     drop(s);

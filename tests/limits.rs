@@ -545,9 +545,7 @@ fn world_readable_key_and_token_files_are_warned_about() {
     write_mode(&dir.path().join("site.pem"), &cert.pem(), 0o644);
     let key = dir.path().join("site.key");
     let config = dir.path().join("proxy.yaml");
-    let yaml = format!(
-        "listen:\n  - addr: \"127.0.0.1:8443\"\n    tls:\n      certs: [{{ cert: site.pem, key: site.key }}]\nadmin: {{ addr: \"127.0.0.1:9901\", token: \"s3cret-token\" }}\nupstreams:\n  app:\n    servers: [\"127.0.0.1:5001\"]\n"
-    );
+    let yaml = "listen:\n  - addr: \"127.0.0.1:8443\"\n    tls:\n      certs: [{ cert: site.pem, key: site.key }]\nadmin: { addr: \"127.0.0.1:9901\", token: \"s3cret-token\" }\nupstreams:\n  app:\n    servers: [\"127.0.0.1:5001\"]\n".to_string();
 
     write_mode(&key, &signing_key.serialize_pem(), 0o644);
     write_mode(&config, &yaml, 0o600);
