@@ -30,6 +30,7 @@ pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
             "CONNECT is not supported: proxyd is not a forward proxy",
         ));
     }
+    check_target(parts)?;
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad("duplicate-host", "more than one Host header"));
     }
@@ -58,7 +59,7 @@ pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
             .to_str()
             .ok()
             .and_then(|s| s.parse::<http::uri::Authority>().ok());
-        if valid.is_none_or(|a| a.as_str().contains('@')) {
+        if valid.is_none_or(|a| a.as_str().contains('@') || !port_ok(&a)) {
             return Err(bad("bad-host", "invalid Host header"));
         }
     }
@@ -83,11 +84,66 @@ pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The request target: origin-form, absolute-form with an http(s) scheme, or `*` for OPTIONS
+/// (CONNECT's authority-form is refused before this). A backend must not be handed a target
+/// proxyd did not route by, or one it would turn into an absolute-form request line.
+fn check_target(parts: &request::Parts) -> Result<(), ProxyError> {
+    let uri = &parts.uri;
+    match (uri.scheme(), uri.authority()) {
+        (None, Some(a)) => {
+            return Err(bad(
+                "bad-target",
+                &format!("authority-form target {a} on {}", parts.method),
+            ))
+        }
+        (Some(s), _) if *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS => {
+            return Err(bad("bad-target", &format!("{s} target")));
+        }
+        _ => {}
+    }
+    if uri.authority().is_some_and(|a| !port_ok(a)) {
+        return Err(bad("bad-target", "port out of range"));
+    }
+    if uri.path() == "*" && parts.method != Method::OPTIONS {
+        return Err(bad(
+            "bad-target",
+            &format!("asterisk-form target on {}", parts.method),
+        ));
+    }
+    Ok(())
+}
+
+/// An authority's port, when it has one, is a port number (`Authority::port` says None for
+/// `host:99999` as for `host`).
+fn port_ok(a: &http::uri::Authority) -> bool {
+    let s = a.as_str();
+    let s = s.rsplit_once('@').map_or(s, |(_, hostport)| hostport);
+    let port = match s.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(_, rest)| rest),
+        None => Some(s.rsplit_once(':').map_or("", |(_, p)| p)),
+    };
+    match port {
+        Some("") => !s.ends_with(':'),
+        Some(p) => p.strip_prefix(':').unwrap_or(p).parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
 /// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+/// Never `h2c` (RFC 7540 3.2, gone from RFC 9113): a backend that switched would take HTTP/2
+/// straight from the client, past every rule proxyd applies per request; such a request goes
+/// on without its Upgrade.
 pub fn is_upgrade(parts: &request::Parts) -> bool {
     parts.version == Version::HTTP_11
         && parts.headers.contains_key(header::UPGRADE)
         && connection_has(&parts.headers, "upgrade")
+        && !parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
 }
 
 fn connection_has(h: &HeaderMap, token: &str) -> bool {
@@ -252,11 +308,18 @@ pub fn prepare_request(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 
-    let origin_form = match parts.uri.path_and_query() {
-        Some(pq) if parts.uri.authority().is_some() || parts.uri.scheme().is_some() => {
-            Uri::try_from(pq.as_str()).ok()
+    // Absolute-form becomes origin-form; an empty path is "/" (`http://a?q` is `/?q`).
+    let origin_form = if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+        let path = match parts.uri.path() {
+            "" => "/",
+            p => p,
+        };
+        match parts.uri.query() {
+            Some(q) => Uri::try_from(format!("{path}?{q}")).ok(),
+            None => Uri::try_from(path).ok(),
         }
-        _ => None,
+    } else {
+        None
     };
     if let Some(uri) = origin_form {
         parts.uri = uri;

@@ -49,10 +49,16 @@ pub fn check(buf: &[u8], max_bytes: usize, max_headers: usize) -> Verdict {
         }
         Ok(httparse::Status::Partial) => return Verdict::Partial,
         Err(httparse::Error::TooManyHeaders) => return Verdict::Refuse(Cause::HeadersTooLarge),
-        Err(e) => return Verdict::Refuse(Cause::BadRequest(parse_code(e))),
+        Err(e) => {
+            let code = request_line_code(buf).unwrap_or_else(|| parse_code(e));
+            return Verdict::Refuse(Cause::BadRequest(code));
+        }
     };
     if len > max_bytes {
         return Verdict::Refuse(Cause::HeadersTooLarge);
+    }
+    if req.path.is_some_and(|p| !target_ok(p)) {
+        return Verdict::Refuse(Cause::BadRequest("bad-target"));
     }
     let mut content_lengths = 0;
     let mut length = 0;
@@ -100,6 +106,63 @@ fn content_length(value: &[u8]) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .filter(|n| i64::try_from(*n).is_ok())
+}
+
+/// A request target hyper will take as it is: no fragment (`http::Uri` would drop it silently,
+/// RFC 9112 has none in a request target), and one `http::Uri` parses (else hyper answers its
+/// own empty 400).
+fn target_ok(target: &str) -> bool {
+    !target.contains('#') && target.parse::<http::Uri>().is_ok()
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// httparse only says which kind of token failed; this finds where in the request line a head
+/// went wrong, so the `proxyd-error` code names it. None when the request line is fine (the
+/// error is in a header line).
+fn request_line_code(buf: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    // Empty lines before a request line are skipped (RFC 9112 2.2), as httparse does.
+    loop {
+        if buf[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else if buf[i..].starts_with(b"\n") {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let start = i;
+    while buf.get(i).copied().is_some_and(is_tchar) {
+        i += 1;
+    }
+    if i == start || buf.get(i) != Some(&b' ') {
+        return Some("bad-method");
+    }
+    i += 1;
+    let start = i;
+    while buf.get(i).is_some_and(|b| *b > b' ' && *b != 0x7f) {
+        i += 1;
+    }
+    match buf.get(i) {
+        Some(b' ') if i > start => {}
+        // `GET /` and the line ends: HTTP/0.9.
+        Some(b'\r' | b'\n') if i > start => return Some("bad-version"),
+        _ => return Some("bad-target"),
+    }
+    i += 1;
+    let version = buf.get(i..i + 8);
+    if version != Some(b"HTTP/1.1") && version != Some(b"HTTP/1.0") {
+        return Some("bad-version");
+    }
+    i += 8;
+    match (buf.get(i), buf.get(i + 1)) {
+        (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => None,
+        (Some(b'\r'), _) => Some("bad-line-ending"),
+        _ => Some("bad-version"),
+    }
 }
 
 fn parse_code(e: httparse::Error) -> &'static str {
@@ -168,6 +231,21 @@ mod tests {
         );
         assert_eq!(v("GET / HTTP/1.1\r\nA : b\r\n\r\n"), bad("bad-header-name"));
         assert_eq!(v("G(T / HTTP/1.1\r\n\r\n"), bad("bad-method"));
+        assert_eq!(v("GET /a\0b HTTP/1.1\r\n\r\n"), bad("bad-target"));
+        assert_eq!(v("GET  / HTTP/1.1\r\n\r\n"), bad("bad-target"));
+        assert_eq!(v("GET /x#f HTTP/1.1\r\nHost: a\r\n\r\n"), bad("bad-target"));
+        assert_eq!(
+            v("GET http://a:8080/ HTTP/1.1\r\n\r\n"),
+            good(31, Framing::None)
+        );
+        assert_eq!(v("GET /\r\n\r\n"), bad("bad-version"));
+        assert_eq!(v("GET / HTTP/1.10\r\n\r\n"), bad("bad-version"));
+        assert_eq!(v("GET / HTTP/1.1 \r\n\r\n"), bad("bad-version"));
+        assert_eq!(v("GET / HTTP/1.1\rHost: a\r\n\r\n"), bad("bad-line-ending"));
+        assert_eq!(
+            v("GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"),
+            bad("bad-header-value")
+        );
         assert_eq!(
             check(&[b'a'; 9000], 8192, 100),
             Verdict::Refuse(Cause::HeadersTooLarge)
