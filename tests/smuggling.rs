@@ -1263,7 +1263,12 @@ fn te_obfuscations() -> Family {
         case(
             "Transfer_Encoding (underscore)",
             post("Transfer_Encoding: chunked\r\n", body),
-            Expect::One(body_empty),
+            Expect::One(|m| {
+                body_empty(m)?;
+                ensure(m.header("transfer_encoding").is_none(), || {
+                    "the Transfer_Encoding lookalike went upstream".into()
+                })
+            }),
         ),
         case(
             "Transfer-Encoding on HTTP/1.0",
@@ -1960,6 +1965,20 @@ fn hop_by_hop() -> Family {
                 })
             }),
         ),
+        // CGI and WSGI read `X_Forwarded_For` as `X-Forwarded-For`.
+        case(
+            "X_Forwarded_For (underscore)",
+            format!("GET / HTTP/1.1\r\n{H}X_Forwarded_For: 6.6.6.6\r\nX_Client_Subject: CN=admin\r\nX_Other: 1\r\n\r\n"),
+            Expect::One(|m| {
+                ensure(m.header("x_forwarded_for").is_none(), || {
+                    "X_Forwarded_For went upstream".into()
+                })?;
+                ensure(m.header("x_client_subject").is_none(), || {
+                    "X_Client_Subject went upstream".into()
+                })?;
+                ensure(m.header("x_other").is_some(), || "X_Other was dropped".into())
+            }),
+        ),
         // h2c upgrade through a proxy lets a client talk to the backend directly, past
         // every per-request rule: proxyd does not pass it on.
         case(
@@ -2555,5 +2574,6 @@ async fn the_catalogue_never_panics_the_real_binary() {
             family.name
         );
     }
+    println!("{total} cases through the proxyd binary");
     assert!(total > 200, "the catalogue shrank to {total} cases");
 }

@@ -307,6 +307,7 @@ pub fn prepare_request(
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    drop_underscore_lookalikes(h);
 
     // Absolute-form becomes origin-form; an empty path is "/" (`http://a?q` is `/?q`).
     let origin_form = if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
@@ -326,6 +327,39 @@ pub fn prepare_request(
     }
     parts.version = Version::HTTP_11;
     backend_host
+}
+
+/// Headers a backend must be able to trust came from proxyd (or were checked by it).
+const VOUCHED: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-client-subject",
+];
+
+/// Removes a header spelled with underscores that stands for one proxyd sets or checks
+/// (`X_Forwarded_For`, `Content_Length`), or for one the request carries: CGI and WSGI servers
+/// map `-` and `_` alike to `HTTP_X_FORWARDED_FOR`, so the lookalike could override what proxyd
+/// vouches for. (nginx drops every name with an underscore by default.)
+fn drop_underscore_lookalikes(h: &mut HeaderMap) {
+    let lookalikes: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            VOUCHED.contains(&dashed.as_str()) || h.contains_key(dashed.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        h.remove(&name);
+    }
 }
 
 /// The request's key for `balance: hash`; None when it has none (it is then balanced by
@@ -435,6 +469,10 @@ mod tests {
                 .header("keep-alive", "timeout=5")
                 .header("te", "trailers, deflate")
                 .header("x-forwarded-for", "1.1.1.1")
+                .header("x_forwarded_for", "6.6.6.6")
+                .header("x_client_subject", "CN=forged")
+                .header("x_request_id", "spoofed")
+                .header("x_other", "kept")
                 .body(())
                 .unwrap(),
         );
@@ -456,7 +494,15 @@ mod tests {
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-request-id"], id);
         assert_eq!(id.len(), 16);
-        for gone in ["connection", "x-secret", "keep-alive"] {
+        assert_eq!(h["x_other"], "kept");
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "x_forwarded_for",
+            "x_client_subject",
+            "x_request_id",
+        ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
     }
