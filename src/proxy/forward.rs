@@ -127,13 +127,15 @@ fn to_http2(req: &mut Request<RequestBody>, backend: &BackendAddr) {
 /// A connection for one request: HTTP/2 backends share one, HTTP/1.1 ones take an idle
 /// connection or open a new one.
 async fn checkout(backend: &Backend, connector: &Connector) -> Result<Conn, ProxyError> {
+    // Opening a connection (TCP, TLS, handshake) is a large future, boxed so that the
+    // request's own future, moved on every request, stays small.
     if connector.multiplexed() {
-        return backend.pool.shared(connector.connect(&backend.addr)).await;
+        return Box::pin(backend.pool.shared(connector.connect(&backend.addr))).await;
     }
     if let Some(c) = backend.pool.checkout().await {
         return Ok(c);
     }
-    let sender = connector.connect(&backend.addr).await?;
+    let sender = Box::pin(connector.connect(&backend.addr)).await?;
     backend
         .pool
         .opened

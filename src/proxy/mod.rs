@@ -243,13 +243,19 @@ async fn proxy(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = read_request_body(
-        incoming,
-        declared,
-        &snap.body_limits,
-        upstream.buffer_bodies,
-    )
-    .await?;
+    // Boxed: reading (and spooling) a body is a large future that a GET never needs.
+    let body =
+        if incoming.is_end_stream() && declared.is_none_or(|n| n <= snap.body_limits.max_body) {
+            body::RequestBody::Empty
+        } else {
+            Box::pin(read_request_body(
+                incoming,
+                declared,
+                &snap.body_limits,
+                upstream.buffer_bodies,
+            ))
+            .await?
+        };
 
     // pick + forward
     let side = ClientSide {
@@ -432,9 +438,17 @@ async fn attempts(
         .buffered_len()
         .is_some_and(|n| n <= upstream.retries.max_body);
     loop {
-        let waiting = tokio::time::Instant::now();
-        let acquired = upstream.acquire(key, tried.clone()).await;
-        trace.queued += waiting.elapsed();
+        // The queue's wait is boxed: most requests get a slot at once, and the request's
+        // future stays small (it is moved on every request).
+        let acquired = match upstream.acquire_now(key, &tried) {
+            Some(f) => Ok(f),
+            None => {
+                let waiting = tokio::time::Instant::now();
+                let got = Box::pin(upstream.acquire(key, tried.clone())).await;
+                trace.queued += waiting.elapsed();
+                got
+            }
+        };
         let flight = match acquired {
             Ok(f) => f,
             Err(cause) => {

@@ -405,7 +405,9 @@ impl Conn {
                         (error_response(&e), None)
                     }
                     None => {
-                        let (resp, pending) = proxy::handle(req, snap, &info).await;
+                        // Boxed: hyper moves the service's future into place, and the
+                        // pipeline's is several KiB.
+                        let (resp, pending) = Box::pin(proxy::handle(req, snap, &info)).await;
                         (resp, Some(pending))
                     }
                 };

@@ -220,6 +220,14 @@ impl Upstream {
         None
     }
 
+    /// A free slot when one can be had without queueing (nobody waits ahead).
+    pub fn acquire_now(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<InFlight> {
+        if self.failed.load(Ordering::Acquire) || self.waiters.len.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.try_take(key, tried)
+    }
+
     /// A slot on a backend for one request: at once when one is free, else after waiting in
     /// the queue (a retry waits at its front). `key` feeds `balance: hash`; `tried` are
     /// backends this request already failed on.
@@ -231,10 +239,8 @@ impl Upstream {
         if self.failed.load(Ordering::Acquire) {
             return Err(Cause::NoBackend);
         }
-        if self.waiters.len.load(Ordering::SeqCst) == 0 {
-            if let Some(f) = self.try_take(key, &tried) {
-                return Ok(f);
-            }
+        if let Some(f) = self.acquire_now(key, &tried) {
+            return Ok(f);
         }
         let retry = !tried.is_empty();
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
