@@ -606,3 +606,31 @@ fn startup_logs_the_warning_too() {
         "{lines:#?}"
     );
 }
+
+/// A GET with `X-Forwarded-Proto: proto` on a fresh connection.
+async fn get_with_proto(addr: SocketAddr, proto: &str) -> Got {
+    let req = Request::get("/")
+        .header("host", "test.local")
+        .header("x-forwarded-proto", proto);
+    H1::connect(addr)
+        .await
+        .send(req.body(full("")).unwrap())
+        .await
+}
+
+#[tokio::test]
+async fn x_forwarded_proto_is_kept_only_from_a_trusted_proxy() {
+    // A load balancer that terminated TLS says https; proxyd's own listener is plain.
+    let backend = TestBackend::echo().await;
+    let trusted = TestProxy::to(&[backend.addr], "trusted_proxies: [\"127.0.0.1/32\"]\n").await;
+    assert_eq!(get_with_proto(trusted.addr, "https").await.status, 200);
+    assert_eq!(get_with_proto(trusted.addr, "gopher").await.status, 200);
+    let untrusted = TestProxy::to(&[backend.addr], "trusted_proxies: [\"10.0.0.0/8\"]\n").await;
+    assert_eq!(get_with_proto(untrusted.addr, "https").await.status, 200);
+    let seen: Vec<String> = backend
+        .requests()
+        .iter()
+        .map(|r| r.headers["x-forwarded-proto"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ["https", "http", "http"]);
+}

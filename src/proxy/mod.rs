@@ -258,9 +258,21 @@ async fn proxy(
         };
 
     // pick + forward
+    // A trusted proxy in front (a load balancer that terminated TLS) says which scheme the
+    // client used; anyone else's X-Forwarded-Proto is replaced.
+    let proto = match (&conn.trusted, conn.peer) {
+        (Some(t), Some(peer)) if t.contains(peer.ip()) => {
+            match parts.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+                Some(b"https") => "https",
+                Some(b"http") => "http",
+                _ => conn.proto,
+            }
+        }
+        _ => conn.proto,
+    };
     let side = ClientSide {
         client_ip: client,
-        proto: conn.proto,
+        proto,
         preserve_host: snap.preserve_host,
     };
     let idempotent = forward::is_idempotent(&parts.method, &parts.headers);
