@@ -20,6 +20,8 @@
 //!   the request path.
 //! - [`metrics`]: the Prometheus registry and every metric, served at the admin's `/metrics`.
 //! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
+//! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
+//!   a new proxyd, which says when it is ready; the old one then drains and exits.
 
 pub mod access_log;
 pub mod admin;
@@ -30,5 +32,6 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;
 pub mod workers;

@@ -1,8 +1,10 @@
 //! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config; `proxyd status
-//! -c FILE` prints the running proxy's workers and backends.
+//! -c FILE` prints the running proxy's workers and backends; `proxyd upgrade -c FILE` makes
+//! the running proxy hand its sockets to a new binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
@@ -41,11 +43,24 @@ enum Command {
     /// Print the upstreams, backends and workers of the proxyd running this config (from
     /// its admin API's /status).
     Status,
+    /// Zero-downtime binary upgrade of the proxyd running this config: it starts the new
+    /// binary on its listening sockets and drains once that one serves (what SIGUSR2 does).
+    /// Asks the admin API (`POST /upgrade`) when the config has one with a fixed port, else
+    /// signals the pid in `pid_file`; exits 0 once the new proxyd serves.
+    Upgrade,
 }
 
 fn main() -> ExitCode {
     // First, while proxyd is one thread: it takes NOTIFY_SOCKET out of the environment.
     let notifier = proxyd::notify::Notifier::from_env();
+    // Likewise the sockets an old proxyd handed over (an upgrade), and their variables.
+    let inherited = match proxyd::upgrade::Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("proxyd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let loaded = match load_file(&cli.config) {
         Ok(l) => l,
@@ -64,6 +79,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Status) = cli.command {
         return status(&loaded.config);
+    }
+    if let Some(Command::Upgrade) = cli.command {
+        return upgrade(&loaded);
     }
     proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
     for w in &warnings {
@@ -88,7 +106,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(serve(loaded, notifier));
+    let pid_file = loaded
+        .config
+        .pid_file
+        .as_ref()
+        .map(|p| loaded.dir.join(&p.value));
+    let result = runtime.block_on(serve(loaded, notifier, inherited));
+    if let Some(path) = &pid_file {
+        // Unless a new proxyd (an upgrade) wrote its own pid there.
+        proxyd::upgrade::remove_pid_file(path);
+    }
     // The writers flush when idle; the last lines must not be lost at exit.
     proxyd::access_log::shutdown(std::time::Duration::from_secs(2));
     match result {
@@ -118,18 +145,100 @@ fn status(cfg: &proxyd::config::Config) -> ExitCode {
     }
 }
 
+/// `proxyd upgrade`: through the admin API when it can be reached at a known port, else by
+/// SIGUSR2 to the pid in `pid_file`.
+fn upgrade(loaded: &proxyd::config::Loaded) -> ExitCode {
+    use proxyd::admin::client;
+    let cfg = &loaded.config;
+    // The running proxyd may wait up to upgrade.timeout for the new one, then kill it.
+    let patience = cfg.upgrade.timeout + Duration::from_secs(30);
+    let pid_file = cfg.pid_file.as_ref().map(|p| loaded.dir.join(&p.value));
+    let result = match (client::target(cfg), pid_file) {
+        (Ok((addr, token)), _) => client::post(addr, token.as_deref(), "/upgrade", patience),
+        (Err(_), Some(pid_file)) => proxyd::upgrade::signal_by_pid_file(&pid_file, patience),
+        (Err(e), None) => Err(format!(
+            "{e}; and the config has no pid_file to find the running proxyd by"
+        )),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxyd: {}", e.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve(
     loaded: proxyd::config::Loaded,
     notifier: proxyd::notify::Notifier,
+    mut inherited: proxyd::upgrade::Inherited,
 ) -> anyhow::Result<()> {
-    let server = Server::bind(&loaded).await?;
+    let server = Server::bind_inheriting(&loaded, &mut inherited).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    // The listeners are bound (connections queue from now on) and a SIGTERM from here on
-    // drains: tell systemd (Type=notify).
-    notifier.ready();
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let upgrader = server.upgrader();
+    upgrader.set_notifier(notifier.clone());
+    let pid_file = loaded
+        .config
+        .pid_file
+        .as_ref()
+        .map(|p| loaded.dir.join(&p.value));
+    if inherited.is_upgrade() {
+        // Started by an upgrade: the old proxyd serves until this one says it is ready, and
+        // this one is ready once its workers are (it accepts nothing before, so if it fails
+        // here nobody was served by it).
+        server
+            .supervisors()
+            .wait_ready()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if let Some(path) = &pid_file {
+            proxyd::upgrade::write_pid_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", path.display()))?;
+        }
+        // systemd follows this process from now on (the unit needs NotifyAccess=all for
+        // systemd to take this from a process that is not the main one yet; the old proxyd
+        // sends MAINPID too).
+        notifier.notify(&format!(
+            "MAINPID={}\nREADY=1\nSTATUS=serving; took over from pid {}",
+            std::process::id(),
+            inherited.parent()
+        ));
+        if let Err(e) = inherited.announce_ready() {
+            // The old proxyd is gone (it would have killed us otherwise): serve on.
+            tracing::warn!("cannot tell the old proxyd this one is ready: {e}");
+        }
+        tracing::info!(
+            old_pid = inherited.parent(),
+            "upgrade: ready; the old proxyd stops accepting and drains"
+        );
+    } else {
+        // The listeners are bound (connections queue from now on) and a SIGTERM from here
+        // on drains: tell systemd (Type=notify).
+        if let Some(path) = &pid_file {
+            proxyd::upgrade::write_pid_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", path.display()))?;
+        }
+        notifier.ready();
+    }
+    // SIGUSR2: start the new binary on these sockets; once it is ready, drain and exit
+    // (nginx's USR2). A new binary that fails leaves this one serving.
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            tracing::info!("SIGUSR2: upgrading to a new binary");
+            let upgrader = upgrader.clone();
+            tokio::spawn(async move {
+                let _ = upgrader.upgrade().await;
+            });
+        }
+    });
     // SIGUSR1: reopen the access logs after logrotate moved them (nginx's and gunicorn's USR1).
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {

@@ -80,6 +80,19 @@ impl Notifier {
         Notifier { target: None }
     }
 
+    /// The socket as `NOTIFY_SOCKET` names it, to hand to a process that may notify in
+    /// proxyd's stead (the new proxyd of an upgrade).
+    pub fn socket_env(&self) -> Option<OsString> {
+        match self.target.as_ref()? {
+            Target::Path(p) => Some(p.clone().into_os_string()),
+            Target::Abstract(name) => {
+                let mut v = b"@".to_vec();
+                v.extend_from_slice(name);
+                Some(OsString::from(OsStr::from_bytes(&v)))
+            }
+        }
+    }
+
     /// Whether there is a socket to notify.
     pub fn enabled(&self) -> bool {
         self.target.is_some()
@@ -239,6 +252,15 @@ mod tests {
         let n = Notifier::from_socket(OsStr::new(&format!("@{name}"))).unwrap();
         n.ready();
         assert_eq!(recv(&server), "READY=1");
+    }
+
+    #[test]
+    fn hands_on_the_socket_as_systemd_wrote_it() {
+        for value in ["/run/systemd/notify", "@abstract-name"] {
+            let n = Notifier::from_socket(OsStr::new(value)).unwrap();
+            assert_eq!(n.socket_env().as_deref(), Some(OsStr::new(value)));
+        }
+        assert_eq!(Notifier::disabled().socket_env(), None);
     }
 
     #[test]

@@ -36,15 +36,56 @@ pub fn target(cfg: &Config) -> Result<(SocketAddr, Option<String>), String> {
 
 /// GET /status: the parsed report, or why it could not be had.
 pub fn fetch(addr: SocketAddr, token: Option<&str>) -> Result<Value, String> {
+    let (status, body) = exchange(addr, token, "GET", "/status", TIMEOUT)?;
+    if status != 200 {
+        return Err(format!(
+            "{addr} answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("{addr}/status is not the JSON expected: {e}"))
+}
+
+/// POST `path` (with the token, when there is one), waiting up to `patience` for the answer:
+/// its body on a 2xx, else an error with the body.
+pub fn post(
+    addr: SocketAddr,
+    token: Option<&str>,
+    path: &str,
+    patience: Duration,
+) -> Result<String, String> {
+    let (status, body) = exchange(addr, token, "POST", path, patience)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(format!("{addr} answered {status}: {}", body.trim()))
+    }
+}
+
+/// One request on a new connection: the status code and the (de-chunked) body.
+fn exchange(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    patience: Duration,
+) -> Result<(u16, Vec<u8>), String> {
     let not_running = |e: std::io::Error| {
         format!("cannot reach the admin API at {addr} ({e}): is proxyd running with this config?")
     };
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(not_running)?;
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_read_timeout(Some(patience));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     let req = format!(
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{length}Accept: application/json\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).map_err(not_running)?;
     let mut raw = Vec::new();
@@ -57,13 +98,12 @@ pub fn fetch(addr: SocketAddr, token: Option<&str>) -> Result<Value, String> {
         .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let body = &raw[split + 4..];
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(format!(
-            "{addr} answered {status_line:?}: {}",
-            String::from_utf8_lossy(body).trim()
-        ));
-    }
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -72,8 +112,7 @@ pub fn fetch(addr: SocketAddr, token: Option<&str>) -> Result<Value, String> {
     } else {
         body.to_vec()
     };
-    serde_json::from_slice(&body)
-        .map_err(|e| format!("{addr}/status is not the JSON expected: {e}"))
+    Ok((status, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {

@@ -3,7 +3,8 @@
 //! ends), `/status` (JSON: listeners, upstreams, backends, workers; see `status`), `/` (the
 //! live status page, `status.html`), `POST /reload` (TLS certificates; a bad new one is
 //! refused and the old one stays), and `POST /upstreams/{name}/restart` (a rolling restart of
-//! that upstream's workers). With `admin.token` set, every POST needs
+//! that upstream's workers), and `POST /upgrade` (hand the listening sockets to a new proxyd
+//! binary and answer once it serves, or with why it did not). With `admin.token` set, every POST needs
 //! `Authorization: Bearer <token>`; GETs stay open (the listener binds loopback by default).
 //! `client` is the other side: `proxyd status`.
 
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use crate::proxy::Snapshot;
 use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
+use crate::upgrade::{UpgradeError, Upgrader};
 use crate::workers::Supervisors;
 pub use status::ListenerInfo;
 
@@ -45,9 +47,12 @@ struct Admin {
     token: Option<String>,
     started: std::time::SystemTime,
     metrics: Arc<crate::metrics::Metrics>,
+    upgrader: Arc<Upgrader>,
 }
 
-/// Serves until the task is aborted; it keeps answering through the drain.
+/// Serves until the task is aborted; it keeps answering through the drain. After a hand-over
+/// to a new proxyd (an upgrade) it stops accepting (the new one answers on the same socket),
+/// finishes the requests it has and returns.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
@@ -58,6 +63,7 @@ pub async fn serve(
     listeners: Arc<ListenerSet>,
     token: Option<String>,
     metrics: Arc<crate::metrics::Metrics>,
+    upgrader: Arc<Upgrader>,
 ) {
     let admin = Arc::new(Admin {
         stop,
@@ -68,9 +74,15 @@ pub async fn serve(
         token,
         started: std::time::SystemTime::now(),
         metrics,
+        upgrader: upgrader.clone(),
     });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = upgrader.handed_over() => break,
+        };
+        let (stream, _) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -83,12 +95,15 @@ pub async fn serve(
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(&req).await) }
         });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = conn.await;
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 impl Admin {
@@ -112,6 +127,20 @@ impl Admin {
             (&Method::POST, "/reload") => match self.reloader.reload().await {
                 Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),
                 Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+            },
+            (&Method::POST, "/upgrade") => match self.upgrader.upgrade().await {
+                Ok(h) => text(
+                    StatusCode::OK,
+                    format!(
+                        "upgraded: proxyd pid {} serves now; pid {} drains its connections and exits\n",
+                        h.new_pid, h.old_pid
+                    ),
+                ),
+                Err(e @ UpgradeError::Busy(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("upgrade failed, this proxyd keeps serving: {e}\n"),
+                ),
             },
             (&Method::POST, p) => match p
                 .strip_prefix("/upstreams/")

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
+pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
 pub use super::workers::{Health, Restart, WorkerListen, Workers};
 pub use crate::limits::{Cidr, Rate};
@@ -41,6 +42,13 @@ pub struct Config {
     /// send a PROXY protocol header when a listener takes one.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// A file proxyd writes its pid to once it serves (relative to this file), for
+    /// `proxyd upgrade`, systemd's `PIDFile=` and logrotate scripts.
+    #[serde(default)]
+    pub pid_file: Option<Spanned<String>>,
+    /// The binary upgrade (SIGUSR2, `proxyd upgrade`, `POST /upgrade`).
+    #[serde(default)]
+    pub upgrade: Upgrade,
 }
 
 #[derive(Debug, Clone, Deserialize)]

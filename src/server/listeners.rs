@@ -2,6 +2,7 @@
 //! stopped together at shutdown (their open connections then drain).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -52,12 +54,16 @@ pub struct Spawner {
     pub graceful: Arc<GracefulShutdown>,
     pub observers: Observers,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when a new proxyd has taken over: HTTP/1 responses say `Connection: close`.
+    pub closing: Arc<AtomicBool>,
 }
 
 struct Running {
     /// The address as configured (port 0 stays 0), which is how a reload names it.
     configured: SocketAddr,
     bound: SocketAddr,
+    /// Shared with the accept loop; handed to a new proxyd by an upgrade.
+    socket: Arc<TcpListener>,
     live: Arc<Live>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -90,8 +96,9 @@ impl ListenerSet {
             serving: ArcSwap::from_pointee(l.serving),
         });
         tracing::info!(addr = %bound, "listening");
+        let socket = Arc::new(l.socket);
         let task = tokio::spawn(accept_loop(
-            l.socket,
+            socket.clone(),
             live.clone(),
             s.state.clone(),
             s.setup.clone(),
@@ -99,10 +106,12 @@ impl ListenerSet {
             stopped,
             s.observers.clone(),
             s.metrics.clone(),
+            s.closing.clone(),
         ));
         self.lock().push(Running {
             configured,
             bound,
+            socket,
             live,
             stop,
             task,
@@ -160,6 +169,15 @@ impl ListenerSet {
     /// The configured addresses of the running listeners.
     pub fn configured(&self) -> Vec<SocketAddr> {
         self.lock().iter().map(|r| r.configured).collect()
+    }
+
+    /// The running listeners' configured addresses and sockets, in the order they started
+    /// (for an upgrade, which hands the sockets to the new proxyd).
+    pub fn sockets(&self) -> Vec<(SocketAddr, Arc<TcpListener>)> {
+        self.lock()
+            .iter()
+            .map(|r| (r.configured, r.socket.clone()))
+            .collect()
     }
 
     /// The running listeners, for /status.

@@ -13,6 +13,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::outcome::Observers;
 use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
+use crate::upgrade::{Inherited, Role, Upgrader};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
 pub use listeners::{ConnSetup, Serving};
@@ -56,25 +58,46 @@ pub struct Server {
     /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
     reloader: Arc<reload::Reloader>,
+    /// Hands the listening sockets to a new binary (SIGUSR2, `POST /upgrade`).
+    upgrader: Arc<Upgrader>,
 }
 
 impl Server {
     /// Binds every listener of a validated config (port 0 picks a free port) and starts the
     /// workers of upstreams that have them; they join the rotation as they become ready.
     pub async fn bind(loaded: &Loaded) -> anyhow::Result<Server> {
+        Server::bind_inheriting(loaded, &mut Inherited::none()).await
+    }
+
+    /// Like `bind`, but a listener whose configured address matches a socket inherited from
+    /// an old proxyd (an upgrade) takes that socket instead of binding; inherited sockets
+    /// the config does not use are closed.
+    pub async fn bind_inheriting(
+        loaded: &Loaded,
+        inherited: &mut Inherited,
+    ) -> anyhow::Result<Server> {
         let cfg = &loaded.config;
         let snapshot = Snapshot::build(loaded)?;
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for l in &cfg.listen {
-            listeners.push(open_listener(l, loaded)?);
+            listeners.push(open_listener_inheriting(l, loaded, inherited)?);
         }
         let admin = match &cfg.admin {
             Some(a) => {
                 let addr = parse_listen(&a.addr.value).map_err(anyhow::Error::msg)?;
-                Some(bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?)
+                let socket = match inherited.take(Role::Admin, addr) {
+                    Some(s) => s.with_context(|| {
+                        format!("cannot take over the inherited admin listener {addr}")
+                    })?,
+                    None => {
+                        bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?
+                    }
+                };
+                Some((addr, socket))
             }
             None => None,
         };
+        inherited.close_unused();
         // Before the workers start: a log that cannot be opened stops startup.
         let access_logs = crate::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
@@ -95,10 +118,15 @@ impl Server {
                 metrics: metrics.clone(),
             },
         ));
+        let upgrader = Arc::new(
+            Upgrader::new(reloader.clone(), admin.as_ref().map(|(a, l)| (*a, l)))
+                .context("cannot keep the admin listener for upgrades")?,
+        );
         Ok(Server {
             reloader,
+            upgrader,
             listeners,
-            admin,
+            admin: admin.map(|(_, l)| l),
             admin_token: cfg
                 .admin
                 .as_ref()
@@ -137,22 +165,32 @@ impl Server {
         self.supervisors.clone()
     }
 
+    /// Starts a new binary on this server's sockets (SIGUSR2, `POST /upgrade`).
+    pub fn upgrader(&self) -> Arc<Upgrader> {
+        self.upgrader.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and gives open connections up to
-    /// the grace period to finish their requests.
+    /// the grace period to finish their requests. Also stops once a new proxyd has taken
+    /// over (an upgrade): then idle keep-alive connections get a short while to send one more
+    /// request, answered with `Connection: close`, before the drain.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
+        let closing = Arc::new(AtomicBool::new(false));
         let set = Arc::new(listeners::ListenerSet::new(listeners::Spawner {
             state: self.state.clone(),
             setup: Arc::new(ArcSwap::from_pointee(self.setup)),
             graceful,
             observers: self.observers.clone(),
             metrics: self.metrics.clone(),
+            closing: closing.clone(),
         }));
         for l in self.listeners {
             set.add(l).map_err(anyhow::Error::msg)?;
         }
         self.reloader.attach_listeners(set.clone());
+        self.upgrader.attach_listeners(set.clone());
         let watcher = tokio::spawn(set.clone().watch_certificates());
         let admin = self.admin.map(|admin| {
             tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
@@ -165,13 +203,44 @@ impl Server {
                 set.clone(),
                 self.admin_token.clone(),
                 self.metrics.clone(),
+                self.upgrader.clone(),
             ))
         });
 
-        shutdown.await;
-        tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining");
+        let handed_over = tokio::select! {
+            _ = shutdown => {
+                // An upgrade under way is called off: its new process is killed.
+                self.upgrader.stop();
+                None
+            }
+            pid = self.upgrader.handed_over() => Some(pid),
+        };
+        match handed_over {
+            Some(pid) => tracing::info!(
+                new_pid = pid, grace = ?self.grace,
+                "handed over to the new proxyd: no new connections here, draining"
+            ),
+            None => {
+                tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining")
+            }
+        }
         let _ = stop_tx.send(true);
+        if handed_over.is_some() {
+            closing.store(true, Ordering::SeqCst);
+        }
         let graceful = set.shutdown().await.unwrap_or_default();
+        if handed_over.is_some() {
+            // Busy keep-alive clients send their next request within the window, get it
+            // answered with `Connection: close` and reconnect (to the new proxyd) instead of
+            // racing the close of an idle connection.
+            let window = crate::upgrade::CLOSE_WINDOW.min(self.grace);
+            let _ = tokio::time::timeout(window, async {
+                while graceful.count() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
         match tokio::time::timeout(self.grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
@@ -179,7 +248,13 @@ impl Server {
         // Workers go last: the requests drained above needed them.
         self.supervisors.shutdown().await;
         if let Some(admin) = admin {
-            admin.abort();
+            if handed_over.is_some() {
+                // It stopped accepting at the hand-over and finishes what it was answering
+                // (the `POST /upgrade` that asked for it, say).
+                let _ = tokio::time::timeout(self.grace, admin).await;
+            } else {
+                admin.abort();
+            }
         }
         watcher.abort();
         Ok(())
@@ -188,9 +263,23 @@ impl Server {
 
 /// Binds one configured listener (and loads its certificates).
 pub fn open_listener(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Listener> {
+    open_listener_inheriting(l, loaded, &mut Inherited::none())
+}
+
+/// Opens one configured listener on the socket inherited for its address, else binds it.
+pub fn open_listener_inheriting(
+    l: &crate::config::Listen,
+    loaded: &Loaded,
+    inherited: &mut Inherited,
+) -> anyhow::Result<Listener> {
     let configured = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
     let serving = serving(l, loaded)?;
-    let socket = bind(configured).with_context(|| format!("cannot listen on {configured}"))?;
+    let socket = match inherited.take(Role::Listen, configured) {
+        Some(s) => {
+            s.with_context(|| format!("cannot take over the inherited listener {configured}"))?
+        }
+        None => bind(configured).with_context(|| format!("cannot listen on {configured}"))?,
+    };
     Ok(Listener {
         addr: socket.local_addr()?,
         configured,
@@ -270,7 +359,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop(
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     live: Arc<listeners::Live>,
     state: Arc<ArcSwap<Snapshot>>,
     setup: Arc<ArcSwap<ConnSetup>>,
@@ -278,6 +367,7 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     observers: Observers,
     metrics: Arc<crate::metrics::Metrics>,
+    closing: Arc<AtomicBool>,
 ) {
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog.
@@ -307,6 +397,7 @@ pub(crate) async fn accept_loop(
             watcher: graceful.watcher(),
             listener: serving.settings.clone(),
             observers: observers.clone(),
+            closing: closing.clone(),
         };
         let tls = serving.tls.clone();
         let proxy_protocol = serving.proxy_protocol;
@@ -335,6 +426,8 @@ struct Conn {
     watcher: Watcher,
     listener: Arc<ListenerSettings>,
     observers: Observers,
+    /// Set once a new proxyd has taken over (an upgrade).
+    closing: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -391,13 +484,16 @@ impl Conn {
         let info = Arc::new(info);
         let state = self.state.clone();
         let observers = self.observers.clone();
-        let service = service_fn(move |req| {
+        let closing = self.closing.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let (guard, refused) = activity.begin();
             let snap = state.load_full();
             let info = info.clone();
             let observers = observers.clone();
+            let closing = closing.clone();
+            let http1 = req.version() <= hyper::Version::HTTP_11;
             async move {
-                let (resp, pending) = match refused {
+                let (mut resp, pending) = match refused {
                     // A pipelined head that conn refused: answered in turn, never proxied.
                     Some(cause) => {
                         tracing::debug!(code = cause.code(), "refused pipelined request head");
@@ -413,6 +509,12 @@ impl Conn {
                 };
                 if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                     guard.switching_protocols();
+                } else if http1 && closing.load(Ordering::Relaxed) {
+                    // A new proxyd serves now: this client's next request goes there.
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
                 }
                 Ok::<_, Infallible>(resp.map(|body| ServerBody {
                     body,

@@ -60,6 +60,14 @@ impl Reloader {
         let _ = self.listeners.set(set);
     }
 
+    /// The config in force (the last one loaded).
+    pub fn current(&self) -> Loaded {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Reloads the config file; Err carries why nothing changed.
     pub async fn reload(&self) -> Result<String, String> {
         let _one = self.running.lock().await;

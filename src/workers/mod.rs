@@ -190,6 +190,40 @@ impl Supervisors {
             .collect()
     }
 
+    /// Waits until every worker of every group is ready (a new proxyd of an upgrade does,
+    /// before it accepts). Err names a group whose workers keep failing or did not all get
+    /// ready within their `start_timeout`.
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        for g in self.all() {
+            let want = g.group.cfg.count();
+            let deadline = tokio::time::Instant::now()
+                + g.group.cfg.start_timeout
+                + std::time::Duration::from_secs(1);
+            loop {
+                let ready = g.group.upstream.ready_count();
+                if ready >= want {
+                    break;
+                }
+                let why = match g.group.failure() {
+                    Some(f) => f,
+                    None if tokio::time::Instant::now() >= deadline => format!(
+                        "{ready} of {want} ready after start_timeout ({})",
+                        humantime::format_duration(g.group.cfg.start_timeout)
+                    ),
+                    None => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                return Err(format!(
+                    "the workers of {} did not get ready: {why}",
+                    g.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Drains and stops every worker (TERM, kill_timeout, KILL).
     pub async fn shutdown(&self) {
         stop_groups(&self.all()).await;
