@@ -166,7 +166,7 @@ impl Inherited {
                 addr = ?l.local_addr().ok(),
                 configured = %configured,
                 role = role.name(),
-                "took over the listening socket of the old proxyd"
+                "took over a socket of the old proxyd"
             )
         }))
     }
@@ -178,7 +178,7 @@ impl Inherited {
                 tracing::info!(
                     configured = %s.configured,
                     role = s.role.name(),
-                    "inherited listening socket not in the config; closed"
+                    "inherited socket not in the config; closed"
                 );
                 drop(fd);
             }

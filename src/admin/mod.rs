@@ -103,6 +103,14 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // As for the proxy listeners: a request on an open connection is still answered (with
+    // `Connection: close`) for a moment before idle connections are closed.
+    let _ = tokio::time::timeout(crate::upgrade::CLOSE_WINDOW, async {
+        while graceful.count() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     graceful.shutdown().await;
 }
 
@@ -112,7 +120,15 @@ impl Admin {
         if req.method() == Method::POST && !auth::allowed(self.token.as_deref(), req.headers()) {
             return auth::unauthorized();
         }
-        self.answer(req.method(), req.uri().path()).await
+        let mut resp = self.answer(req.method(), req.uri().path()).await;
+        if self.upgrader.is_handed_over() {
+            // A new proxyd answers on this socket now: the next request goes there.
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 
     async fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {

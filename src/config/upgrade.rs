@@ -36,10 +36,49 @@ impl Default for Upgrade {
 impl Upgrade {
     /// `binary` resolved against the config file's directory, when set.
     pub fn binary_path(&self, dir: &Path) -> Option<PathBuf> {
-        self.binary.as_ref().map(|b| dir.join(&b.value))
+        let path = dir.join(&self.binary.as_ref()?.value);
+        // A bare name would be looked up in PATH: it names a file next to the config.
+        Some(if path.components().count() == 1 {
+            Path::new(".").join(path)
+        } else {
+            path
+        })
     }
 }
 
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_relative_to_the_config_file() {
+        let upgrade = |b: &str| {
+            let yaml = format!(
+                "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:1\"]\nupgrade:\n  binary: {b}\n  timeout: 5s\n"
+            );
+            crate::config::load_str(&yaml, "t.yaml", ".".into())
+                .unwrap()
+                .config
+                .upgrade
+        };
+        let u = upgrade("proxyd-new");
+        assert_eq!(u.timeout, Duration::from_secs(5));
+        assert_eq!(
+            u.binary_path(Path::new("")),
+            Some(PathBuf::from("./proxyd-new"))
+        );
+        assert_eq!(
+            u.binary_path(Path::new("/etc/proxyd")),
+            Some(PathBuf::from("/etc/proxyd/proxyd-new"))
+        );
+        assert_eq!(
+            upgrade("/usr/local/bin/proxyd").binary_path(Path::new("/etc/proxyd")),
+            Some(PathBuf::from("/usr/local/bin/proxyd"))
+        );
+        assert_eq!(Upgrade::default().binary_path(Path::new("/etc")), None);
+    }
 }

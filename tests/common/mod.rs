@@ -480,10 +480,16 @@ impl ProxydProcess {
 
     /// Starts `proxyd -c path` and waits for its "listening" line.
     pub fn start_file(path: &std::path::Path) -> ProxydProcess {
+        let mut cmd = Command::new(proxyd_bin());
+        cmd.arg("-c").arg(path);
+        ProxydProcess::spawn(cmd)
+    }
+
+    /// Starts `cmd` (proxyd with its arguments and environment) and waits for its
+    /// "listening" line.
+    pub fn spawn(mut cmd: Command) -> ProxydProcess {
         use std::io::BufRead;
-        let mut child = Command::new(proxyd_bin())
-            .arg("-c")
-            .arg(path)
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
