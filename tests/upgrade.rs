@@ -614,9 +614,10 @@ async fn sigusr2_hands_over_under_load_with_no_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxyd_upgrade_replaces_the_workers_by_ready_ones_under_load() {
     // The admin is on port 0, so `proxyd upgrade` finds the running proxyd by its pid file.
+    // One thread (a current-thread runtime): the workers are forked by the main thread.
     let yaml = |marker: &str| {
         format!(
-            "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\npid_file: proxyd.pid\nupstreams:\n  app:\n    workers:\n      command: [\"{}\", \"{APP}\"]\n      count: 2\n      env: {{ {MARKER_VAR}: \"{marker}\" }}\n      health: {{ path: /healthz, interval: 200ms }}\n",
+            "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\npid_file: proxyd.pid\nthreads: 1\nupstreams:\n  app:\n    workers:\n      command: [\"{}\", \"{APP}\"]\n      count: 2\n      env: {{ {MARKER_VAR}: \"{marker}\" }}\n      health: {{ path: /healthz, interval: 200ms }}\n",
             python(),
         )
     };

@@ -124,7 +124,11 @@ impl Process {
         // system calls (prctl, getppid).
         unsafe {
             cmd.pre_exec(move || {
-                // If proxyd dies, even by SIGKILL, the kernel kills the worker.
+                // If proxyd dies, even by SIGKILL, the kernel kills the worker. The signal
+                // follows the *thread* that forked: slots run on the runtime's worker threads
+                // (the main thread with `threads: 1`), which live as long as proxyd does. Never
+                // spawn a worker from `spawn_blocking`, whose threads exit when idle. (The new
+                // proxyd of an upgrade gets no such signal: it outlives the old one.)
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
                 if nix::unistd::getppid() != parent {
                     return Err(io::Error::other("proxyd exited while the worker started"));
