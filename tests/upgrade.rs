@@ -338,6 +338,25 @@ impl Proxyd {
             .any(|l| l.contains(needle))
     }
 
+    /// Waits until a line containing `needle` was logged; returns the first one.
+    async fn wait_logged(&self, needle: &str) -> String {
+        let deadline = give_up_at();
+        loop {
+            if let Some(l) = self
+                .process
+                .stderr_lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "proxyd never logged {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits (blocking the runtime off this thread) until the first proxyd has exited.
     async fn wait_exit(self) -> (Option<i32>, Proxyd) {
         tokio::task::spawn_blocking(move || {
@@ -601,7 +620,7 @@ async fn sigusr2_hands_over_under_load_with_no_failed_request() {
             format!("MAINPID={new}"),
         ]
     );
-    assert!(p.logged("handed over to the new proxyd"));
+    p.wait_logged("handed over to the new proxyd").await;
 
     // The new proxyd is a proxyd like any other: SIGTERM drains it, it says STOPPING and
     // removes its pid file.
@@ -739,8 +758,9 @@ async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
             && body.contains("broken.sh) exited before it was ready (exit code 1)"),
         "{body}"
     );
-    assert!(p.logged("broken build: cannot start"));
-    assert!(p.logged("upgrade failed, this proxyd keeps serving"));
+    p.wait_logged("broken build: cannot start").await;
+    p.wait_logged("upgrade failed, this proxyd keeps serving")
+        .await;
     load.more(100).await;
 
     // A binary that never gets ready: killed (by its pid) after upgrade.timeout.
@@ -750,10 +770,7 @@ async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
         .unwrap();
     assert_eq!(code, StatusCode::OK, "{body}");
     p.process.signal("USR2");
-    let why = wait_line(&p.process, "upgrade failed (time-out)", |l| {
-        l.contains("not ready within upgrade.timeout")
-            .then(|| l.to_string())
-    });
+    let why = p.wait_logged("not ready within upgrade.timeout").await;
     assert!(why.contains("killed it (signal 9)"), "{why}");
     let hung: u32 = std::fs::read_to_string(p.dir.path().join("hangs.pid"))
         .unwrap()
@@ -822,7 +839,8 @@ async fn the_new_config_decides_which_sockets_are_kept() {
         TcpStream::connect(before[1]).await.is_err(),
         "the dropped listener still accepts"
     );
-    assert!(p.logged("inherited socket not in the config; closed"));
+    p.wait_logged("inherited socket not in the config; closed")
+        .await;
     terminate(new).await;
     p.marker.wait_none_left().await;
 }
