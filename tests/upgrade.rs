@@ -793,7 +793,7 @@ async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_new_config_decides_which_sockets_are_kept() {
+async fn post_upgrade_answers_once_the_new_config_took_the_sockets_it_keeps() {
     let backend = TestBackend::echo().await;
     let yaml = |listen: &[&str]| {
         let listen: String = listen
@@ -824,8 +824,17 @@ async fn the_new_config_decides_which_sockets_are_kept() {
     let old = p.pid();
     // The new binary's config keeps the first listener, drops the second, adds a third.
     std::fs::write(p.config(), yaml(&["127.0.0.1:0", "127.0.0.3:0"])).unwrap();
-    p.process.signal("USR2");
+    // POST /upgrade answers once the new proxyd serves (the old one's admin finishes this
+    // request after it stopped accepting).
+    let (code, body) = admin(p.admin, "POST", "/upgrade", None).await.unwrap();
+    assert_eq!(code, StatusCode::OK, "{body}");
     let new = new_pid(p.admin, old).await;
+    assert_eq!(
+        body,
+        format!(
+            "upgraded: proxyd pid {new} serves now; pid {old} drains its connections and exits\n"
+        )
+    );
     let (code, p) = p.wait_exit().await;
     assert_eq!(code, Some(0));
     let after = bound(&status(p.admin).await);
