@@ -81,4 +81,24 @@ mod tests {
         );
         assert_eq!(Upgrade::default().binary_path(Path::new("/etc")), None);
     }
+
+    #[test]
+    fn paths_must_name_files() {
+        for (yaml, at) in [
+            (
+                "pid_file: \"\"\n",
+                "t.yaml:6:11: pid_file: expected a file name",
+            ),
+            (
+                "upgrade: { binary: /usr/bin/ }\n",
+                "t.yaml:6:20: upgrade.binary: expected a file name",
+            ),
+        ] {
+            let text = format!(
+                "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:1\"]\n{yaml}"
+            );
+            let e = crate::config::load_str(&text, "t.yaml", ".".into()).unwrap_err();
+            assert_eq!(e.to_string(), at);
+        }
+    }
 }

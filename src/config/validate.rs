@@ -81,6 +81,17 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         }
     }
 
+    for (key, path) in [
+        ("pid_file", &cfg.pid_file),
+        ("upgrade.binary", &cfg.upgrade.binary),
+    ] {
+        if let Some(p) = path.as_ref() {
+            if p.value.trim().is_empty() || p.value.ends_with('/') {
+                return Err(err(p, format!("{key}: expected a file name")));
+            }
+        }
+    }
+
     if cfg.upstreams.is_empty() {
         return Err(ConfigError::new(
             file,
