@@ -51,6 +51,8 @@ H2_STREAMS = env_int("H2_STREAMS", 100)
 FRONT_CPU = env_int("FRONT_CPU", 0)
 LOAD_CPU = env_int("LOAD_CPU", 1)
 QUIET_WAIT = env_int("QUIET_WAIT", 10)
+BUSY_LIMIT = env_int("BUSY_LIMIT", 50)
+BUSY_RETRIES = env_int("BUSY_RETRIES", 1)
 KEEP = os.environ.get("KEEP", "0") == "1"
 ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "https", "handshake", "h2", "idle", "scaling"]
 ALL_FRONTS = ["direct", "nginx", "haproxy", "proxyd"]
@@ -435,11 +437,31 @@ def start_front(name, threads=1, pinned=True):
 
 RESULTS = {}  # (variant, front) -> dict
 NOTES = []
+BUSY_ROWS = []  # runs whose every attempt had other processes above BUSY_LIMIT
 
 
 def measure(variant, front, tool, url, extra=(), env=None, label=None):
-    """Warm-up, then the measured run with the front end's CPU and RSS."""
+    """Warm-up, then the measured run with the front end's CPU and RSS. A run during which
+    other processes took more than BUSY_LIMIT % of a core is run again (after waiting for
+    quiet again), up to BUSY_RETRIES times; the attempt with the least other load is kept."""
     key = (variant, label or front.name)
+    best = None
+    # Direct runs leave the front core idle, and other processes on the machine fill it
+    # without slowing anything measured: no re-runs for them.
+    retries = BUSY_RETRIES if front.name != "direct" else 0
+    for attempt in range(1 + retries):
+        r = measure_once(variant, front, tool, url, extra, env, key, attempt)
+        if best is None or r["other"] < best["other"]:
+            best = r
+        if r["other"] <= BUSY_LIMIT:
+            break
+    RESULTS[key] = best
+    if best["other"] > BUSY_LIMIT and front.name != "direct":
+        BUSY_ROWS.append(f"{key[0]}/{key[1]}")
+    return best
+
+
+def measure_once(variant, front, tool, url, extra, env, key, attempt):
     other_before = wait_quiet()
     pids = front.pids()
     if tool == "wrk":
@@ -480,13 +502,14 @@ def measure(variant, front, tool, url, extra=(), env=None, label=None):
         units = hs
         r["rps"] = hs / secs if secs else 0
     r["cpu_us"] = (fd / HZ * 1e6 / units) if (pids_end and units) else None
-    RESULTS[key] = r
+    r["attempt"] = attempt + 1
     extra_txt = ""
     if variant == "handshake":
         extra_txt = f", handshakes {r.get('full', 0)} full + {r.get('resumed', 0)} resumed"
     if tool == "h2load":
         extra_txt = f", {r['proto']}, mean {fmt(r.get('mean'), 2)} ms"
-    say(f"  {key[1]:<12} {r['requests']} requests in {secs:.1f} s = {r['rps']:.0f}/s, "
+    again = f" (attempt {attempt + 1})" if attempt else ""
+    say(f"  {key[1]:<12}{again} {r['requests']} requests in {secs:.1f} s = {r['rps']:.0f}/s, "
         f"p50 {fmt(r['p50'], 2)} ms, p99 {fmt(r['p99'], 2)} ms, errors {r['errors']}{extra_txt}; "
         f"CPU {fmt(r['cpu_us'], 1)} us/req, core {fmt(r['busy'], 0)}% busy, RSS {fmt(r['rss'], 1)} MiB, "
         f"other processes {r['other']:.0f}% of a core")
@@ -702,6 +725,10 @@ def report(header):
         add("| target | figure | met |")
         add("| --- | --- | --- |")
         lines.extend(targets)
+    if BUSY_ROWS:
+        NOTES.append(f"other processes took more than {BUSY_LIMIT} % of a core during every attempt of "
+                     f"{len(BUSY_ROWS)} run(s) ({', '.join(BUSY_ROWS)}): their req/s and latency say more "
+                     "about the machine than the front end; CPU µs/req holds better")
     if NOTES:
         add("")
         for n in NOTES:
