@@ -7,7 +7,8 @@ proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment. Pa
   /pid        this worker's process id
   /healthz    200 ok (500 once /sick was called)
   /sick       this worker's health check fails from now on; answers its pid
-  /slow?ms=N  sleeps N ms first (to see queueing and time-outs)
+  /slow?ms=N  sleeps N ms first (to see queueing and time-outs); with &until=FILE it returns
+              as soon as FILE exists, N ms at most (tests hold requests and release them)
   /crash      the process dies mid-request, as a crashing app would
   /echo       (POST) echoes the body
 """
@@ -44,7 +45,14 @@ def app(environ, start_response):
     else:
         if path == "/slow":
             query = parse_qs(environ.get("QUERY_STRING", ""))
-            time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
+            seconds = int(query.get("ms", ["100"])[0]) / 1000
+            until = query.get("until", [""])[0]
+            if until:
+                deadline = time.monotonic() + seconds
+                while not os.path.exists(until) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            else:
+                time.sleep(seconds)
         body = f"hello from pid {os.getpid()}\n".encode()
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

@@ -558,8 +558,13 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
     );
     let desired = gauge(
         "proxyd_workers_desired",
-        "Worker processes configured (workers.count).",
+        "Worker processes wanted now: workers.count, or with a range the scaler's choice between min and max.",
         &["upstream"],
+    );
+    let scaling = counter(
+        "proxyd_worker_scaling_total",
+        "Workers added (direction=up) or retired (direction=down) by the adaptive worker count.",
+        &["upstream", "direction"],
     );
     let restarts = counter(
         "proxyd_worker_restarts_total",
@@ -599,10 +604,14 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
                 started.with_label_values(&labels).set(t.as_secs_f64());
             }
         }
-        let count = group.cfg.count();
+        let count = group.desired.load(Ordering::Relaxed);
+        let draining = by_state[BackendState::Draining as usize];
+        let serving = views
+            .len()
+            .saturating_sub(usize::try_from(draining).unwrap_or(0));
         workers
             .with_label_values(&[name, "starting"])
-            .set(as_i64(count.saturating_sub(views.len())));
+            .set(as_i64(count.saturating_sub(serving)));
         for (state, n) in [
             BackendState::Ready,
             BackendState::Unhealthy,
@@ -614,6 +623,12 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
             workers.with_label_values(&[name, state.as_str()]).set(n);
         }
         desired.with_label_values(&[name]).set(as_i64(count));
+        scaling
+            .with_label_values(&[name, "up"])
+            .inc_by(group.scaling.ups.load(Ordering::Relaxed));
+        scaling
+            .with_label_values(&[name, "down"])
+            .inc_by(group.scaling.downs.load(Ordering::Relaxed));
         let by_reason = group
             .restarts_by
             .lock()
@@ -654,6 +669,7 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         pool.collect(),
         workers.collect(),
         desired.collect(),
+        scaling.collect(),
         restarts.collect(),
         rss.collect(),
         served.collect(),

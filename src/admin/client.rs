@@ -194,6 +194,29 @@ pub fn render(s: &Value) -> String {
         if !u["workers"].is_null() {
             out += &format!("Restarts  : {}\n", nonzero(&u["restarts"], ""));
         }
+        let c = &u["worker_count"];
+        if c["adaptive"].as_bool() == Some(true) {
+            out += &format!(
+                "Workers   : {} running, {} wanted (min {}, max {})   scaled up {}, down {}\n",
+                txt(&c["current"]),
+                txt(&c["desired"]),
+                txt(&c["min"]),
+                txt(&c["max"]),
+                txt(&c["scaled_up"]),
+                txt(&c["scaled_down"])
+            );
+            if let Some(why) = c["held_back"].as_str() {
+                out += &format!("Held back : {why}\n");
+            }
+            if let Some(d) = c["last_decision"].as_object() {
+                out += &format!(
+                    "Last scale: {} to {}: {}\n",
+                    d.get("direction").map_or("-".into(), txt),
+                    d.get("workers").map_or("-".into(), txt),
+                    d.get("reason").map_or("-".into(), txt)
+                );
+            }
+        }
         if let Some(f) = u["failure"].as_str() {
             out += &format!("FAILING   : {}\n", f.lines().next().unwrap_or_default());
         }
@@ -333,7 +356,11 @@ mod tests {
                 "backends": [{"address": "127.0.0.1:4000", "state": "ready", "in_flight": 0,
                     "limit": 1, "served": 5, "ewma_ms": 1.25, "weight": 1, "ejected": false}],
                 "workers": [{"slot": 0, "id": 1, "pid": 4242, "port": 4000, "state": "ready",
-                    "uptime_seconds": 61.0, "requests": 5, "rss_bytes": 10485760}]}]
+                    "uptime_seconds": 61.0, "requests": 5, "rss_bytes": 10485760}],
+                "worker_count": {"adaptive": true, "min": 1, "max": 4, "current": 1, "desired": 2,
+                    "scaled_up": 3, "scaled_down": 2, "held_back": "at max (4 workers)",
+                    "last_decision": {"direction": "up", "at": 1.0, "workers": 2,
+                        "reason": "requests queued for 2000 ms without a break"}}}]
         });
         let out = render(&s);
         for want in [
@@ -344,6 +371,9 @@ mod tests {
             "1m 1s",
             "queued=2",
             "1.2",
+            "Workers   : 1 running, 2 wanted (min 1, max 4)   scaled up 3, down 2",
+            "Held back : at max (4 workers)",
+            "Last scale: up to 2: requests queued for 2000 ms without a break",
         ] {
             assert!(out.contains(want), "{want:?} missing from\n{out}");
         }

@@ -52,9 +52,40 @@ pub struct UpstreamStatus {
     pub backends: Vec<BackendStatus>,
     /// Null for an upstream of fixed servers.
     pub workers: Option<Vec<WorkerStatus>>,
+    /// The worker count: its bounds, now and wanted; null for fixed servers.
+    pub worker_count: Option<WorkerCountStatus>,
     /// Worker restarts by reason (crash, failed_start, hung, unhealthy, max_requests,
     /// max_memory, rolling).
     pub restarts: Map<String, Value>,
+}
+
+/// A workers upstream's count. With a fixed `count`, min = max = desired.
+#[derive(Serialize)]
+pub struct WorkerCountStatus {
+    /// `count` is a range the supervisor scales within.
+    pub adaptive: bool,
+    pub min: usize,
+    pub max: usize,
+    /// Workers with a process in the rotation (ready or unhealthy; not draining).
+    pub current: usize,
+    /// Workers wanted now (slots); more than current while some start.
+    pub desired: usize,
+    /// Workers added and retired by the scaler.
+    pub scaled_up: u64,
+    pub scaled_down: u64,
+    /// Why requests queue without a worker being added (e.g. "at max (8 workers)").
+    pub held_back: Option<String>,
+    /// The last scaling decision.
+    pub last_decision: Option<DecisionStatus>,
+}
+
+#[derive(Serialize)]
+pub struct DecisionStatus {
+    pub direction: &'static str,
+    /// Unix seconds.
+    pub at: f64,
+    pub workers: usize,
+    pub reason: String,
 }
 
 #[derive(Serialize)]
@@ -153,7 +184,36 @@ fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamSta
             ws.sort_by_key(|w| w.slot);
             ws
         }),
+        worker_count: group.map(worker_count),
         restarts,
+    }
+}
+
+fn worker_count(g: &Group) -> WorkerCountStatus {
+    let (min, max) = g.cfg.bounds();
+    let current = g
+        .workers()
+        .iter()
+        .filter(|w| w.backend.state() != crate::upstream::BackendState::Draining)
+        .count();
+    WorkerCountStatus {
+        adaptive: g.cfg.scaling().is_some(),
+        min,
+        max,
+        current,
+        desired: g.desired.load(Ordering::Relaxed),
+        scaled_up: g.scaling.ups.load(Ordering::Relaxed),
+        scaled_down: g.scaling.downs.load(Ordering::Relaxed),
+        held_back: g.scaling.blocked(),
+        last_decision: g.scaling.last().map(|d| DecisionStatus {
+            direction: d.direction,
+            at: d
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |t| (t.as_secs_f64() * 1000.0).round() / 1000.0),
+            workers: d.workers,
+            reason: d.reason,
+        }),
     }
 }
 

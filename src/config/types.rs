@@ -10,7 +10,7 @@ use serde_saphyr::Spanned;
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
-pub use super::workers::{Health, Restart, WorkerListen, Workers};
+pub use super::workers::{Health, Restart, Scaling, WorkerCount, WorkerListen, Workers};
 pub use crate::limits::{Cidr, Rate};
 
 /// The whole `proxy.yaml`.

@@ -10,7 +10,7 @@ use serde_saphyr::Spanned;
 use super::addr::{parse_listen, parse_server_entry};
 use super::balance::{Balance, HashKey};
 use super::load::{ConfigError, Loaded};
-use super::workers::Workers;
+use super::workers::{WorkerCount, Workers, MAX_WORKERS};
 use crate::proxy::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
@@ -424,12 +424,8 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
             ));
         }
     }
-    if w.count == Some(0) {
-        return Err(ConfigError::new(
-            file,
-            None,
-            format!("{key}.count: must be at least 1"),
-        ));
+    if let Some(count) = &w.count {
+        validate_count(&key, &count.value).map_err(|m| at(&count.referenced, m))?;
     }
     if let Some(p) = &w.health.path {
         if !p.value.starts_with('/') {
@@ -474,6 +470,49 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
     }
     Ok(())
 }
+
+/// A fixed count from 1 to MAX_WORKERS, or a range with 1 <= min <= max <= MAX_WORKERS and
+/// scaling windows that are not zero.
+fn validate_count(key: &str, count: &WorkerCount) -> Result<(), String> {
+    let key = format!("{key}.count");
+    match count {
+        WorkerCount::Fixed(0) => Err(format!("{key}: must be at least 1")),
+        WorkerCount::Fixed(n) if *n > MAX_WORKERS => Err(format!(
+            "{key}: {n} workers is more than the {MAX_WORKERS} proxyd runs at most"
+        )),
+        WorkerCount::Fixed(_) => Ok(()),
+        WorkerCount::Range(r) => {
+            if r.min == 0 {
+                return Err(format!(
+                    "{key}.min: must be at least 1 (a worker is kept running to take the first request)"
+                ));
+            }
+            if r.min > r.max {
+                return Err(format!("{key}: min ({}) is above max ({})", r.min, r.max));
+            }
+            if r.max > MAX_WORKERS {
+                return Err(format!(
+                    "{key}.max: {} workers is more than the {MAX_WORKERS} proxyd runs at most",
+                    r.max
+                ));
+            }
+            for (name, d) in [
+                ("scale_up_after", r.scale_up_after),
+                ("scale_down_after", r.scale_down_after),
+            ] {
+                if d < MIN_SCALE_WINDOW {
+                    return Err(format!(
+                        "{key}.{name}: at least {MIN_SCALE_WINDOW:?} (the load is sampled every few ms, a shorter window reacts to noise)"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Scaling windows shorter than this would react to one sample.
+const MIN_SCALE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether `program` would run: a path (relative to the worker's cwd) to an executable file,
 /// or a name found in the PATH.

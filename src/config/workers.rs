@@ -15,9 +15,10 @@ pub struct Workers {
     /// The program and its arguments; `{port}` and `{socket}` are replaced per worker, and
     /// each worker also gets `PORT` (or `SOCKET`) in its environment.
     pub command: Spanned<Vec<String>>,
-    /// Default: 2 x cores + 1 (gunicorn's advice).
+    /// A fixed number of workers (`count: 4`; default 2 x cores + 1, gunicorn's advice), or a
+    /// range the supervisor scales within by load (`count: { min: 2, max: 8 }`).
     #[serde(default)]
-    pub count: Option<usize>,
+    pub count: Option<Spanned<WorkerCount>>,
     /// Requests one worker takes at a time; more wait in the upstream's queue.
     #[serde(default = "one_usize")]
     pub concurrency: usize,
@@ -64,6 +65,77 @@ pub struct Workers {
     #[serde(default)]
     pub restart: Restart,
 }
+
+/// `count:` — a number, or a range with its scaling policy. Read by hand rather than by
+/// `#[serde(untagged)]`, which would hide why a range was refused (an unknown key, a bad
+/// duration) behind "did not match any variant".
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerCount {
+    Fixed(usize),
+    Range(Scaling),
+}
+
+impl<'de> Deserialize<'de> for WorkerCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = WorkerCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of workers (count: 4) or a range (count: { min: 2, max: 8 })")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<WorkerCount, E> {
+                usize::try_from(n)
+                    .map(WorkerCount::Fixed)
+                    .map_err(|_| E::custom(format!("{n} workers is too many")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<WorkerCount, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "{n}: a number of workers cannot be negative"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<WorkerCount, A::Error> {
+                Scaling::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(WorkerCount::Range)
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+/// Adaptive worker count: between `min` and `max` workers, more while requests queue, fewer
+/// while the workers idle.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Workers started with, and never fewer.
+    pub min: usize,
+    /// Workers at most.
+    pub max: usize,
+    /// Requests queueing this long (the queue never empty, or its oldest request waiting this
+    /// long) add a worker.
+    #[serde(default = "default_scale_up_after", deserialize_with = "duration")]
+    pub scale_up_after: Duration,
+    /// The workers this long under 25 % busy, with nothing queued, retire one.
+    #[serde(default = "default_scale_down_after", deserialize_with = "duration")]
+    pub scale_down_after: Duration,
+    /// After a decision (a new worker ready, or an old one out of the rotation), the wait
+    /// before the next one.
+    #[serde(default = "default_cooldown", deserialize_with = "duration")]
+    pub cooldown: Duration,
+    /// Add a worker only while the system (and proxyd's cgroup, if limited) has more memory
+    /// available than this; default: twice the group's average worker RSS.
+    #[serde(default, deserialize_with = "opt_size")]
+    pub min_free_memory: Option<u64>,
+}
+
+/// The most workers `count` may ask for (a typo guard).
+pub const MAX_WORKERS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -134,9 +206,29 @@ impl Default for Restart {
 }
 
 impl Workers {
+    /// Workers started with: the fixed count, or the range's `min`.
     pub fn count(&self) -> usize {
-        self.count
-            .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()) + 1)
+        match self.count.as_ref().map(|c| &c.value) {
+            Some(WorkerCount::Fixed(n)) => *n,
+            Some(WorkerCount::Range(r)) => r.min,
+            None => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()) + 1,
+        }
+    }
+
+    /// The scaling policy, when `count` is a range.
+    pub fn scaling(&self) -> Option<&Scaling> {
+        match self.count.as_ref().map(|c| &c.value) {
+            Some(WorkerCount::Range(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The fewest and most workers: both the count when it is fixed.
+    pub fn bounds(&self) -> (usize, usize) {
+        match self.scaling() {
+            Some(r) => (r.min, r.max),
+            None => (self.count(), self.count()),
+        }
     }
 }
 
@@ -184,4 +276,59 @@ fn default_max_restarts() -> u32 {
 }
 fn default_window() -> Duration {
     Duration::from_secs(60)
+}
+fn default_scale_up_after() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_scale_down_after() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    fn load(count: &str) -> Result<Workers, String> {
+        let yaml = format!(
+            "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"sh\"]\n      count: {count}\n"
+        );
+        load_str(&yaml, "p.yaml", ".".into())
+            .map(|l| l.config.upstreams["app"].workers.clone().expect("workers"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn count_is_a_number_or_a_range() {
+        let fixed = load("4").unwrap();
+        assert_eq!((fixed.count(), fixed.bounds()), (4, (4, 4)));
+        assert!(fixed.scaling().is_none());
+        let range = load("{ min: 2, max: 8, min_free_memory: 1MiB }").unwrap();
+        assert_eq!((range.count(), range.bounds()), (2, (2, 8)));
+        let s = range.scaling().unwrap();
+        assert_eq!(s.scale_up_after, Duration::from_secs(2));
+        assert_eq!(s.scale_down_after, Duration::from_secs(60));
+        assert_eq!(s.cooldown, Duration::from_secs(1));
+        assert_eq!(s.min_free_memory, Some(1024 * 1024));
+        for (count, want) in [
+            (
+                "-1",
+                "p.yaml:7:14: -1: a number of workers cannot be negative",
+            ),
+            (
+                "[1, 2]",
+                "p.yaml:7:7: invalid type: sequence, expected a number of workers",
+            ),
+            (
+                "{min: 3, max: 2}",
+                "p.yaml:7:14: upstreams.app.workers.count: min (3) is above max (2)",
+            ),
+        ] {
+            let err = load(count).unwrap_err();
+            assert!(err.starts_with(want), "{count}: {err}");
+        }
+    }
 }

@@ -158,7 +158,8 @@ impl Reloader {
         // New workers take traffic only once all are ready, so the swap loses no capacity;
         // new workers that do not get ready call the reload off.
         for g in &started {
-            let want = g.group.cfg.count();
+            // A range starts at its `min`: the workers the new group starts with.
+            let want = g.group.cfg.bounds().0;
             let deadline = Instant::now() + g.group.cfg.start_timeout + Duration::from_secs(1);
             while g.group.upstream.ready_count() < want && Instant::now() < deadline {
                 if g.group.failure().is_some() {

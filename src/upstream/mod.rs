@@ -252,7 +252,13 @@ impl Upstream {
             }
             // Counted before the last look, so a slot freed right now sees a waiter.
             self.waiters.len.fetch_add(1, Ordering::SeqCst);
-            let waiter = Waiter { id, tx, key, tried };
+            let waiter = Waiter {
+                id,
+                tx,
+                key,
+                tried,
+                since: now_ns(),
+            };
             if retry {
                 q.push_front(waiter);
             } else {
@@ -327,6 +333,26 @@ impl Upstream {
     /// The requests waiting now.
     pub fn queued(&self) -> usize {
         self.waiters.len.load(Ordering::SeqCst)
+    }
+
+    /// How long the longest-waiting queued request has waited (zero when none waits).
+    pub fn oldest_wait(&self) -> Duration {
+        if self.queued() == 0 {
+            return Duration::ZERO;
+        }
+        let now = now_ns();
+        let q = self.lock_waiters();
+        let oldest = q.iter().map(|w| w.since).min().unwrap_or(now);
+        Duration::from_nanos(now.saturating_sub(oldest))
+    }
+
+    /// Requests in flight on the backends in the rotation now.
+    pub fn in_flight(&self) -> usize {
+        self.backends
+            .load()
+            .iter()
+            .map(|b| b.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Requests in flight per backend at most (for status pages).

@@ -15,6 +15,8 @@ pub struct Waiter {
     pub key: Option<u64>,
     /// Backends this request already failed on (a retry waits for another one).
     pub tried: Vec<Arc<Backend>>,
+    /// When it joined the queue (`clock::now_ns`), for the oldest wait (worker scaling).
+    pub since: u64,
 }
 
 #[derive(Default)]

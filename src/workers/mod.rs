@@ -1,9 +1,11 @@
 //! The worker supervisor: for each upstream with a `workers:` block, N slots that each keep one
-//! app process running (`slot`), the processes themselves (`process`) and their readiness and
-//! health probes (`probe`). Rolling restarts and shutdown go through here.
+//! app process running (`slot`), the processes themselves (`process`), their readiness and
+//! health probes (`probe`), and — when `count` is a range — the scaler that adds and retires
+//! slots by load (`scale`). Rolling restarts and shutdown go through here.
 
 pub mod probe;
 pub mod process;
+pub mod scale;
 pub mod slot;
 
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{ConfigError, Loaded};
 use crate::proxy::Snapshot;
 use process::Spec;
-use slot::{Command, Group};
+use slot::{Command, Group, SlotHandle};
 
 /// The supervised workers of every upstream that has them.
 pub struct Supervisors {
@@ -27,7 +29,79 @@ pub struct Supervisors {
 pub struct GroupHandle {
     name: String,
     pub group: Arc<Group>,
-    slots: Vec<mpsc::Sender<Command>>,
+    slots: std::sync::Mutex<Slots>,
+    /// One change to the set of workers at a time: a scaling decision or a rolling restart.
+    changing: tokio::sync::Mutex<()>,
+}
+
+/// The slots that make up a group's worker count now.
+struct Slots {
+    active: Vec<SlotHandle>,
+    /// Stopping: no slot may be added any more.
+    closed: bool,
+}
+
+impl GroupHandle {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The senders of the slots now.
+    fn senders(&self) -> Vec<mpsc::Sender<Command>> {
+        self.slots().active.iter().map(|s| s.tx.clone()).collect()
+    }
+
+    /// Adds a slot (None once the group is stopping); `first` hears whether its worker got
+    /// ready.
+    fn add_slot(&self, first: Option<oneshot::Sender<bool>>) -> Option<usize> {
+        let mut slots = self.slots();
+        if slots.closed {
+            return None;
+        }
+        let slot = self.group.spawn_slot(first);
+        let index = slot.index;
+        slots.active.push(slot);
+        self.group
+            .desired
+            .store(slots.active.len(), std::sync::atomic::Ordering::Release);
+        Some(index)
+    }
+
+    /// Takes slot `index` out of the group: its worker leaves the rotation at once, finishes
+    /// its in-flight requests (up to graceful_timeout) and is stopped, in the background
+    /// (shutdown waits for it).
+    fn retire_slot(&self, index: usize) -> bool {
+        let slot = {
+            let mut slots = self.slots();
+            let Some(i) = slots.active.iter().position(|s| s.index == index) else {
+                return false;
+            };
+            let slot = slots.active.remove(i);
+            self.group
+                .desired
+                .store(slots.active.len(), std::sync::atomic::Ordering::Release);
+            slot
+        };
+        let (done, wait) = oneshot::channel();
+        self.group.in_background(async move {
+            if slot.tx.send(Command::Shutdown { done }).await.is_ok() {
+                let _ = wait.await;
+            }
+        });
+        true
+    }
+
+    /// The slot numbers in the group now.
+    fn slot_indices(&self) -> Vec<usize> {
+        self.slots().active.iter().map(|s| s.index).collect()
+    }
+
+    /// Closes the group to new slots and returns the senders of the slots it has.
+    fn close(&self) -> Vec<mpsc::Sender<Command>> {
+        let mut slots = self.slots();
+        slots.closed = true;
+        slots.active.iter().map(|s| s.tx.clone()).collect()
+    }
 }
 
 impl Supervisors {
@@ -112,19 +186,29 @@ impl Supervisors {
                 .map_or_else(PathBuf::new, |d| d.path().to_path_buf()),
         };
         let group = Arc::new(Group::new(upstream.clone(), spec, w.clone()));
-        let slots = (0..w.count())
-            .map(|i| {
-                let (tx, rx) = mpsc::channel(4);
-                tokio::spawn(slot::run(group.clone(), i, rx));
-                tx
-            })
-            .collect();
-        tracing::info!(upstream = %upstream.name, count = w.count(), "starting workers");
-        Ok(Some(Arc::new(GroupHandle {
+        let handle = Arc::new(GroupHandle {
             name: upstream.name.clone(),
             group,
-            slots,
-        })))
+            slots: std::sync::Mutex::new(Slots {
+                active: Vec::new(),
+                closed: false,
+            }),
+            changing: tokio::sync::Mutex::new(()),
+        });
+        for _ in 0..w.count() {
+            handle.add_slot(None);
+        }
+        match w.scaling() {
+            Some(s) => {
+                tracing::info!(upstream = %upstream.name, min = s.min, max = s.max,
+                    "starting workers: {} now, scaling between {} and {} by load", s.min, s.min, s.max);
+                tokio::spawn(scale::run(handle.clone()));
+            }
+            None => {
+                tracing::info!(upstream = %upstream.name, count = w.count(), "starting workers")
+            }
+        }
+        Ok(Some(handle))
     }
 
     /// Makes `groups` the supervised set (after a reload) and stops the groups that left it,
@@ -162,8 +246,10 @@ impl Supervisors {
             return Err(format!("no upstream with workers named {name:?}"));
         }
         for g in groups {
+            // No scaling decision while the workers are replaced (the scaler waits).
+            let _changing = g.changing.lock().await;
             tracing::info!(upstream = %g.name, "rolling restart");
-            for slot in &g.slots {
+            for slot in &g.senders() {
                 let (done, wait) = oneshot::channel();
                 if slot.send(Command::Replace { done }).await.is_ok() {
                     let _ = wait.await;
@@ -235,7 +321,7 @@ async fn stop_groups(groups: &[Arc<GroupHandle>]) {
     let mut waits = Vec::new();
     for g in groups {
         g.group.set_stopping();
-        for slot in &g.slots {
+        for slot in &g.close() {
             let (done, wait) = oneshot::channel();
             if slot.send(Command::Shutdown { done }).await.is_ok() {
                 waits.push(wait);

@@ -3,8 +3,8 @@
 //! with the replacement ready before the old worker leaves the rotation whenever the old one
 //! can still serve.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,13 @@ pub struct Group {
     /// Restarts by reason: crash, failed start, hung, unhealthy, max_requests, max_memory,
     /// rolling restart.
     pub restarts_by: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Slots that should run a worker now: the fixed count, or the scaler's choice.
+    pub desired: AtomicUsize,
+    /// Slot numbers whose task still runs (a retired slot's number is reused only once its
+    /// worker is gone).
+    live: Mutex<BTreeSet<usize>>,
+    /// The scaler's decisions and why it holds back (adaptive `count` only).
+    pub scaling: super::scale::Report,
 }
 
 /// A worker as the outside sees it.
@@ -62,7 +69,39 @@ impl Group {
             leaving: Mutex::new(Vec::new()),
             views: Mutex::new(Vec::new()),
             restarts_by: Mutex::new(std::collections::BTreeMap::new()),
+            desired: AtomicUsize::new(0),
+            live: Mutex::new(BTreeSet::new()),
+            scaling: super::scale::Report::default(),
         }
+    }
+
+    /// Starts a slot under the lowest free number: it starts a worker and keeps one running
+    /// until told otherwise. `first` hears whether its first worker got ready.
+    pub fn spawn_slot(self: &Arc<Group>, first: Option<oneshot::Sender<bool>>) -> SlotHandle {
+        let index = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let index = (0..).find(|i| !live.contains(i)).unwrap_or(live.len());
+            live.insert(index);
+            index
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let group = self.clone();
+        tokio::spawn(async move {
+            run(&group, index, rx, first).await;
+            // Gone: not shown any more, and its number is free again.
+            group.publish(index, None);
+            group
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&index);
+        });
+        SlotHandle { index, tx }
+    }
+
+    /// True while the group takes no new workers: stopping, or given up after crashes.
+    pub fn is_idle(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || self.is_failed()
     }
 
     /// The workers running now, one per slot that has one.
@@ -99,8 +138,15 @@ impl Group {
         self.stopping.store(true, Ordering::Release);
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Runs the stopping of an old worker without holding up its slot.
-    fn in_background(&self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(super) fn in_background(
+        &self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
         leaving.retain(|h| !h.is_finished());
         leaving.push(tokio::spawn(stop));
@@ -170,6 +216,12 @@ impl Group {
     }
 }
 
+/// A running slot, as its group's owner holds it.
+pub struct SlotHandle {
+    pub index: usize,
+    pub tx: mpsc::Sender<Command>,
+}
+
 /// Orders for a slot.
 pub enum Command {
     /// Start a new worker, then retire the current one (rolling restart).
@@ -187,7 +239,13 @@ struct Running {
     oks: u32,
 }
 
-pub async fn run(group: Arc<Group>, slot: usize, mut commands: mpsc::Receiver<Command>) {
+async fn run(
+    group: &Arc<Group>,
+    slot: usize,
+    mut commands: mpsc::Receiver<Command>,
+    mut first: Option<oneshot::Sender<bool>>,
+) {
+    let group = group.clone();
     let (events_tx, mut events) = mpsc::unbounded_channel::<(u64, WorkerEvent)>();
     let mut current: Option<Running> = None;
     let mut tick = tokio::time::interval(group.cfg.health.interval);
@@ -221,7 +279,11 @@ pub async fn run(group: Arc<Group>, slot: usize, mut commands: mpsc::Receiver<Co
                 }
                 continue;
             }
-            match start(&group, &events_tx).await {
+            let started = start(&group, &events_tx).await;
+            if let Some(tell) = first.take() {
+                let _ = tell.send(started.is_ok());
+            }
+            match started {
                 Ok(r) => current = Some(r),
                 Err(output) => {
                     group.count_restart("failed_start");
