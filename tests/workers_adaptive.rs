@@ -516,6 +516,59 @@ async fn reload_to_a_range_waits_for_its_min_workers() {
     marker.wait_none_left().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_start_is_no_scale_up_and_no_outage() {
+    let marker = Marker::new("adaptive-nostart");
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    // Workers start until `full` exists; then the app cannot start more (out of something).
+    let script = format!(
+        "if [ -e {full:?} ]; then echo 'cannot start: full' >&2; exit 3; fi; exec {:?} {APP:?}",
+        python()
+    );
+    let yaml = config(
+        &marker,
+        "{min: 1, max: 3, scale_up_after: 200ms, scale_down_after: 1h, cooldown: 100ms}",
+        "",
+    )
+    .replace(
+        &format!("command: [{:?}, {APP:?}]", python()),
+        &format!("command: [\"sh\", \"-c\", {script:?}]"),
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let admin = proxy.admin.expect("an admin listener");
+    wait_count(admin, "the first worker", |c| c["current"] == 1, |_| {}).await;
+    let first = marker.pids();
+    std::fs::write(&full, b"").unwrap();
+
+    let gate = Gate::new();
+    let held = send_held(proxy.addr, &gate.held_path(), 3);
+    // The scaler tries, the new worker fails to start, the slot is given up again.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = status(admin).await;
+        let up = &s["upstreams"][0];
+        let failed = up["restarts"]["failed_start"].as_u64().unwrap_or(0);
+        if failed >= 1 && up["worker_count"]["desired"] == 1 {
+            assert_eq!(up["worker_count"]["scaled_up"], 0, "{up}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed scale-up seen: {up}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The working worker serves on; the upstream is not given up.
+    let ready = get(admin, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    gate.release();
+    let served = all_ok(held).await;
+    assert_eq!(served, first);
+    let c = worker_count(admin).await;
+    assert_eq!((num(&c["current"]), num(&c["desired"])), (1, 1), "{c}");
+
+    proxy.shutdown().await;
+    marker.wait_none_left().await;
+}
+
 fn check_count(count: &str) -> String {
     let yaml = format!(
         "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"python3\", \"app.py\"]\n      count: {count}\n"

@@ -189,6 +189,9 @@ pub async fn run(handle: Arc<GroupHandle>) {
     let mut next_decision = Instant::now();
     // The hold-back last logged, so a long episode logs it once.
     let mut logged_block: Option<&'static str> = None;
+    // Scale-ups in a row whose worker did not start: each doubles the wait before the next,
+    // so an app that cannot start more workers does not add up to a crash loop.
+    let mut failed_ups: u32 = 0;
     loop {
         tick.tick().await;
         let group = &handle.group;
@@ -267,8 +270,13 @@ pub async fn run(handle: Arc<GroupHandle>) {
             let Some(index) = handle.add_slot(Some(tell)) else {
                 return;
             };
-            // The slot bounds its start by start_timeout (then kill_timeout).
-            if ready.await.unwrap_or(false) {
+            // The slot bounds its start by start_timeout (then kill_timeout); this bound is
+            // only a safety net.
+            let bound = group.cfg.start_timeout + group.cfg.kill_timeout + Duration::from_secs(5);
+            let started = matches!(tokio::time::timeout(bound, ready).await, Ok(Ok(true)));
+            let mut wait = policy.cooldown;
+            if started {
+                failed_ups = 0;
                 group.scaling.record(Decision {
                     direction: "up",
                     at: SystemTime::now(),
@@ -278,11 +286,18 @@ pub async fn run(handle: Arc<GroupHandle>) {
                 tracing::info!(upstream = %name, workers = to, slot = index, "scaled up: the new worker is ready");
             } else {
                 handle.retire_slot(index);
+                failed_ups = failed_ups.saturating_add(1);
+                wait = policy
+                    .cooldown
+                    .max(policy.scale_up_after)
+                    .saturating_mul(1 << failed_ups.min(8))
+                    .min(Duration::from_secs(300));
                 tracing::warn!(upstream = %name, workers = slots.len(), slot = index,
-                    "scaling up failed: the new worker did not get ready; staying at {}", slots.len());
+                    "scaling up failed: the new worker did not get ready; staying at {}, next try in {} at the earliest",
+                    slots.len(), ms(wait));
             }
             window.decided();
-            next_decision = Instant::now() + policy.cooldown;
+            next_decision = Instant::now() + wait;
             continue;
         }
 
@@ -301,9 +316,9 @@ pub async fn run(handle: Arc<GroupHandle>) {
             };
             let to = slots.len() - 1;
             let reason = format!(
-                "the workers were {:.0} % busy on average over {} (under {:.0} %), nothing queued",
+                "the workers were {:.1} % busy on average over the last {} (under {:.0} %), nothing queued",
                 mean * 100.0,
-                ms(idle_for),
+                ms(policy.scale_down_after),
                 IDLE_UTILISATION * 100.0
             );
             tracing::info!(upstream = %name, from = slots.len(), to, slot = index,

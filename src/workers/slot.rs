@@ -264,6 +264,10 @@ async fn run(
         let Some(w) = current.as_mut() else {
             // No worker: start one, unless the group gave up or is stopping.
             if group.is_failed() || group.stopping.load(Ordering::Acquire) {
+                // No worker is started: whoever waits for the first one hears so now.
+                if let Some(tell) = first.take() {
+                    let _ = tell.send(false);
+                }
                 match commands.recv().await {
                     Some(Command::Replace { done }) => {
                         // An operator's restart gives a crash-looping group a fresh start
