@@ -20,7 +20,7 @@ Prints lines that adaptive.sh parses:
   PHASE name=.. rate=.. sent=.. ok=.. rps=.. p50_ms=.. p99_ms=.. p99_settled_ms=.. errors=..
         statuses=200:n,503:n timeouts=.. other=.. workers_min=.. workers_max=..
   SAMPLE t=.. phase=.. workers=.. rss_mib=..
-  SECOND t=.. p99_ms=..   (p99 of the 200s among the requests sent in that second)
+  SECOND t=.. p99_ms=..   (p99 of the 200s among the requests sent in that second; "-": none)
   REST start_workers=.. start_rss_mib=.. end_workers=.. end_rss_mib=.. back_after_s=..
   PEAK workers=.. rss_mib=..
 """
@@ -218,7 +218,9 @@ async def main():
             flush=True,
         )
     for second in range(int(sum(s for _, _, s in phases))):
-        print(f"SECOND t={second} p99_ms={percentile(by_second.get(second, []), 99):.0f}")
+        got = by_second.get(second)
+        print(f"SECOND t={second} p99_ms={percentile(got, 99):.0f}" if got else
+              f"SECOND t={second} p99_ms=-")
     peak = max(samples, key=lambda s: s[3]) if samples else (0, "", 0, 0)
     print(f"PEAK workers={max((s[2] for s in samples), default=0)} rss_mib={peak[3] / 2**20:.1f}")
     print(

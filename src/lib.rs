@@ -14,6 +14,8 @@
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
 //! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
+//! - [`workers`]: the supervisor of app workers: spawn, readiness, restart with back-off,
+//!   recycling, rolling restarts, and an adaptive count that follows the queue.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`logging`]: tracing to stderr.
 //! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
