@@ -281,7 +281,8 @@ impl Supervisors {
     /// ready within their `start_timeout`.
     pub async fn wait_ready(&self) -> Result<(), String> {
         for g in self.all() {
-            let want = g.group.cfg.count();
+            // With a range, the workers a group starts with: its min.
+            let want = g.group.cfg.bounds().0;
             let deadline = tokio::time::Instant::now()
                 + g.group.cfg.start_timeout
                 + std::time::Duration::from_secs(1);
