@@ -404,13 +404,18 @@ pub(crate) async fn accept_loop(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _open = metrics.connection_opened();
+            // The PROXY-protocol and TLS paths are boxed: a task is as large as its largest
+            // path, and every plain connection would carry their size for its lifetime.
             if proxy_protocol {
-                let setup = conn.setup.clone();
-                if let Some((stream, client, _slot)) =
-                    admit::proxied(stream, peer, &setup, &metrics).await
-                {
-                    conn.start(stream, client, tls, &metrics).await;
-                }
+                Box::pin(async {
+                    let setup = conn.setup.clone();
+                    if let Some((stream, client, _slot)) =
+                        admit::proxied(stream, peer, &setup, &metrics).await
+                    {
+                        conn.start(stream, client, tls, &metrics).await;
+                    }
+                })
+                .await
             } else if let Some(_slot) = admit::direct(peer, &conn.setup, &metrics) {
                 conn.start(stream, peer, tls, &metrics).await;
             }
@@ -450,25 +455,28 @@ impl Conn {
                 self.serve(stream, info).await
             }
             Some(t) => {
-                // The handshake gets the same time as a request head.
-                let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
-                match accept.await {
-                    Ok(Ok(tls_stream)) => {
-                        metrics.tls_handshake(true);
-                        let subject = tls::peer_subject(tls_stream.get_ref().1);
-                        let mut info = ConnInfo::new(peer, &self.listener, subject);
-                        info.trusted = trusted;
-                        self.serve(tls_stream, info).await;
+                Box::pin(async move {
+                    // The handshake gets the same time as a request head.
+                    let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
+                    match accept.await {
+                        Ok(Ok(tls_stream)) => {
+                            metrics.tls_handshake(true);
+                            let subject = tls::peer_subject(tls_stream.get_ref().1);
+                            let mut info = ConnInfo::new(peer, &self.listener, subject);
+                            info.trusted = trusted;
+                            self.serve(tls_stream, info).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake(false);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake(false);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
-                    Ok(Err(e)) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => {
-                        metrics.tls_handshake(false);
-                        tracing::debug!(%peer, "TLS handshake timed out")
-                    }
-                }
+                })
+                .await
             }
         }
     }
