@@ -2,7 +2,7 @@
 # proxyd against nginx and HAProxy, side by side in one run (issue 8):
 #
 #   benches/compare.sh          # everything: about 10 minutes on a quiet machine, plus the
-#                               # build; up to about 30 on a busy one (waits and re-runs)
+#                               # build; up to about 20 on a busy one (quiet waits)
 #   VARIANTS="keepalive close" DURATION=5 benches/compare.sh
 #
 # A tiny fast backend (nginx, one worker, `return 200` with a 13-byte body, static 1 KiB and
@@ -29,17 +29,19 @@
 # (non-2xx + socket errors), CPU µs per request (utime+stime of the front end's processes from
 # /proc over the run / requests), RSS (VmRSS of its processes at the end of the run), how busy
 # that made its core, and the CPU other processes on the machine took meanwhile (each run
-# first waits up to QUIET_WAIT=10 s for the machine to be quiet, and a run during which they
-# took more than BUSY_LIMIT=50 % of a core is run again, BUSY_RETRIES=1 time(s), keeping the
-# quieter attempt; runs that stayed busy are named under the tables). Then the ratios
-# proxyd/nginx and proxyd/HAProxy, and issue 8's targets met or missed. The tables go to
-# stdout and to target/bench/compare-<date>.md.
+# first waits up to QUIET_WAIT=10 s for the machine to be quiet; runs during which they took
+# more than BUSY_LIMIT=50 % of a core are named under the tables, and with BUSY_RETRIES=N
+# each such front-end run is run again up to N times, keeping the quietest attempt; note that
+# other processes also fill CPU the bench leaves idle, e.g. when wrk is the bottleneck). Then
+# the ratios proxyd/nginx and proxyd/HAProxy, and issue 8's targets met or missed. The tables
+# go to stdout and to target/bench/compare-<date>.md.
 #
 # Knobs (environment): DURATION=10, WARMUP=2, CONNS=64, VARIANTS, FRONTENDS="direct nginx
 # haproxy proxyd", IDLE_CONNS=10000, H2_CLIENTS=10, H2_STREAMS=100, FRONT_CPU=0, LOAD_CPU=1,
-# QUIET_WAIT=10, BUSY_LIMIT=50, BUSY_RETRIES=1, KEEP=1 (keep the temp dir: configs, logs, raw tool output), PROXYD=path (a
-# proxyd binary to use instead of building this tree, e.g. one built from a clean export of a
-# commit while the working tree is mid-edit; PROXYD_COMMIT=name labels it in the header).
+# QUIET_WAIT=10, BUSY_LIMIT=50, BUSY_RETRIES=0, KEEP=1 (keep the temp dir: configs, logs,
+# raw tool output), PROXYD=path (a proxyd binary to use instead of building this tree, e.g.
+# one built from a clean export of a commit while the working tree is mid-edit;
+# PROXYD_COMMIT=name labels it in the header).
 #
 # Installs what is missing with apt-get (nginx-light, haproxy, wrk, nghttp2-client, openssl,
 # curl, python3, gcc), builds proxyd in release (a failed build, e.g. a tree mid-edit, is

@@ -52,7 +52,7 @@ FRONT_CPU = env_int("FRONT_CPU", 0)
 LOAD_CPU = env_int("LOAD_CPU", 1)
 QUIET_WAIT = env_int("QUIET_WAIT", 10)
 BUSY_LIMIT = env_int("BUSY_LIMIT", 50)
-BUSY_RETRIES = env_int("BUSY_RETRIES", 1)
+BUSY_RETRIES = env_int("BUSY_RETRIES", 0)
 KEEP = os.environ.get("KEEP", "0") == "1"
 ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "https", "handshake", "h2", "idle", "scaling"]
 ALL_FRONTS = ["direct", "nginx", "haproxy", "proxyd"]
@@ -726,9 +726,11 @@ def report(header):
         add("| --- | --- | --- |")
         lines.extend(targets)
     if BUSY_ROWS:
-        NOTES.append(f"other processes took more than {BUSY_LIMIT} % of a core during every attempt of "
-                     f"{len(BUSY_ROWS)} run(s) ({', '.join(BUSY_ROWS)}): their req/s and latency say more "
-                     "about the machine than the front end; CPU µs/req holds better")
+        NOTES.append(f"other processes took more than {BUSY_LIMIT} % of a core during "
+                     f"{len(BUSY_ROWS)} front-end run(s) ({', '.join(BUSY_ROWS)}). Where the front end's "
+                     "core was well under 100 % busy they may only have filled idle CPU, but where they "
+                     "competed, req/s and latency say more about the machine than the front end; "
+                     "CPU µs/req holds better")
     if NOTES:
         add("")
         for n in NOTES:
