@@ -241,7 +241,7 @@ async fn queueing_adds_workers_up_to_max_and_idling_retires_them_without_failure
     );
 
     // Six requests held by one-at-a-time workers: the queue never empties, so workers are
-    // added one decision at a time until max, and no further.
+    // added — as many per decision as the queue needs — until max, and no further.
     let gate = Gate::new();
     let held = send_held(proxy.addr, &gate.held_path(), 6);
     let never_past_max = |c: &Value| {
@@ -264,7 +264,10 @@ async fn queueing_adds_workers_up_to_max_and_idling_retires_them_without_failure
         never_past_max,
     )
     .await;
-    assert_eq!(num(&at_max["scaled_up"]), 2, "{at_max}");
+    // One decision when all six had arrived by then (5 queued: +2, capped by max), two when
+    // the first saw fewer waiting.
+    let decisions = num(&at_max["scaled_up"]);
+    assert!((1..=2).contains(&decisions), "{at_max}");
     assert_eq!(at_max["last_decision"]["direction"], "up", "{at_max}");
     assert_eq!(num(&at_max["last_decision"]["workers"]), 3, "{at_max}");
     let reason = at_max["last_decision"]["reason"].as_str().unwrap_or("");
@@ -293,7 +296,7 @@ async fn queueing_adds_workers_up_to_max_and_idling_retires_them_without_failure
         &["upstream=\"app\"", "direction=\"up\""],
     )
     .await;
-    assert_eq!(ups, Some(2.0));
+    assert_eq!(ups, Some(decisions as f64));
 
     // Idle now: the pool shrinks back to min, one worker at a time, while the client keeps
     // sending — and none of its requests fails as workers leave and drain.

@@ -261,40 +261,61 @@ pub async fn run(handle: Arc<GroupHandle>) {
                 // A rolling restart runs; decide after it.
                 continue;
             };
-            let to = slots.len() + 1;
+            // As many workers as the queue needs at once (one request per concurrency
+            // slot), within max: adding one per cool-down lets a step in load queue for
+            // seconds.
+            let per_worker = group.cfg.concurrency.max(1);
+            let step = load
+                .queued
+                .div_ceil(per_worker)
+                .clamp(1, policy.max - slots.len());
+            let to = slots.len() + step;
             tracing::info!(upstream = %name, from = slots.len(), to, queued = load.queued,
                 in_flight = load.in_flight, oldest_wait_ms = load.oldest.as_millis() as u64,
                 memory_available = %memory_text(available_memory()),
                 "scaling up: {reason}");
-            let (tell, ready) = oneshot::channel();
-            let Some(index) = handle.add_slot(Some(tell)) else {
-                return;
-            };
-            // The slot bounds its start by start_timeout (then kill_timeout); this bound is
+            let mut starting = Vec::with_capacity(step);
+            for _ in 0..step {
+                let (tell, ready) = oneshot::channel();
+                let Some(index) = handle.add_slot(Some(tell)) else {
+                    return;
+                };
+                starting.push((index, ready));
+            }
+            // Each slot bounds its start by start_timeout (then kill_timeout); this bound is
             // only a safety net.
             let bound = group.cfg.start_timeout + group.cfg.kill_timeout + Duration::from_secs(5);
-            let started = matches!(tokio::time::timeout(bound, ready).await, Ok(Ok(true)));
+            let mut up = 0;
             let mut wait = policy.cooldown;
-            if started {
+            for (index, ready) in starting {
+                if matches!(tokio::time::timeout(bound, ready).await, Ok(Ok(true))) {
+                    up += 1;
+                    tracing::info!(upstream = %name, slot = index, "scaled up: the new worker is ready");
+                } else {
+                    handle.retire_slot(index);
+                    tracing::warn!(upstream = %name, slot = index,
+                        "scaling up: the new worker of slot {index} did not get ready");
+                }
+            }
+            if up > 0 {
                 failed_ups = 0;
                 group.scaling.record(Decision {
                     direction: "up",
                     at: SystemTime::now(),
-                    workers: to,
+                    workers: slots.len() + up,
                     reason,
                 });
-                tracing::info!(upstream = %name, workers = to, slot = index, "scaled up: the new worker is ready");
-            } else {
-                handle.retire_slot(index);
+            }
+            if up < step {
                 failed_ups = failed_ups.saturating_add(1);
                 wait = policy
                     .cooldown
                     .max(policy.scale_up_after)
                     .saturating_mul(1 << failed_ups.min(8))
                     .min(Duration::from_secs(300));
-                tracing::warn!(upstream = %name, workers = slots.len(), slot = index,
-                    "scaling up failed: the new worker did not get ready; staying at {}, next try in {} at the earliest",
-                    slots.len(), ms(wait));
+                tracing::warn!(upstream = %name, workers = slots.len() + up,
+                    "scaling up: {} of {step} new workers did not get ready; next try in {} at the earliest",
+                    step - up, ms(wait));
             }
             window.decided();
             next_decision = Instant::now() + wait;
