@@ -12,11 +12,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use proxyd::config::load_file;
 use proxyd::server::Server;
 
-/// mimalloc: fewer instructions per allocation than glibc's malloc on the request path (a
-/// proxied request allocates a few dozen small blocks), and no arena growth across threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "proxyd",
