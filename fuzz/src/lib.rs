@@ -39,6 +39,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("config_loader", config_loader),
     ("request_head", request_head),
+    ("pipelined", pipelined),
     ("proxy_protocol", proxy_protocol),
     ("headers", headers),
     ("route", route),
@@ -148,6 +149,80 @@ pub fn request_head(data: &[u8]) {
         cut.map(|r| r.index),
         "read whole: {whole:?}, in reads of {step}: {cut:?}"
     );
+}
+
+/// A client's byte stream (after a first byte choosing the head limits) both through the
+/// pipelined-request tracker and through hyper's HTTP/1.1 server, configured as proxyd
+/// configures it: hyper must never parse a request head the tracker did not judge (one it
+/// found good, or the one it refused, which proxyd answers 400 in its turn). A tracker that
+/// lost its place in the stream (a body's end where hyper sees none) would let a smuggled
+/// head reach hyper unchecked.
+pub fn pipelined(data: &[u8]) {
+    let Some((&knobs, stream)) = data.split_first() else {
+        return;
+    };
+    let max_bytes = [8192, 16384][usize::from(knobs & 1)];
+    let max_headers = [100, 4][usize::from((knobs >> 1) & 1)];
+    let mut tracker = RequestStream::new(max_bytes, max_headers);
+    let refusal = tracker.feed(stream);
+    let judged = tracker.heads + usize::from(refusal.is_some());
+    let Some(parsed) = runtime().block_on(hyper_heads(stream, max_bytes, max_headers)) else {
+        return;
+    };
+    assert!(
+        parsed.len() <= judged,
+        "hyper parsed {} requests ({parsed:?}), the tracker judged {} heads (refused: {refusal:?})",
+        parsed.len(),
+        tracker.heads
+    );
+}
+
+/// The requests hyper's server parses from `stream` (method and target), each body read
+/// whole; None when the connection did not end within a few seconds.
+async fn hyper_heads(stream: &[u8], max_bytes: usize, max_headers: usize) -> Option<Vec<String>> {
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let log = seen.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            if let Ok(mut seen) = log.lock() {
+                seen.push(format!("{} {}", req.method(), req.uri()));
+            }
+            let _ = req.into_body().collect().await;
+            let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    // As `server::conn_setup` builds it.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(max_bytes.saturating_add(8192))
+        .max_headers(max_headers)
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let write = async {
+        let _ = wr.write_all(stream).await;
+        let _ = wr.shutdown().await;
+    };
+    let read = async {
+        let mut sink = Vec::new();
+        let _ = rd.read_to_end(&mut sink).await;
+    };
+    let all = async { tokio::join!(conn, write, read) };
+    // The connection's own error (a head hyper refused, the stream ending mid-body) is fine.
+    let (_conn, (), ()) = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .ok()?;
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    Some(seen)
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
