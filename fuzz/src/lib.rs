@@ -154,9 +154,9 @@ pub fn request_head(data: &[u8]) {
 /// A client's byte stream (after a first byte choosing the head limits) both through the
 /// pipelined-request tracker and through hyper's HTTP/1.1 server, configured as proxyd
 /// configures it: hyper must never parse a request head the tracker did not judge (one it
-/// found good, or the one it refused, which proxyd answers 400 in its turn). A tracker that
-/// lost its place in the stream (a body's end where hyper sees none) would let a smuggled
-/// head reach hyper unchecked.
+/// found good, or the one it refused, which proxyd answers 400 with `connection: close` in
+/// its turn, ending the connection). A tracker that lost its place in the stream (a body's
+/// end where hyper sees none) would let a smuggled head reach hyper unchecked.
 pub fn pipelined(data: &[u8]) {
     let Some((&knobs, stream)) = data.split_first() else {
         return;
@@ -166,7 +166,12 @@ pub fn pipelined(data: &[u8]) {
     let mut tracker = RequestStream::new(max_bytes, max_headers);
     let refusal = tracker.feed(stream);
     let judged = tracker.heads + usize::from(refusal.is_some());
-    let Some(parsed) = runtime().block_on(hyper_heads(stream, max_bytes, max_headers)) else {
+    let refused_at = refusal.map(|r| r.index);
+    // proxyd answers some requests without reading their bodies (404, 413, 429): hyper then
+    // drains or closes, and must not take the body for the next head either.
+    let read_bodies = knobs & 4 == 0;
+    let parsed = hyper_heads(stream, max_bytes, max_headers, refused_at, read_bodies);
+    let Some(parsed) = runtime().block_on(parsed) else {
         return;
     };
     assert!(
@@ -177,9 +182,17 @@ pub fn pipelined(data: &[u8]) {
     );
 }
 
-/// The requests hyper's server parses from `stream` (method and target), each body read
-/// whole; None when the connection did not end within a few seconds.
-async fn hyper_heads(stream: &[u8], max_bytes: usize, max_headers: usize) -> Option<Vec<String>> {
+/// The requests hyper's server parses from `stream` (method and target), each answered 404
+/// (after reading its body whole when `read_bodies`), but the `refused_at`th, answered 400
+/// with `connection: close` as proxyd answers a refused head; None when the connection did
+/// not end within a few seconds.
+async fn hyper_heads(
+    stream: &[u8],
+    max_bytes: usize,
+    max_headers: usize,
+    refused_at: Option<usize>,
+    read_bodies: bool,
+) -> Option<Vec<String>> {
     use http_body_util::BodyExt;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -190,12 +203,24 @@ async fn hyper_heads(stream: &[u8], max_bytes: usize, max_headers: usize) -> Opt
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let log = log.clone();
         async move {
-            if let Ok(mut seen) = log.lock() {
-                seen.push(format!("{} {}", req.method(), req.uri()));
-            }
-            let _ = req.into_body().collect().await;
+            let index = match log.lock() {
+                Ok(mut seen) => {
+                    seen.push(format!("{} {}", req.method(), req.uri()));
+                    seen.len() - 1
+                }
+                Err(_) => usize::MAX,
+            };
             let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
-            *resp.status_mut() = StatusCode::NOT_FOUND;
+            if Some(index) == refused_at {
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            } else {
+                if read_bodies {
+                    let _ = req.into_body().collect().await;
+                }
+                *resp.status_mut() = StatusCode::NOT_FOUND;
+            }
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
