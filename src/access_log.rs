@@ -4,7 +4,7 @@
 //! bounded channel; a full channel drops the line and counts it. A thread per log writes
 //! the lines out (see `writer`). SIGUSR1 calls [`reopen`] after logrotate moved the files.
 
-mod format;
+pub(crate) mod format;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -25,6 +25,8 @@
 //! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
 //!   a new proxyd, which says when it is ready; the old one then drains and exits.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod access_log;
 pub mod admin;
 pub mod config;
@@ -37,3 +39,10 @@ pub mod server;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;
+
+/// What the fuzz targets (`fuzz/`) need that is not otherwise public. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::access_log::format::{combined, healthd, json};
+    pub use crate::server::framing::{Refusal, RequestStream};
+}

@@ -2,6 +2,8 @@
 //! -c FILE` prints the running proxy's workers and backends; `proxyd upgrade -c FILE` makes
 //! the running proxy hand its sockets to a new binary.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

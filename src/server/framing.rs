@@ -19,8 +19,8 @@ pub struct RequestStream {
     next: Next,
     /// The start of a head that arrived in pieces.
     head_buf: Vec<u8>,
-    /// Heads seen so far: the index of the next one.
-    heads: usize,
+    /// Heads seen so far: the index of the next one. (pub for the fuzz targets only.)
+    pub heads: usize,
     max_head_bytes: usize,
     max_headers: usize,
 }

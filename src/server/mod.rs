@@ -3,7 +3,7 @@
 
 mod admit;
 pub mod conn;
-mod framing;
+pub(crate) mod framing;
 pub mod head;
 pub mod listeners;
 pub mod proxy_protocol;
