@@ -121,6 +121,8 @@ type ByUpstream = HashMap<Box<str>, Arc<RouteHandles>>;
 struct RouteHandles {
     route: Box<str>,
     upstream: Box<str>,
+    /// The upstream's histograms, so a finished request needs one lookup.
+    histograms: Arc<UpstreamHandles>,
     /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
     /// the output.
     requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
@@ -271,6 +273,7 @@ impl Metrics {
         let made = Arc::new(RouteHandles {
             route: route.into(),
             upstream: upstream.into(),
+            histograms: self.upstream(upstream),
             requests: Default::default(),
             rate_limited: OnceLock::new(),
         });
@@ -348,8 +351,8 @@ impl Observe for Metrics {
     fn request_done(&self, o: &Outcome) {
         let routed = o.trace.upstream.as_deref();
         let name = routed.map_or(NO_UPSTREAM, |u| u.name.as_str());
-        let h = self.upstream(name);
         let r = self.route(o.trace.route.as_deref().unwrap_or(NO_UPSTREAM), name);
+        let h = &r.histograms;
         r.requests[method_index(&o.method)][class_index(o.status)]
             .get_or_init(|| {
                 self.requests.with_label_values(&[

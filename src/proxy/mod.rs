@@ -243,19 +243,19 @@ async fn proxy(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // Boxed: reading (and spooling) a body is a large future that a GET never needs.
-    let body =
-        if incoming.is_end_stream() && declared.is_none_or(|n| n <= snap.body_limits.max_body) {
-            body::RequestBody::Empty
-        } else {
-            Box::pin(read_request_body(
-                incoming,
-                declared,
-                &snap.body_limits,
-                upstream.buffer_bodies,
-            ))
-            .await?
-        };
+    // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
+    // declared length goes the long way, where its limit is checked.
+    let body = if incoming.is_end_stream() && declared.is_none() {
+        body::RequestBody::Empty
+    } else {
+        Box::pin(read_request_body(
+            incoming,
+            declared,
+            &snap.body_limits,
+            upstream.buffer_bodies,
+        ))
+        .await?
+    };
 
     // pick + forward
     // A trusted proxy in front (a load balancer that terminated TLS) says which scheme the
