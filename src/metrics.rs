@@ -407,6 +407,21 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         "Requests waiting in the upstream's admission queue now.",
         &["upstream"],
     );
+    let drain_rate = float_gauge(
+        "proxyd_upstream_queue_drain_rate",
+        "Requests per second the upstream's backends complete while requests wait (what admission expects waits from); absent until measured.",
+        &["upstream"],
+    );
+    let expected_wait = float_gauge(
+        "proxyd_upstream_queue_expected_wait_seconds",
+        "What a request joining the upstream's queue now would expect to wait; absent until measured.",
+        &["upstream"],
+    );
+    let overloaded = gauge(
+        "proxyd_upstream_queue_overloaded",
+        "1 while the standing-delay rule is engaged (requests admitted only if served within queue.target).",
+        &["upstream"],
+    );
     let queued = counter(
         "proxyd_upstream_queued_total",
         "Requests that had to wait in the upstream's queue for a free backend slot.",
@@ -419,7 +434,7 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
     );
     let rejections = counter(
         "proxyd_queue_rejections_total",
-        "Requests refused by the admission queue with a 503, by reason (full, timeout).",
+        "Requests refused by the admission queue with a 503, by reason (full: queue.max; timeout: waited queue.timeout; deadline: expected wait over queue.timeout, refused at once; overload: could not be served within queue.target under persistent overload).",
         &["upstream", "reason"],
     );
     let retries = counter(
@@ -509,6 +524,18 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         queue_depth
             .with_label_values(&[name])
             .set(as_i64(u.queued()));
+        let admission = u.admission();
+        if let Some(rate) = admission.drain_rate {
+            drain_rate.with_label_values(&[name]).set(rate);
+        }
+        if let Some(wait) = admission.expected_wait {
+            expected_wait
+                .with_label_values(&[name])
+                .set(wait.as_secs_f64());
+        }
+        overloaded
+            .with_label_values(&[name])
+            .set(i64::from(admission.overloaded));
 
         let s = &u.stats;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -528,17 +555,21 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
             (Cause::NoBackend, &s.no_backend),
             (Cause::QueueFull, &s.queue_full),
             (Cause::QueueTimeout, &s.queue_timeout),
+            (Cause::QueueDeadline, &s.queue_deadline),
+            (Cause::QueueOverload, &s.queue_overload),
         ] {
             errors
                 .with_label_values(&[name, cause.code()])
                 .inc_by(get(c));
         }
-        rejections
-            .with_label_values(&[name, "full"])
-            .inc_by(get(&s.queue_full));
-        rejections
-            .with_label_values(&[name, "timeout"])
-            .inc_by(get(&s.queue_timeout));
+        for (reason, c) in [
+            ("full", &s.queue_full),
+            ("timeout", &s.queue_timeout),
+            ("deadline", &s.queue_deadline),
+            ("overload", &s.queue_overload),
+        ] {
+            rejections.with_label_values(&[name, reason]).inc_by(get(c));
+        }
         retries
             .with_label_values(&[name, "unsent"])
             .inc_by(get(&s.retried_unsent));
@@ -657,6 +688,9 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
     [
         in_flight.collect(),
         queue_depth.collect(),
+        drain_rate.collect(),
+        expected_wait.collect(),
+        overloaded.collect(),
         backends.collect(),
         up.collect(),
         ejected.collect(),

@@ -81,12 +81,13 @@ async fn app_worker(marker: &Marker, extra: &str) -> TestProxy {
     one_worker(marker, &[python(), APP], extra).await
 }
 
-/// A proxy over one RAW_WORKER; the returned directory holds its script.
-async fn raw_worker(marker: &Marker) -> (TestProxy, tempfile::TempDir) {
+/// A proxy over one RAW_WORKER, plus `extra` top-level YAML; the returned directory holds
+/// its script.
+async fn raw_worker(marker: &Marker, extra: &str) -> (TestProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("raw_worker.py");
     std::fs::write(&script, RAW_WORKER).unwrap();
-    let proxy = one_worker(marker, &[python(), script.to_str().unwrap()], "").await;
+    let proxy = one_worker(marker, &[python(), script.to_str().unwrap()], extra).await;
     (proxy, dir)
 }
 
@@ -276,7 +277,7 @@ async fn a_slow_reader_does_not_hold_the_worker() {
 #[tokio::test]
 async fn trailers_survive_response_buffering() {
     let marker = Marker::new("trailers");
-    let (proxy, _dir) = raw_worker(&marker).await;
+    let (proxy, _dir) = raw_worker(&marker, "").await;
     let got = H1::connect(proxy.addr)
         .await
         .send(
@@ -294,13 +295,15 @@ async fn trailers_survive_response_buffering() {
     proxy.shutdown().await;
 }
 
-/// A worker that dies mid-body leaves its client with an error, never a short body that
-/// looks complete, whether the worker declared a length or sent chunks.
+/// A worker that dies mid-body after its head went to the client (the body outgrew
+/// `buffer_response`) leaves its client with an error, never a short body that looks
+/// complete, whether the worker declared a length or sent chunks.
 #[tokio::test]
 async fn a_worker_dying_mid_body_is_an_error_for_the_client() {
     for path in ["/die", "/die-chunked"] {
         let marker = Marker::new("dies-mid-body");
-        let (proxy, _dir) = raw_worker(&marker).await;
+        let small = "limits:\n  buffer_response: 64KiB\n";
+        let (proxy, _dir) = raw_worker(&marker, small).await;
         let stream = TcpStream::connect(proxy.addr).await.unwrap();
         let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -333,5 +336,31 @@ async fn a_worker_dying_mid_body_is_an_error_for_the_client() {
         );
         assert!(received <= 100_000, "{path}: {received} bytes");
         proxy.shutdown().await;
+    }
+}
+
+/// Before its head went out (the body still fits `buffer_response`), a worker's death is a
+/// failed attempt: the GET goes once to the replacement worker, which dies the same way, and
+/// the client gets a clean 502, not a cut 200.
+#[tokio::test]
+async fn a_worker_dying_before_the_head_is_committed_is_a_502() {
+    for path in ["/die", "/die-chunked"] {
+        let marker = Marker::new("dies-before-commit");
+        let (proxy, _dir) = raw_worker(&marker, "").await;
+        let got = timeout(PATIENCE, get(proxy.addr, path))
+            .await
+            .expect("an answer");
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{path}: {got:?}");
+        assert_eq!(got.header("proxyd-error"), Some("upstream-closed-early"));
+        let stats = &proxy.upstream("app").stats;
+        assert_eq!(
+            stats
+                .retried_replayed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "{path}: replayed once, on the replacement"
+        );
+        proxy.shutdown().await;
+        marker.wait_none_left().await;
     }
 }

@@ -190,6 +190,17 @@ pub fn render(s: &Value) -> String {
                 parts.join(" ")
             }
         };
+        if let Some(rate) = u["queue_drain_rate"].as_f64() {
+            out += &format!(
+                "Admission : drains {rate:.1}/s, a newcomer waits ~{:.0} ms{}\n",
+                u["queue_expected_wait_ms"].as_f64().unwrap_or(0.0),
+                if u["queue_overloaded"].as_bool() == Some(true) {
+                    "   OVERLOADED (admitting within queue.target)"
+                } else {
+                    ""
+                }
+            );
+        }
         out += &format!("Events    : {}\n", nonzero(&u["counters"], "requests"));
         if !u["workers"].is_null() {
             out += &format!("Restarts  : {}\n", nonzero(&u["restarts"], ""));

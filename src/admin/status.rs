@@ -42,6 +42,13 @@ pub struct UpstreamStatus {
     /// Requests in flight per backend at most; null when unlimited.
     pub concurrency: Option<usize>,
     pub queue_depth: usize,
+    /// Admission: completions per second while requests wait (null until measured).
+    pub queue_drain_rate: Option<f64>,
+    /// What a request joining the queue now would expect to wait (null until measured).
+    pub queue_expected_wait_ms: Option<f64>,
+    /// The standing-delay rule is engaged: requests are admitted only if they can be served
+    /// within `queue.target`.
+    pub queue_overloaded: bool,
     pub in_flight: usize,
     pub requests: u64,
     pub ready_backends: usize,
@@ -165,11 +172,15 @@ fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamSta
                 .collect()
         })
         .unwrap_or_default();
+    let admission = u.admission();
     UpstreamStatus {
         name: u.name.clone(),
         balance: balance_name(u.balance()),
         concurrency: limit(u.concurrency()),
         queue_depth: u.queued(),
+        queue_drain_rate: admission.drain_rate,
+        queue_expected_wait_ms: admission.expected_wait.map(|w| w.as_secs_f64() * 1000.0),
+        queue_overloaded: admission.overloaded,
         in_flight: backends
             .iter()
             .map(|b| b.in_flight.load(Ordering::Relaxed))

@@ -21,24 +21,45 @@ pub enum Balance {
     Hash,
 }
 
-/// Requests waiting for a free backend slot.
+/// Requests waiting for a free backend slot, admitted by time: a request waits while it can
+/// still be served within `timeout`; one whose expected wait is longer is refused at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Queue {
-    /// Waiting requests at most; past it: 503 at once.
-    #[serde(default = "default_queue_max")]
-    pub max: usize,
-    /// Longest wait; past it: 503.
+    /// Waiting requests at most, a memory guard (default: `limits.max_connections`; 0: none
+    /// wait); past it: 503 queue-full. Time, not this count, sheds a load the backends can
+    /// serve.
+    #[serde(default)]
+    pub max: Option<Spanned<usize>>,
+    /// The longest a request may wait for a slot (gunicorn's `timeout`); past it: 503
+    /// queue-timeout. A newcomer whose expected wait is longer: 503 queue-deadline at once.
     #[serde(default = "default_queue_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The standing delay allowed under persistent overload (0s: no such rule): while the
+    /// queue's delay stays above it for `interval` and the queue keeps growing, newcomers
+    /// are admitted only while they can be served within it.
+    #[serde(default = "default_queue_target", deserialize_with = "duration")]
+    pub target: Duration,
+    /// How long the delay must stay above `target`, the queue growing, before that rule engages.
+    #[serde(default = "default_queue_interval", deserialize_with = "duration")]
+    pub interval: Duration,
 }
 
 impl Default for Queue {
     fn default() -> Self {
         Queue {
-            max: default_queue_max(),
+            max: None,
             timeout: default_queue_timeout(),
+            target: default_queue_target(),
+            interval: default_queue_interval(),
         }
+    }
+}
+
+impl Queue {
+    /// The count bound in force: `max`, or one waiting request per client connection.
+    pub fn max_or(&self, max_connections: usize) -> usize {
+        self.max.as_ref().map_or(max_connections, |m| m.value)
     }
 }
 
@@ -124,11 +145,14 @@ impl HashKey {
     }
 }
 
-fn default_queue_max() -> usize {
-    100
-}
 fn default_queue_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_queue_target() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_queue_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_attempts() -> usize {
     3

@@ -400,6 +400,21 @@ fn validate_balancing(file: &str, name: &str, up: &super::Upstream) -> Result<()
     if up.eject.failures > 0 && up.eject.base.is_zero() {
         return plain(format!("{key}.eject.base: must be longer than 0s"));
     }
+    validate_queue(file, &key, &up.queue)
+}
+
+fn validate_queue(file: &str, key: &str, q: &super::balance::Queue) -> Result<(), ConfigError> {
+    let plain = |msg: String| Err(ConfigError::new(file, None, msg));
+    if q.timeout.is_zero() {
+        return plain(format!(
+            "{key}.queue.timeout: must be longer than 0s (how long a request may wait)"
+        ));
+    }
+    if !q.target.is_zero() && q.interval.is_zero() {
+        return plain(format!(
+            "{key}.queue.interval: must be longer than 0s (or set queue.target: 0s to turn the rule off)"
+        ));
+    }
     Ok(())
 }
 

@@ -29,10 +29,15 @@ pub enum Cause {
     RateLimited,
     NoRoute,
     NoBackend,
-    /// Every backend slot is taken and the queue is full.
+    /// Every backend slot is taken and the queue holds `queue.max` requests (a memory guard).
     QueueFull,
     /// A queued request waited `queue.timeout` for a slot.
     QueueTimeout,
+    /// The request's expected wait in the queue is longer than `queue.timeout`: refused at
+    /// once rather than after waiting in vain.
+    QueueDeadline,
+    /// Under persistent overload, the request could not be served within `queue.target`.
+    QueueOverload,
     UpstreamConnectRefused,
     UpstreamConnectTimeout,
     UpstreamConnectFailed,
@@ -56,9 +61,11 @@ impl Cause {
             Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Cause::NoRoute => StatusCode::NOT_FOUND,
-            Cause::NoBackend | Cause::QueueFull | Cause::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Cause::NoBackend
+            | Cause::QueueFull
+            | Cause::QueueTimeout
+            | Cause::QueueDeadline
+            | Cause::QueueOverload => StatusCode::SERVICE_UNAVAILABLE,
             Cause::UpstreamConnectRefused
             | Cause::UpstreamConnectTimeout
             | Cause::UpstreamConnectFailed
@@ -83,6 +90,8 @@ impl Cause {
             Cause::NoBackend => "no-healthy-backend",
             Cause::QueueFull => "queue-full",
             Cause::QueueTimeout => "queue-timeout",
+            Cause::QueueDeadline => "queue-deadline",
+            Cause::QueueOverload => "queue-overload",
             Cause::UpstreamConnectRefused => "upstream-connect-refused",
             Cause::UpstreamConnectTimeout => "upstream-connect-timeout",
             Cause::UpstreamConnectFailed => "upstream-connect-failed",
@@ -106,6 +115,8 @@ impl Cause {
             | Cause::NoBackend
             | Cause::QueueFull
             | Cause::QueueTimeout
+            | Cause::QueueDeadline
+            | Cause::QueueOverload
             | Cause::Internal => Side::Internal,
             _ => Side::Upstream,
         }

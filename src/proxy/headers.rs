@@ -446,11 +446,29 @@ pub fn prepare_response(parts: &mut response::Parts) {
     let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut parts.headers, switching);
     parts.headers.remove(header::TE);
+    // Meant for the proxy, as with nginx.
+    parts.headers.remove(X_ACCEL_BUFFERING);
     if switching {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
+
+/// True when a response asks to go out as it comes rather than be read ahead: server-sent
+/// events, or `X-Accel-Buffering: no` (nginx's header, which is taken out here).
+pub fn take_stream_hint(h: &mut HeaderMap) -> bool {
+    let unbuffered = h
+        .remove(X_ACCEL_BUFFERING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    let events = h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+    });
+    unbuffered || events
 }
 
 /// 16 hex digits, random: unique enough to find one request in the logs.

@@ -24,7 +24,7 @@ use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
 use outcome::{Outcome, Trace};
 pub use snapshot::Snapshot;
-use spool::SpooledResponse;
+use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
@@ -290,46 +290,33 @@ async fn proxy(
     // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade: the request goes without it.
     let upgrade = upgrade && !upstream.connector.multiplexed();
     let backend_host = headers::prepare_request(&mut parts, &body, upgrade, &side);
-    let (sent, flight) = pick_and_send(
-        upstream,
-        Request::from_parts(parts, body),
+    let request = Attempt {
         idempotent,
         backend_host,
         key,
-        trace,
-    )
-    .await?;
-    let backend = flight.backend().clone();
+        buffer_response: snap.body_limits.buffer_response,
+    };
+    let answer = pick_and_send(upstream, Request::from_parts(parts, body), request, trace).await?;
 
     // respond
-    let reused = sent.conn.reused;
-    let mut response = sent.response;
-    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let backend_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_upgrade, backend_upgrade));
-    }
-    let (mut rparts, rbody) = response.into_parts();
-    rparts.version = client_version;
-    headers::prepare_response(&mut rparts);
-    if snap.debug_headers {
-        if let Ok(v) = HeaderValue::from_str(&backend.label) {
-            rparts.headers.insert("proxyd-backend", v);
+    let mut head = answer.head;
+    if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(backend_upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade));
         }
-        rparts.headers.insert(
+    }
+    head.version = client_version;
+    headers::prepare_response(&mut head);
+    if snap.debug_headers {
+        if let Ok(v) = HeaderValue::from_str(&answer.backend.label) {
+            head.headers.insert("proxyd-backend", v);
+        }
+        head.headers.insert(
             "proxyd-reused",
-            HeaderValue::from_static(if reused { "1" } else { "0" }),
+            HeaderValue::from_static(if answer.reused { "1" } else { "0" }),
         );
     }
-    let body = UpstreamBody::new(rbody, flight, sent.conn.sender);
-    let body = if upstream.buffer_bodies && !body.is_end_stream() {
-        ResponseBody::Spooled(SpooledResponse::start(
-            body,
-            snap.body_limits.buffer_response,
-        ))
-    } else {
-        ResponseBody::Upstream(body)
-    };
-    Ok(Response::from_parts(rparts, body))
+    Ok(Response::from_parts(head, answer.body))
 }
 
 /// What is known of a request when it arrives, kept for its outcome.
@@ -411,22 +398,42 @@ impl Pending {
     }
 }
 
+/// What the retry rules need to know of a request, besides the request.
+#[derive(Clone, Copy)]
+struct Attempt {
+    idempotent: bool,
+    /// The backend's address goes in `Host` (the client's is not passed on).
+    backend_host: bool,
+    /// For `balance: hash`.
+    key: Option<u64>,
+    /// `limits.buffer_response`: a worker's response is read this far before the client
+    /// gets its head.
+    buffer_response: u64,
+}
+
+/// What a backend answered: the head, and the body as the client will get it.
+struct Answer {
+    head: http::response::Parts,
+    body: ResponseBody,
+    backend: Arc<Backend>,
+    reused: bool,
+}
+
 /// Takes a backend slot (waiting in the queue if need be) and sends; retries on another
 /// backend what is safe to retry, within `retries.attempts` and the retry budget: any request
 /// none of which reached the failed backend, and once, an idempotent one with a replayable
-/// body when the backend failed before any response byte (so a request that kills its worker
-/// cannot take down more than two).
+/// body when the backend failed before the client got anything (a worker's response is read
+/// whole, or to `buffer_response`, before its head goes out), so a request that kills its
+/// worker cannot take down more than two.
 async fn pick_and_send(
     upstream: &Upstream,
     req: Request<body::RequestBody>,
-    idempotent: bool,
-    backend_host: bool,
-    key: Option<u64>,
+    attempt: Attempt,
     trace: &mut Trace,
-) -> Result<(forward::Sent, InFlight), ProxyError> {
+) -> Result<Answer, ProxyError> {
     Stats::add(&upstream.stats.requests);
     upstream.budget.deposit();
-    let result = attempts(upstream, req, idempotent, backend_host, key, trace).await;
+    let result = attempts(upstream, req, attempt, trace).await;
     if let Err(e) = &result {
         upstream.stats.error(e.cause);
     }
@@ -436,11 +443,9 @@ async fn pick_and_send(
 async fn attempts(
     upstream: &Upstream,
     mut req: Request<body::RequestBody>,
-    idempotent: bool,
-    backend_host: bool,
-    key: Option<u64>,
+    attempt: Attempt,
     trace: &mut Trace,
-) -> Result<(forward::Sent, InFlight), ProxyError> {
+) -> Result<Answer, ProxyError> {
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut replayed = false;
     // The failure being retried: if no backend can be had for the retry, it is the answer.
@@ -452,31 +457,36 @@ async fn attempts(
     loop {
         // The queue's wait is boxed: most requests get a slot at once, and the request's
         // future stays small (it is moved on every request).
-        let acquired = match upstream.acquire_now(key, &tried) {
+        let acquired = match upstream.acquire_now(attempt.key, &tried) {
             Some(f) => Ok(f),
             None => {
                 let waiting = tokio::time::Instant::now();
-                let got = Box::pin(upstream.acquire(key, tried.clone())).await;
+                let got = Box::pin(upstream.acquire(attempt.key, tried.clone())).await;
                 trace.queued += waiting.elapsed();
                 got
             }
         };
         let flight = match acquired {
             Ok(f) => f,
-            Err(cause) => {
+            Err(refusal) => {
                 return Err(previous.take().unwrap_or_else(|| {
-                    ProxyError::new(cause, format_args!("upstream {}", upstream.name))
+                    let e =
+                        ProxyError::new(refusal.cause, format_args!("upstream {}", upstream.name));
+                    match refusal.retry_after {
+                        Some(secs) => e.retry_after(secs),
+                        None => e,
+                    }
                 }))
             }
         };
         let backend = flight.backend().clone();
         trace.backend = Some(backend.clone());
-        if backend_host {
+        if attempt.backend_host {
             forward::set_backend_host(&mut req, &backend);
         }
         let last = tried.len() + 1 >= upstream.retries.attempts
             || !(upstream.dynamic || upstream.backends().len() > tried.len() + 1);
-        let spare = if idempotent && replayable && !last && !replayed {
+        let spare = if attempt.idempotent && replayable && !last && !replayed {
             forward::replayable_copy(&req)
         } else {
             None
@@ -494,19 +504,36 @@ async fn attempts(
                 trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
-                upstream.record(&backend, sent.response.status().is_server_error());
-                return Ok((sent, flight));
+                let status = sent.response.status();
+                match respond(upstream, sent, flight, started, attempt.buffer_response).await {
+                    Ok(answer) => {
+                        upstream.record(&backend, status.is_server_error());
+                        return Ok(answer);
+                    }
+                    Err(error) => forward::Failed {
+                        error,
+                        request: None,
+                    },
+                }
             }
-            Err(f) => f,
+            Err(f) => {
+                drop(flight);
+                f
+            }
         };
-        drop(flight);
         upstream.record(&backend, true);
-        if failed.error.cause == Cause::UpstreamResponseTimeout {
-            backend.report(WorkerEvent::Hung);
-        }
+        // A worker past request_timeout is hung: it is replaced, as if it had died.
+        let died = match failed.error.cause {
+            Cause::UpstreamClosed => true,
+            Cause::UpstreamResponseTimeout => {
+                backend.report(WorkerEvent::Hung);
+                upstream.dynamic
+            }
+            _ => false,
+        };
         let (again, counter) = match (failed.request, spare) {
             (Some(unsent), _) => (unsent, &upstream.stats.retried_unsent),
-            (None, Some(copy)) if failed.error.cause == Cause::UpstreamClosed => {
+            (None, Some(copy)) if died => {
                 replayed = true;
                 (copy, &upstream.stats.retried_replayed)
             }
@@ -526,6 +553,56 @@ async fn attempts(
         tried.push(backend);
         previous = Some(failed.error);
     }
+}
+
+/// The response as the client will get it. A worker's body is read ahead before the head
+/// is committed, until it ends or fills `buffer_response` (the rest goes on by a task), all
+/// of it within `request_timeout` of sending: a worker that dies or hangs before then is a
+/// failed attempt the client never sees. A stream from a worker (server-sent events,
+/// `X-Accel-Buffering: no`) goes out as it comes, and may be silent at most
+/// `request_timeout` at a time. A server's body streams.
+async fn respond(
+    upstream: &Upstream,
+    sent: forward::Sent,
+    flight: InFlight,
+    started: tokio::time::Instant,
+    buffer_response: u64,
+) -> Result<Answer, ProxyError> {
+    let backend = flight.backend().clone();
+    let reused = sent.conn.reused;
+    let (mut head, body) = sent.response.into_parts();
+    let body = UpstreamBody::new(body, flight, sent.conn.sender);
+    let buffered = upstream.buffer_bodies
+        && !body.is_end_stream()
+        && head.status != StatusCode::SWITCHING_PROTOCOLS;
+    let body = if !buffered {
+        ResponseBody::Upstream(body)
+    } else {
+        let hung = backend.clone();
+        let on_timeout: OnTimeout = Box::new(move || hung.report(WorkerEvent::Hung));
+        if headers::take_stream_hint(&mut head.headers) {
+            let silence = BodyTimer::Silence(upstream.response_timeout);
+            ResponseBody::Spooled(SpooledResponse::start(
+                body,
+                buffer_response,
+                silence,
+                on_timeout,
+            ))
+        } else {
+            let deadline = started + upstream.response_timeout;
+            let read = SpooledResponse::read_ahead(body, buffer_response, deadline, on_timeout);
+            let spooled = Box::pin(read).await.map_err(|e| {
+                ProxyError::new(e.cause, format_args!("{}: {}", backend.label, e.detail))
+            })?;
+            ResponseBody::Spooled(spooled)
+        }
+    };
+    Ok(Answer {
+        head,
+        body,
+        backend,
+        reused,
+    })
 }
 
 /// Copies bytes both ways between an upgraded client and backend connection until either

@@ -91,7 +91,10 @@ impl Snapshot {
         for (name, up) in &cfg.upstreams {
             let kept = previous.and_then(|(snap, old)| {
                 let before = old.config.upstreams.get(name)?;
-                (old.dir == loaded.dir && fingerprint(before) == fingerprint(up))
+                // A derived queue.max follows limits.max_connections.
+                let same_max = before.queue.max_or(old.config.limits.max_connections)
+                    == up.queue.max_or(cfg.limits.max_connections);
+                (old.dir == loaded.dir && fingerprint(before) == fingerprint(up) && same_max)
                     .then(|| snap.upstreams.iter().find(|u| &u.name == name).cloned())
                     .flatten()
             });
@@ -110,7 +113,8 @@ impl Snapshot {
                 .iter()
                 .any(|(a, _)| matches!(a, BackendAddr::Tls { .. }));
             let connector = Connector::new(name, up, &loaded.dir, https).map_err(fail)?;
-            upstreams.push(Upstream::new(name, addrs, up, connector));
+            let queue_max = up.queue.max_or(cfg.limits.max_connections);
+            upstreams.push(Upstream::new(name, addrs, up, connector, queue_max));
         }
         let (rate, mut route_rates) = crate::limits::rate::build(loaded, previous);
         let index = |name: &str| upstreams.iter().position(|u| u.name == name);

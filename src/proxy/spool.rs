@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::body::BoxError;
+use super::error::{Cause, ProxyError};
 
 /// File writes are batched to this size; file reads return pieces of it.
 const CHUNK: usize = 128 * 1024;
@@ -228,9 +229,39 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A worker's response body read ahead into a buffer by its own task, which releases the
-/// worker's connection and in-flight slot as soon as the worker's body has ended. The client
-/// reads from the buffer at its own pace; a worker body that failed ends in an error here too.
+/// How long a worker's body may take.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyTimer {
+    /// All of it by then (`request_timeout` from sending the request).
+    Deadline(tokio::time::Instant),
+    /// A stream (server-sent events, `X-Accel-Buffering: no`): no longer than this between
+    /// two pieces.
+    Silence(std::time::Duration),
+}
+
+impl BodyTimer {
+    fn bound<F: Future>(self, f: F) -> tokio::time::Timeout<F> {
+        match self {
+            BodyTimer::Deadline(at) => tokio::time::timeout_at(at, f),
+            BodyTimer::Silence(d) => tokio::time::timeout(d, f),
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            BodyTimer::Deadline(_) => "did not finish its response within request_timeout",
+            BodyTimer::Silence(_) => "sent nothing of its stream for request_timeout",
+        }
+    }
+}
+
+/// Called once when a worker's body runs out of time (the worker is hung: replace it).
+pub type OnTimeout = Box<dyn FnOnce() + Send>;
+
+/// A worker's response body read ahead into a buffer, by its own task once the client has
+/// the head; it releases the worker's connection and in-flight slot as soon as the worker's
+/// body has ended. The client reads from the buffer at its own pace; a worker body that failed
+/// ends in an error here too.
 pub struct SpooledResponse {
     shared: Shared,
     reading: Option<JoinHandle<io::Result<Bytes>>>,
@@ -241,28 +272,91 @@ pub struct SpooledResponse {
 }
 
 impl SpooledResponse {
-    /// Starts reading `body` into memory up to `mem_limit` unread bytes, the rest to a file.
-    pub fn start<B>(body: B, mem_limit: u64) -> SpooledResponse
+    /// Reads `body` into memory before anything goes to the client, until it ends or fills
+    /// `mem_limit` (then a task reads the rest, to a file past the limit, by `deadline`). A body
+    /// that fails or runs past `deadline` first is an error, and the client has seen nothing:
+    /// the request may still go to another worker.
+    pub async fn read_ahead<B>(
+        mut body: B,
+        mem_limit: u64,
+        deadline: tokio::time::Instant,
+        on_timeout: OnTimeout,
+    ) -> Result<SpooledResponse, ProxyError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send,
     {
         let shared = Shared::default();
-        let (client, gone) = oneshot::channel();
+        let size_hint = body.size_hint();
+        while lock(&shared).mem_len < mem_limit {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Err(ProxyError::new(
+                        Cause::UpstreamResponseTimeout,
+                        "the worker did not finish its response within request_timeout",
+                    ))
+                }
+                Ok(None) => {
+                    lock(&shared).end = Some(Ok(()));
+                    return Ok(SpooledResponse::new(shared, size_hint).0);
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(ProxyError::new(
+                        Cause::UpstreamClosed,
+                        format_args!("the worker's response body ended early: {e}"),
+                    ))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let mut s = lock(&shared);
+            match frame.into_data() {
+                Ok(data) => {
+                    s.mem_len += data.len() as u64;
+                    s.mem.push_back(data);
+                }
+                Err(frame) => s.trailers = frame.into_trailers().ok(),
+            }
+        }
+        let (spooled, gone) = SpooledResponse::new(shared.clone(), size_hint);
+        let timer = BodyTimer::Deadline(deadline);
+        tokio::spawn(pump(body, shared, gone, mem_limit, timer, on_timeout));
+        Ok(spooled)
+    }
+
+    /// Starts reading `body` into memory up to `mem_limit` unread bytes, the rest to a file,
+    /// passing each piece on as it comes (for streams).
+    pub fn start<B>(
+        body: B,
+        mem_limit: u64,
+        timer: BodyTimer,
+        on_timeout: OnTimeout,
+    ) -> SpooledResponse
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let shared = Shared::default();
         let size_hint = body.size_hint();
         let mut body = body;
-        // Most worker responses are small and already read in full: take what is ready
-        // without a task, and spawn the pump only for what is still to come.
+        let (spooled, gone) = SpooledResponse::new(shared.clone(), size_hint);
+        // What is ready is taken without a task; the pump is spawned only for what is still
+        // to come.
         if !take_ready(&mut body, &shared, mem_limit) {
-            tokio::spawn(pump(body, shared.clone(), gone, mem_limit));
+            tokio::spawn(pump(body, shared, gone, mem_limit, timer, on_timeout));
         }
-        SpooledResponse {
+        spooled
+    }
+
+    fn new(shared: Shared, size_hint: SizeHint) -> (SpooledResponse, oneshot::Receiver<()>) {
+        let (client, gone) = oneshot::channel();
+        let spooled = SpooledResponse {
             shared,
             reading: None,
             size_hint,
             done: false,
             _client: client,
-        }
+        };
+        (spooled, gone)
     }
 }
 
@@ -303,6 +397,8 @@ async fn pump<B>(
     shared: Shared,
     mut client_gone: oneshot::Receiver<()>,
     mem_limit: u64,
+    timer: BodyTimer,
+    on_timeout: OnTimeout,
 ) where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -312,12 +408,16 @@ async fn pump<B>(
             biased;
             // Dropping the worker's body early closes its connection, as without buffering.
             _ = &mut client_gone => return,
-            frame = body.frame() => frame,
+            frame = timer.bound(body.frame()) => frame,
         };
         let data = match frame {
-            None => break Ok(()),
-            Some(Err(e)) => break Err(format!("upstream response body: {e}")),
-            Some(Ok(frame)) => match frame.into_data() {
+            Err(_) => {
+                on_timeout();
+                break Err(format!("the worker {}", timer.what()));
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(format!("upstream response body: {e}")),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
@@ -503,7 +603,89 @@ mod tests {
             rx,
             dropped: dropped.clone(),
         };
-        (tx, dropped, SpooledResponse::start(body, mem_limit))
+        let forever = BodyTimer::Silence(std::time::Duration::from_secs(3600));
+        let spooled = SpooledResponse::start(body, mem_limit, forever, Box::new(|| {}));
+        (tx, dropped, spooled)
+    }
+
+    fn fed_body() -> (Feed, Arc<std::sync::atomic::AtomicBool>, Fed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = Fed {
+            rx,
+            dropped: dropped.clone(),
+        };
+        (tx, dropped, body)
+    }
+
+    fn in_a_minute() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_read_before_the_client_gets_anything() {
+        let (tx, dropped, body) = fed_body();
+        tx.send(data(b"all ")).unwrap();
+        tx.send(data(b"of it")).unwrap();
+        drop(tx);
+        let mut client = SpooledResponse::read_ahead(body, 1 << 20, in_a_minute(), Box::new(|| {}))
+            .await
+            .unwrap();
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "worker released"
+        );
+        let got = (&mut client).collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"all of it");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_before_the_head_is_committed_is_an_error() {
+        let (tx, _dropped, body) = fed_body();
+        tx.send(data(b"half")).unwrap();
+        tx.send(Err("connection reset".into())).unwrap();
+        let err = SpooledResponse::read_ahead(body, 1 << 20, in_a_minute(), Box::new(|| {}))
+            .await
+            .err()
+            .expect("an error, not a response");
+        assert_eq!(err.cause, Cause::UpstreamClosed);
+        assert!(err.detail.contains("connection reset"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_past_its_deadline_is_an_error_or_a_cut_response() {
+        // Before the memory limit: an error, nothing committed.
+        let (tx, _dropped, body) = fed_body();
+        tx.send(data(b"slow")).unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let err = SpooledResponse::read_ahead(body, 1 << 20, deadline, Box::new(|| {}))
+            .await
+            .err()
+            .expect("timed out");
+        assert_eq!(err.cause, Cause::UpstreamResponseTimeout);
+        drop(tx);
+
+        // Past the memory limit: committed; the rest must still come by the deadline, or
+        // the client's body ends in an error and the worker is reported.
+        let (tx, dropped, body) = fed_body();
+        tx.send(data(b"more than four")).unwrap();
+        let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = hung.clone();
+        let report = Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut client = SpooledResponse::read_ahead(body, 4, deadline, report)
+            .await
+            .unwrap();
+        let first = client.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"more than four");
+        let err = client.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("request_timeout"), "{err}");
+        assert!(
+            hung.load(std::sync::atomic::Ordering::SeqCst),
+            "reported hung"
+        );
+        wait_dropped(&dropped).await;
+        drop(tx);
     }
 
     fn data(s: &'static [u8]) -> Result<Frame<Bytes>, String> {

@@ -5,8 +5,8 @@
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
-//! queue, bounded in length and time. A group's backend list can change while requests run:
-//! worker restarts swap it.
+//! queue admitted by time (`queue`: a newcomer waits while it can be served within its
+//! deadline). A group's backend list can change while requests run: worker restarts swap it.
 
 pub mod backend;
 pub mod balancer;
@@ -18,7 +18,6 @@ pub mod queue;
 pub mod stats;
 pub mod tls;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::Duration;
@@ -34,7 +33,8 @@ use budget::RetryBudget;
 use clock::now_ns;
 use connect::Connector;
 use pool::Pool;
-use queue::{Waiter, Waiters};
+pub use queue::{AdmissionView, Refusal};
+use queue::{Line, Waiter, Waiters};
 use stats::Stats;
 
 /// A named group of backends that routes point at.
@@ -55,6 +55,8 @@ pub struct Upstream {
     pub hash_key: Option<config::HashKey>,
     queue_max: usize,
     pub queue_timeout: Duration,
+    /// `queue.target`, for status pages.
+    pub queue_target: Duration,
     waiters: Waiters,
     next_waiter: AtomicU64,
     pub retries: config::Retries,
@@ -71,12 +73,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// A group over fixed `servers` (address, weight), reached through `connector`; empty for
-    /// one whose workers are still starting.
+    /// one whose workers are still starting. `queue_max` is `queue.max` in force.
     pub fn new(
         name: &str,
         servers: Vec<(BackendAddr, u32)>,
         cfg: &config::Upstream,
         connector: Connector,
+        queue_max: usize,
     ) -> Arc<Upstream> {
         Arc::new_cyclic(|me: &Weak<Upstream>| {
             let pool = cfg.effective_pool();
@@ -109,9 +112,10 @@ impl Upstream {
                     .hash_key
                     .as_ref()
                     .and_then(|k| config::HashKey::parse(k).ok()),
-                queue_max: cfg.queue.max,
+                queue_max,
                 queue_timeout: cfg.queue.timeout,
-                waiters: Waiters::default(),
+                queue_target: cfg.queue.target,
+                waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
                 next_waiter: AtomicU64::new(0),
                 budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
                 retries: cfg.retries.clone(),
@@ -177,8 +181,8 @@ impl Upstream {
         if failed {
             // Dropping the senders wakes every waiter with "no backend".
             let mut q = self.lock_waiters();
-            q.clear();
-            self.waiters.len.store(0, Ordering::SeqCst);
+            q.clear(now_ns());
+            self.waiters.sync(&q);
         }
     }
 
@@ -229,15 +233,15 @@ impl Upstream {
     }
 
     /// A slot on a backend for one request: at once when one is free, else after waiting in
-    /// the queue (a retry waits at its front). `key` feeds `balance: hash`; `tried` are
-    /// backends this request already failed on.
+    /// the queue (a retry waits at its front, and is never refused for its expected wait).
+    /// `key` feeds `balance: hash`; `tried` are backends this request already failed on.
     pub async fn acquire(
         &self,
         key: Option<u64>,
         tried: Vec<Arc<Backend>>,
-    ) -> Result<InFlight, Cause> {
+    ) -> Result<InFlight, Refusal> {
         if self.failed.load(Ordering::Acquire) {
-            return Err(Cause::NoBackend);
+            return Err(Cause::NoBackend.into());
         }
         if let Some(f) = self.acquire_now(key, &tried) {
             return Ok(f);
@@ -247,23 +251,25 @@ impl Upstream {
         let (tx, mut rx) = oneshot::channel();
         {
             let mut q = self.lock_waiters();
-            if q.len() >= self.queue_max {
-                return Err(Cause::QueueFull);
+            if q.list.len() >= self.queue_max {
+                return Err(Cause::QueueFull.into());
             }
-            // Counted before the last look, so a slot freed right now sees a waiter.
-            self.waiters.len.fetch_add(1, Ordering::SeqCst);
+            let now = now_ns();
+            if !retry {
+                let admitted = q.admit(now, self.queue_timeout, self.slots());
+                self.waiters.sync(&q);
+                admitted?;
+            }
             let waiter = Waiter {
                 id,
                 tx,
                 key,
                 tried,
-                since: now_ns(),
+                since: now,
             };
-            if retry {
-                q.push_front(waiter);
-            } else {
-                q.push_back(waiter);
-            }
+            q.push(waiter, retry, now);
+            // Published before the last look, so a slot freed right now sees a waiter.
+            self.waiters.sync(&q);
             self.dispatch(&mut q);
         }
         Stats::add(&self.stats.queued);
@@ -271,46 +277,62 @@ impl Upstream {
         let got = tokio::time::timeout(self.queue_timeout, &mut rx).await;
         drop(leave);
         match got {
-            Ok(Ok(flight)) => Ok(flight),
-            Ok(Err(_)) => Err(Cause::NoBackend),
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Cause::NoBackend.into()),
             // A slot sent just as the wait ended is still taken.
-            Err(_) => rx.try_recv().map_err(|_| Cause::QueueTimeout),
+            Err(_) => match rx.try_recv() {
+                Ok(answer) => answer,
+                Err(_) => Err(Cause::QueueTimeout.into()),
+            },
         }
     }
 
-    fn lock_waiters(&self) -> MutexGuard<'_, VecDeque<Waiter>> {
-        self.waiters.list.lock().unwrap_or_else(|p| p.into_inner())
+    /// Slots on the backends in the rotation: how far the queue's length moves by itself.
+    fn slots(&self) -> usize {
+        self.backends
+            .load()
+            .iter()
+            .filter(|b| b.is_ready())
+            .map(|b| b.limit)
+            .fold(0usize, usize::saturating_add)
+    }
+
+    fn lock_waiters(&self) -> MutexGuard<'_, Line> {
+        self.waiters.line.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Hands free slots to waiters, oldest first.
-    fn dispatch(&self, q: &mut VecDeque<Waiter>) {
+    fn dispatch(&self, q: &mut Line) {
         let mut i = 0;
-        while i < q.len() {
-            if q[i].tx.is_closed() {
-                q.remove(i);
-                self.waiters.len.fetch_sub(1, Ordering::SeqCst);
+        let now = now_ns();
+        while i < q.list.len() {
+            if q.list[i].tx.is_closed() {
+                q.remove(i, now);
+                self.waiters.sync(q);
                 continue;
             }
-            let Some(flight) = self.try_take(q[i].key, &q[i].tried) else {
-                if q[i].tried.is_empty() {
+            let Some(flight) = self.try_take(q.list[i].key, &q.list[i].tried) else {
+                if q.list[i].tried.is_empty() {
                     // No slot for a plain request: none for anyone behind it either.
                     break;
                 }
                 i += 1;
                 continue;
             };
-            let Some(w) = q.remove(i) else { break };
-            self.waiters.len.fetch_sub(1, Ordering::SeqCst);
-            if let Err(unused) = w.tx.send(flight) {
+            let Some(w) = q.remove(i, now) else { break };
+            self.waiters.sync(q);
+            if let Err(Ok(unused)) = w.tx.send(Ok(flight)) {
                 unused.unclaimed();
             }
         }
     }
 
-    /// A slot was freed: if anyone waits, hand it over.
+    /// A slot was freed: if anyone waits, count the completion and hand the slot over.
     pub(crate) fn released(&self) {
         if self.waiters.len.load(Ordering::SeqCst) > 0 {
-            self.kick();
+            let mut q = self.lock_waiters();
+            q.completed(now_ns());
+            self.dispatch(&mut q);
         }
     }
 
@@ -318,6 +340,11 @@ impl Upstream {
     pub fn kick(&self) {
         let mut q = self.lock_waiters();
         self.dispatch(&mut q);
+    }
+
+    /// The drain rate, a newcomer's expected wait and whether the overload rule is engaged.
+    pub fn admission(&self) -> AdmissionView {
+        self.lock_waiters().view(now_ns())
     }
 
     /// Counts a finished attempt on `b` for passive ejection.
@@ -342,7 +369,7 @@ impl Upstream {
         }
         let now = now_ns();
         let q = self.lock_waiters();
-        let oldest = q.iter().map(|w| w.since).min().unwrap_or(now);
+        let oldest = q.list.iter().map(|w| w.since).min().unwrap_or(now);
         Duration::from_nanos(now.saturating_sub(oldest))
     }
 
@@ -376,9 +403,9 @@ struct LeaveQueue<'a> {
 impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
         let mut q = self.upstream.lock_waiters();
-        if let Some(i) = q.iter().position(|w| w.id == self.id) {
-            q.remove(i);
-            self.upstream.waiters.len.fetch_sub(1, Ordering::SeqCst);
+        if let Some(i) = q.list.iter().position(|w| w.id == self.id) {
+            q.remove(i, now_ns());
+            self.upstream.waiters.sync(&q);
         }
     }
 }

@@ -12,6 +12,10 @@ pub struct Stats {
     pub queued: AtomicU64,
     pub queue_full: AtomicU64,
     pub queue_timeout: AtomicU64,
+    /// Refused at once: the expected wait was longer than `queue.timeout`.
+    pub queue_deadline: AtomicU64,
+    /// Refused or trimmed under persistent overload (the wait would pass `queue.target`).
+    pub queue_overload: AtomicU64,
     /// Retried after nothing of the request reached the backend.
     pub retried_unsent: AtomicU64,
     /// Idempotent requests replayed after the backend failed before answering.
@@ -61,6 +65,8 @@ impl Stats {
             Cause::NoBackend => &self.no_backend,
             Cause::QueueFull => &self.queue_full,
             Cause::QueueTimeout => &self.queue_timeout,
+            Cause::QueueDeadline => &self.queue_deadline,
+            Cause::QueueOverload => &self.queue_overload,
             _ => return,
         };
         Stats::add(counter);
@@ -74,6 +80,8 @@ impl Stats {
             ("queued", get(&self.queued)),
             ("queue_full", get(&self.queue_full)),
             ("queue_timeout", get(&self.queue_timeout)),
+            ("queue_deadline", get(&self.queue_deadline)),
+            ("queue_overload", get(&self.queue_overload)),
             ("retried_unsent", get(&self.retried_unsent)),
             ("retried_replayed", get(&self.retried_replayed)),
             ("retry_budget_exhausted", get(&self.retry_budget_exhausted)),
