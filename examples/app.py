@@ -11,6 +11,12 @@ proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment. Pa
               as soon as FILE exists, N ms at most (tests hold requests and release them)
   /crash      the process dies mid-request, as a crashing app would
   /echo       (POST) echoes the body
+  /half?bytes=N  N bytes in two halves, each sent as soon as it is made; with die=FILE (or
+              stall=FILE) the first worker to claim FILE dies (or hangs for a minute) after
+              the first half, as a worker killed or stuck mid-response would; the others send
+              it all
+Any path with receipt=FILE appends "PATH?QUERY" to FILE when the request arrives (tests count
+which requests reached a worker, and how often).
 """
 import os
 import socket
@@ -24,10 +30,43 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 SICK = False
 
 
+def claim(path):
+    """True for the first process to ask for PATH: it creates the file."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def halves(size, fate):
+    yield b"a" * (size // 2)
+    if fate == "die":
+        os._exit(1)
+    if fate == "stall":
+        time.sleep(60)
+    yield b"b" * (size - size // 2)
+
+
 def app(environ, start_response):
     global SICK
     path = environ.get("PATH_INFO", "/")
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    receipt = query.get("receipt", [""])[0]
+    if receipt:
+        with open(receipt, "a") as f:
+            f.write(f"{path}?{environ.get('QUERY_STRING', '')}\n")
     status = "200 OK"
+    if path == "/half":
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        size = int(query.get("bytes", ["1000"])[0])
+        fate = None
+        for kind in ("die", "stall"):
+            target = query.get(kind, [""])[0]
+            if target and claim(target):
+                fate = kind
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(size))])
+        return halves(size, fate)
     if path == "/healthz":
         status, body = ("500 Internal Server Error", b"sick\n") if SICK else (status, b"ok\n")
     elif path == "/sick":
@@ -44,7 +83,6 @@ def app(environ, start_response):
         body = environ["wsgi.input"].read(length)
     else:
         if path == "/slow":
-            query = parse_qs(environ.get("QUERY_STRING", ""))
             seconds = int(query.get("ms", ["100"])[0]) / 1000
             until = query.get("until", [""])[0]
             if until:

@@ -287,18 +287,6 @@ async fn refused_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Got {
-    H1::connect(addr)
-        .await
-        .send(
-            Request::post(path)
-                .header("host", "test.local")
-                .body(full(body))
-                .unwrap(),
-        )
-        .await
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 

@@ -11,16 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::procs::*;
+use common::workers::*;
 use common::*;
 use http::StatusCode;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/app.py");
 const FLASK_APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flask_app.py");
-/// The bound on every wait for something to happen.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -42,84 +40,11 @@ fn flask_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Polls `cond` every 20 ms until it holds; panics naming `what` after PATIENCE.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {PATIENCE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Configs
 
-/// A `workers:` block (under an upstream) running `command` `count` times, tagged with
-/// `marker`. `keys` set or override keys of the block (values are YAML flow text).
-fn workers(marker: &Marker, command: &[&str], count: usize, keys: &[(&str, &str)]) -> String {
-    let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
-    let mut all: Vec<(&str, &str)> = vec![
-        ("health", "{path: /healthz, interval: 200ms, timeout: 1s}"),
-        ("start_timeout", "20s"),
-        ("kill_timeout", "2s"),
-        ("graceful_timeout", "5s"),
-    ];
-    for (k, v) in keys {
-        match all.iter_mut().find(|(key, _)| key == k) {
-            Some(slot) => slot.1 = v,
-            None => all.push((k, v)),
-        }
-    }
-    let mut out = format!(
-        "    workers:\n      command: [{}]\n      count: {count}\n      env: {{{MARKER_VAR}: \"{}\"}}\n",
-        command.join(", "),
-        marker.0
-    );
-    for (k, v) in all {
-        out += &format!("      {k}: {v}\n");
-    }
-    out
-}
-
-/// One upstream `app` of app.py workers, an admin listener, debug headers.
-fn app_config(marker: &Marker, count: usize, keys: &[(&str, &str)]) -> String {
-    format!(
-        "{HEAD}upstreams:\n  app:\n{}",
-        workers(marker, &[python(), APP], count, keys)
-    )
-}
-
-const HEAD: &str = "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nheaders:\n  debug: true\ntimeouts:\n  shutdown_grace: 5s\n";
-
 // ---------------------------------------------------------------------------------------------
 // Clients
-
-async fn start_proxy(yaml: &str) -> (TestProxy, SocketAddr) {
-    let proxy = TestProxy::from_yaml(yaml).await;
-    let admin = proxy.admin.expect("the config has an admin listener");
-    (proxy, admin)
-}
-
-/// Polls /readyz until it answers 200.
-async fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let got = get(admin, "/readyz").await;
-        if got.status == StatusCode::OK {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {} after {PATIENCE:?}: {}",
-            got.status,
-            got.text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Polls /readyz until it answers 503 with `text` in its body; returns the body.
 async fn wait_unready_with(admin: SocketAddr, text: &str) -> String {
@@ -465,7 +390,9 @@ async fn hung_worker_gets_504_and_is_replaced() {
     wait_ready(admin).await;
     let hung = pid_of_next(proxy.addr).await;
 
-    let got = get(proxy.addr, "/slow?ms=5000").await;
+    // A POST: never replayed, so the 504 is the hung worker's (a GET would go once more, to
+    // the replacement: tests/admission_by_time.rs).
+    let got = post(proxy.addr, "/slow?ms=5000", "x").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{got:?}");
     assert_eq!(
         got.header("proxyd-error"),

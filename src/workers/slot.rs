@@ -301,11 +301,14 @@ async fn run(
             }
             continue;
         };
+        // Biased: a worker the request path found hung is replaced before another health
+        // round (a hung worker fails those too, and would be replaced later as unhealthy).
         let next = tokio::select! {
+            biased;
             status = w.process.exited() => Next::Exited(status),
-            _ = tick.tick() => Next::Check,
             Some((id, event)) = events.recv() => Next::Event(id, event),
             cmd = commands.recv() => Next::Command(cmd),
+            _ = tick.tick() => Next::Check,
         };
         match next {
             Next::Exited(status) => {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -377,6 +378,19 @@ pub async fn read_whole(resp: Response<Incoming>) -> Got {
 /// One request on a fresh HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Got {
     H1::connect(addr).await.get(path).await
+}
+
+/// One POST of `body` on a fresh HTTP/1.1 connection.
+pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Got {
+    H1::connect(addr)
+        .await
+        .send(
+            Request::post(path)
+                .header("host", "test.local")
+                .body(full(body))
+                .unwrap(),
+        )
+        .await
 }
 
 /// An h2c (prior knowledge) client connection; clones open more streams on it.
