@@ -5,6 +5,9 @@
 //! - route matching: `proxy::route::Router::pick` over a dozen routes, and `host_only`;
 //! - balancer pick: `upstream::balancer::Policy::choose` for each policy over 4 and 16
 //!   backends;
+//! - a shed request: `upstream::queue::Line::admit` refusing a newcomer whose expected wait
+//!   is past its deadline (1,000 waiting), and the 503 that `proxy::error::error_response`
+//!   makes of it;
 //! - access-log formatting: `access_log::format` is private, so this goes through
 //!   `AccessLogger::request_done` (the per-request call: format the line and hand it to the
 //!   writer thread, here writing to /dev/null) for each format.
@@ -257,5 +260,52 @@ fn access_log(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot_paths, headers, routes, balancer, access_log);
+/// A queue of 1,000 waiters draining at 1,000 per second, each waiter's receiver kept.
+fn long_queue() -> (proxyd::upstream::queue::Line, Vec<impl Sized>) {
+    use proxyd::upstream::queue::{Waiter, Waiters};
+    let mut line = Waiters::new(Duration::from_secs(1), Duration::from_secs(1))
+        .line
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut receivers = Vec::new();
+    for id in 0..1000 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        receivers.push(rx);
+        let w = Waiter {
+            id,
+            tx,
+            key: None,
+            tried: Vec::new(),
+            since: 0,
+        };
+        line.push(w, false, 0);
+    }
+    for k in 1..=200 {
+        line.completed(k * 1_000_000);
+    }
+    (line, receivers)
+}
+
+fn admission(c: &mut Criterion) {
+    let (mut line, _receivers) = long_queue();
+    let now = 200_000_000;
+    let mut g = c.benchmark_group("admission");
+    g.bench_function("refuse a newcomer past its deadline (1,000 waiting)", |b| {
+        b.iter(|| {
+            let refused = line.admit(black_box(now), Duration::from_millis(500), 4);
+            black_box(refused.is_err())
+        })
+    });
+    let refusal = proxyd::proxy::error::ProxyError::new(
+        proxyd::proxy::error::Cause::QueueDeadline,
+        "upstream app",
+    )
+    .retry_after(1);
+    g.bench_function("the 503 response it gets", |b| {
+        b.iter(|| proxyd::proxy::error::error_response(black_box(&refusal)))
+    });
+    g.finish();
+}
+
+criterion_group!(hot_paths, headers, routes, balancer, admission, access_log);
 criterion_main!(hot_paths);

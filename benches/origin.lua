@@ -7,7 +7,7 @@
 --                    request: paced keep-alive clients
 -- done() prints one line that origin.sh parses:
 --   RESULT requests=.. duration_s=.. rps=.. p50_ms=.. p99_ms=.. non2xx3xx=.. connect=..
---          read=.. write=.. timeout=.. statuses=200:n,502:n gets=.. posts=.. posts_ok=..
+--          read=.. write=.. timeout=.. statuses=200:n,502:n gets=.. gets_ok=.. posts=.. posts_ok=..
 
 local get_path = os.getenv("ORIGIN_PATH") or "/slow?ms=6"
 local post_pct = tonumber(os.getenv("ORIGIN_POST_PCT") or "0") or 0
@@ -27,6 +27,7 @@ function init(args)
   math.randomseed(tid * 7919 + os.time())
   statuses = {}
   gets = 0
+  gets_ok = 0
   posts = 0
   posts_ok = 0
 end
@@ -54,16 +55,19 @@ function response(status, headers, body)
   statuses[key] = (statuses[key] or 0) + 1
   if status == 200 and body and body:sub(1, 11) == "origin-post" then
     posts_ok = posts_ok + 1
+  elseif status == 200 and body and body:sub(1, 5) == "hello" then
+    gets_ok = gets_ok + 1
   end
 end
 
 function done(summary, latency, requests)
   local all = {}
-  local g, p, pok = 0, 0, 0
+  local g, gok, p, pok = 0, 0, 0, 0
   for _, t in ipairs(threads) do
     local s = t:get("statuses") or {}
     for k, v in pairs(s) do all[k] = (all[k] or 0) + v end
     g = g + (t:get("gets") or 0)
+    gok = gok + (t:get("gets_ok") or 0)
     p = p + (t:get("posts") or 0)
     pok = pok + (t:get("posts_ok") or 0)
   end
@@ -82,7 +86,7 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     "RESULT requests=%d duration_s=%.2f rps=%.1f p50_ms=%.1f p99_ms=%.1f non2xx3xx=%d " ..
-    "connect=%d read=%d write=%d timeout=%d statuses=%s gets=%d posts=%d posts_ok=%d\n",
+    "connect=%d read=%d write=%d timeout=%d statuses=%s gets=%d gets_ok=%d posts=%d posts_ok=%d\n",
     summary.requests, dur, summary.requests / dur, p50, p99, e.status,
-    e.connect, e.read, e.write, e.timeout, statuses_s, g, p, pok))
+    e.connect, e.read, e.write, e.timeout, statuses_s, g, gok, p, pok))
 end

@@ -16,20 +16,29 @@
 #   b. clients on keep-alive connections pacing requests ~1 s apart (50 % GET, 50 % POST),
 #      b1 with the stock dev server, b2 with a dev server patched to keep connections alive
 #      and close them after 1 s idle (benches/origin_app.py, ORIGIN_KEEPALIVE);
-#   c. open-loop load at 3x the nominal capacity (GET /slow?ms=50: 4 workers x 20/s = 80/s,
-#      offered 240/s) from benches/origin_load.py; status-code breakdown.
-# Prints a table for 1-4 (req/s, p50, p99, client-visible errors) with the 4:3 ratio, and a
-# block per fault run (requests, status codes, socket errors).
+#   (a is the kill run of the admission issue: failed GETs and POSTs are counted apart.)
+# Then admission, nginx -> gunicorn -w 4 (sync, default backlog 2048) against proxyd launching
+# 4 dev-server workers with its defaults, GET /slow?ms=6:
+#   closed: wrk -t2 --timeout 30s at 64, 512 and 2048 connections (2 s warm-up, then the run);
+#   open:   open-loop load (examples/open_loop.rs) at 2x and 5x capacity for the run's length,
+#           capacity being the better of the two fronts' 64-connection requests/s; a request
+#           unanswered after 10 s is a client time-out.
+#   Each with the front end's CPU time during the run (nginx: its workers; proxyd: itself).
+# Prints a table for 1-5 (req/s, p50, p99, client-visible errors) with the 4:3 ratio, a block
+# per fault run (requests, status codes, socket errors), and the admission tables with the
+# issue's targets met or missed.
 #
 # Installs what is missing (apt-get install nginx-light wrk; pip install flask gunicorn),
 # builds proxyd (cargo build --release), uses only 127.0.0.1 with ports picked free at run
 # time, stops every process it started by pid on exit, and takes about 3 minutes (plus the
 # build).
-# Knobs (environment): ORIGIN_DURATION=10 (seconds per run 1-4), ORIGIN_FAULT_DURATION=10
-# (seconds per fault run), ORIGIN_KEEP=1 (keep the work directory with every log).
+# Knobs (environment): ORIGIN_DURATION=10 (seconds per run 1-5 and per admission run),
+# ORIGIN_FAULT_DURATION=10 (seconds per fault run), ORIGIN_PARTS="main a b closed open" (what
+# to run; "open" uses "closed"'s 64-connection figures when both run, else measures them),
+# ORIGIN_KEEP=1 (keep the work directory with every log).
 # Helpers: benches/origin.lua (wrk script: mix, pacing, status counts),
 # benches/origin_app.py (the fault runs' app: flask_app.py's app + receipt log + keep-alive
-# emulation), benches/origin_load.py (open-loop client).
+# emulation), examples/open_loop.rs (open-loop client).
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -39,6 +48,8 @@ FDUR=${ORIGIN_FAULT_DURATION:-10}
 WRK_ARGS=(-t2 -c32)
 GET_PATH="/slow?ms=6"
 LUA="$ROOT/benches/origin.lua"
+PARTS=" ${ORIGIN_PARTS:-main a b closed open} "
+want() { case "$PARTS" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'origin.sh: %s\n' "$*" >&2; exit 1; }
@@ -65,10 +76,11 @@ pip_install() {
 PY=$("$PY" -c 'import sys; print(sys.executable)')
 
 build_start=$SECONDS
-if ! cargo build --release --quiet --bin proxyd; then
+if ! cargo build --release --quiet --bin proxyd --example open_loop; then
   [ -x target/release/proxyd ] || die "cargo build --release failed and there is no proxyd binary"
   say "WARNING: cargo build --release failed (the tree may be mid-edit); using the existing target/release/proxyd"
 fi
+OPEN_LOOP="$ROOT/target/release/examples/open_loop"
 PROXYD="$ROOT/target/release/proxyd"
 BUILD_SECS=$((SECONDS - build_start))
 BENCH_START=$SECONDS
@@ -193,7 +205,7 @@ start_nginx() {
     echo "worker_processes auto;"
     echo "pid $prefix/nginx.pid;"
     echo "error_log $prefix/error.log error;"
-    echo "events { worker_connections 1024; }"
+    echo "events { worker_connections ${NGINX_WORKER_CONNECTIONS:-1024}; }"
     echo "http {"
     echo "  access_log off;"
     for t in $NGINX_TEMPS; do
@@ -330,18 +342,19 @@ proxyd_log_counts() { # LOG: the request failures proxyd logged, by method and c
   echo "proxyd log: request failures by method and cause: ${kinds:-none}"
 }
 
-post_report() { # RESULT_FILE RECV_LOG: POSTs sent, answered 200, received by a backend, twice
+post_report() { # RESULT_FILE RECV_LOG: GETs and POSTs sent and answered 200, POSTs received by a backend, twice
   local f=$1 recv=$2 uniq dup
   uniq=$(sort -u "$recv" 2>/dev/null | wc -l)
   dup=$(sort "$recv" 2>/dev/null | uniq -d | wc -l)
-  printf 'POSTs: sent %s, answered 200 with their body %s, reached a backend %s, reached a backend more than once %s' \
-    "$(field "$f" posts)" "$(field "$f" posts_ok)" "$uniq" "$dup"
+  printf 'GETs: sent %s, answered 200 %s; POSTs: sent %s, answered 200 with their body %s, reached a backend %s, reached a backend more than once %s (sent minus answered includes the requests in flight when wrk stopped)' \
+    "$(field "$f" gets)" "$(field "$f" gets_ok)" "$(field "$f" posts)" "$(field "$f" posts_ok)" "$uniq" "$dup"
 }
 
 say "origin.sh: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), $("$PY" -m gunicorn --version 2>&1 | head -1), flask $("$PY" -c 'import importlib.metadata as m; print(m.version("flask"))'), proxyd $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+local-changes'), $(nproc) cores"
 say "load for runs 1-4: wrk ${WRK_ARGS[*]} -d${DUR}s GET $GET_PATH (2 s warm-up first; wrk's default 2 s time-out)"
 
-# ================================================================ runs 1-4
+# ================================================================ runs 1-5
+if want main; then
 main_run() { # NAME PORT: warm up, then measure
   bounded "$DIR/$1.warmup" timeout 30 wrk "${WRK_ARGS[@]}" -d2s "http://127.0.0.1:$2$GET_PATH"
   run_wrk "$1" "$2" -- "${WRK_ARGS[@]}" -d"${DUR}s"
@@ -414,6 +427,7 @@ awk -v r5="$(field "$DIR/run5.result" rps)" -v r3="$(field "$DIR/run3.result" rp
 }'
 say "run 2 $RUN2_NGINX_LOG"
 say "run 3 $RUN3_NGINX_LOG"
+fi
 
 # ================================================================ fault runs
 # start_devs TAG N [VAR=VALUE...]: N dev servers (benches/origin_app.py) on free ports, not
@@ -441,6 +455,7 @@ stop_devs() {
   for p in "${DEV_PIDS[@]}"; do stop "$p"; done
 }
 
+if want a || want b; then
 say ""
 say "Fault runs: nginx (config as in runs 2-3) in front of 4 dev servers it does not supervise,"
 say "and proxyd supervising 4 dev-server workers. The fault runs' app is benches/origin_app.py:"
@@ -450,8 +465,10 @@ say "access_log off, upstream round robin with keepalive 16 and the default max_
 say "fail_timeout=10s, proxy_http_version 1.1, Connection \"\", default proxy_next_upstream (error"
 say "timeout; never a non-idempotent request once sent). proxyd config: like config/flask.yaml"
 say "(4 workers, health /healthz) with log level warn; no admission or retry keys, so its defaults."
+fi
 
 # ---------------------------------------------------------------- a
+if want a; then
 say ""
 say "== $(T) fault a: a backend SIGKILLed every 2 s; wrk ${WRK_ARGS[*]} -d${FDUR}s, 80 % GET $GET_PATH, 20 % POST /echo (~90-byte body, unique ?rid=)"
 kills=$((FDUR / 2))
@@ -508,8 +525,10 @@ fault_report nginx "$DIR/a-nginx.result" "$(post_report "$DIR/a-nginx.result" "$
 say "           $A_NGINX_LOG"
 fault_report proxyd "$DIR/a-proxyd.result" "$(post_report "$DIR/a-proxyd.result" "$recv2"); $killed kills, restarted by proxyd's supervisor"
 say "           $A_PROXYD_LOG"
+fi
 
 # ---------------------------------------------------------------- b
+if want b; then
 say ""
 say "== $(T) fault b: keep-alive clients pacing requests ~1 s apart (800-1200 ms); wrk -t2 -c8 -d${FDUR}s, 50 % GET $GET_PATH, 50 % POST /echo"
 say "   b1: the stock dev server never keeps a connection alive (threaded=False answers HTTP/1.0 and"
@@ -550,58 +569,150 @@ for variant in b1 b2; do
   say "           $B_PROXYD_LOG"
 done
 
-# ---------------------------------------------------------------- c
-RATE=240
-CTIMEOUT=5
-say ""
-say "== $(T) fault c: open-loop GET /slow?ms=50 at $RATE req/s for ${FDUR}s = 3x the nominal capacity of 4 one-at-a-time"
-say "   workers (4 x 1000/50 = 80 req/s); keep-alive client connections; a request unanswered after ${CTIMEOUT}s is a client time-out."
-say "   nginx as in runs 2-3 (no queue of its own: requests wait in the dev servers' listen backlogs);"
-say "   proxyd with its default admission settings (its config sets no concurrency or queue keys)."
-load_report() { # LABEL FILE [EXTRA]
-  local f=$2 st
-  st=$(field "$f" statuses)
-  printf '  %-8s sent %-5s (%s/s) answered %-5s 2xx %-5s 5xx %-5s statuses %-20s socket errors: connect %s read %s timeout %s\n' \
-    "$1" "$(field "$f" sent)" "$(field "$f" rps_offered)" "$(field "$f" answered)" "$(sum_statuses "$st" 200 299)" \
-    "$(sum_statuses "$st" 500 599)" "$st" "$(field "$f" connect)" "$(field "$f" read)" "$(field "$f" timeout)"
-  printf '           latency: 200s p50 %s ms p99 %s ms; other statuses p50 %s ms p99 %s ms\n' \
-    "$(field "$f" p50_200_ms)" "$(field "$f" p99_200_ms)" "$(field "$f" p50_other_ms)" "$(field "$f" p99_other_ms)"
-  [ -n "${3:-}" ] && printf '           %s\n' "$3"
+fi
+
+# ================================================================ admission
+# cpu_ticks PID...: user + system clock ticks the processes used so far.
+cpu_ticks() {
+  local pid t=0 v
+  for pid in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+front_pids() { # KIND PID: the processes that do a front's work
+  case "$1" in
+    nginx) ps -o pid= --ppid "$2" 2>/dev/null | tr -d ' ' ;;
+    *) echo "$2" ;;
+  esac
+}
+# start_front KIND TAG: nginx -> gunicorn -w 4, or proxyd -> 4 dev-server workers, on free ports;
+# sets FRONT_PORT, FRONT_PID and BACK_PID (gunicorn's master, for nginx).
+start_front() {
+  local kind=$1 tag=$2 p1 p2
+  read -r p1 p2 <<<"$(free_ports 2)"
+  if [ "$kind" = nginx ]; then
+    start "gunicorn-$tag" sh -c 'cd "$1/examples" && exec "$2" -m gunicorn -w 4 -b "127.0.0.1:$3" flask_app:app' sh "$ROOT" "$PY" "$p1"
+    BACK_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$p1/healthz" 30 || say "  WARNING: gunicorn did not start: $(tail -3 "$DIR/gunicorn-$tag.log")"
+    # Enough connections for 2048 clients and as many to gunicorn, as a user would set.
+    NGINX_WORKER_CONNECTIONS=8192 start_nginx "$tag" "$p2" "$p1"
+    FRONT_PID=$NGINX_PID
+    FRONT_PORT=$p2
+    wait_pids "$p2" 4 20
+  else
+    start_proxyd "$tag" "$p1" "$p2" "$ROOT/examples/flask_app.py"
+    FRONT_PID=$PROXYD_PID
+    BACK_PID=""
+    FRONT_PORT=$p1
+    wait_pids "$p1" 4 30 || say "  proxyd log: $(tail -5 "$PROXYD_LOG")"
+  fi
+}
+stop_front() {
+  stop "$FRONT_PID" 10
+  [ -n "$BACK_PID" ] && stop "$BACK_PID" 10
   return 0
 }
-run_load() { # NAME PORT
-  bounded "$DIR/$1.out" timeout $((FDUR + CTIMEOUT + 60)) \
-    "$PY" "$ROOT/benches/origin_load.py" "$2" "/slow?ms=50&rid=$1" "$RATE" "$FDUR" "$CTIMEOUT"
-  grep '^RESULT' "$DIR/$1.out" >"$DIR/$1.result" ||
-    { echo "RESULT sent=0 failed=1" >"$DIR/$1.result"; say "  load failed: $(tail -3 "$DIR/$1.out")"; }
+# cpu_run NAME CMD...: CMD bounded, with the front's CPU over it in $DIR/NAME.cpu (ms).
+cpu_run() {
+  local name=$1 before after pids
+  shift
+  pids=$(front_pids "$FRONT_KIND" "$FRONT_PID")
+  before=$(cpu_ticks $pids)
+  bounded "$DIR/$name.out" "$@"
+  after=$(cpu_ticks $pids)
+  echo $(((after - before) * 1000 / HZ)) >"$DIR/$name.cpu"
+}
+cpu_ms() { cat "$DIR/$1.cpu" 2>/dev/null || echo 0; }
+ok_mark() { # CONDITION-TEXT RESULT(0/1)
+  if [ "$2" = 1 ]; then echo "met"; else echo "MISSED"; fi
 }
 
-recv="$DIR/c-nginx.recv"
-: >"$recv"
-read -r pn <<<"$(free_ports 1)"
-start_devs c-nginx 4 ORIGIN_RECV_LOG="$recv"
-start_nginx c "$pn" "${DEV_PORTS[@]}"
-wait_pids "$pn" 4 20
-: >"$recv"
-run_load c-nginx "$pn"
-C_NGINX_LOG=$(nginx_log_counts "$NGINX_ERRLOG")
-stop "$NGINX_PID"
-stop_devs
+CLOSED_SIZES="64 512 2048"
+if want closed || want open; then
+  say ""
+  say "Admission: nginx -> gunicorn -w 4 (sync workers, backlog 2048; nginx as in runs 2-3 with"
+  say "worker_connections 8192) against proxyd launching 4 dev-server workers with its defaults"
+  say "(no queue keys). GET $GET_PATH; front-end CPU is nginx's workers' or proxyd's own."
+fi
+want closed || CLOSED_SIZES="64"
+if want closed || want open; then
+  for c in $CLOSED_SIZES; do
+    say "== $(T) closed loop: wrk -t2 -c$c --timeout 30s -d${DUR}s (after a 2 s warm-up at the same size)"
+    for FRONT_KIND in nginx proxyd; do
+      start_front "$FRONT_KIND" "closed$c-$FRONT_KIND"
+      bounded "$DIR/closed$c-$FRONT_KIND.warmup" timeout 60 wrk -t2 -c"$c" --timeout 30s -d2s "http://127.0.0.1:$FRONT_PORT$GET_PATH"
+      cpu_run "closed$c-$FRONT_KIND" env ORIGIN_PATH="$GET_PATH" ORIGIN_RUN="closed$c" \
+        timeout 120 wrk -t2 -c"$c" --timeout 30s -d"${DUR}s" -s "$LUA" "http://127.0.0.1:$FRONT_PORT/"
+      grep '^RESULT' "$DIR/closed$c-$FRONT_KIND.out" >"$DIR/closed$c-$FRONT_KIND.result" ||
+        { echo "RESULT requests=0 failed=1" >"$DIR/closed$c-$FRONT_KIND.result"; say "  wrk failed: $(tail -3 "$DIR/closed$c-$FRONT_KIND.out")"; }
+      [ "$FRONT_KIND" = nginx ] && say "  nginx: $(nginx_log_counts "$NGINX_ERRLOG")"
+      [ "$FRONT_KIND" = proxyd ] && say "  proxyd: $(proxyd_log_counts "$PROXYD_LOG")"
+      stop_front
+    done
+  done
+fi
 
-recv2="$DIR/c-proxyd.recv"
-: >"$recv2"
-read -r pp ap <<<"$(free_ports 2)"
-start_proxyd c "$pp" "$ap" "$ROOT/benches/origin_app.py" "" "{ ORIGIN_RECV_LOG: \"$recv2\" }"
-wait_pids "$pp" 4 30 || say "  proxyd log: $(tail -5 "$PROXYD_LOG")"
-: >"$recv2"
-run_load c-proxyd "$pp"
-C_PROXYD_LOG=$(proxyd_log_counts "$PROXYD_LOG")
-stop "$PROXYD_PID" 10
+if want closed; then
+  say ""
+  say "Closed loop (errors = non-2xx/3xx + socket errors; CPU = the front end's, per response)"
+  printf '%-6s %-8s %9s %9s %9s %8s %10s  %s\n' "conns" "front" "req/s" "p50 ms" "p99 ms" "errors" "CPU us/req" "statuses"
+  for c in $CLOSED_SIZES; do
+    for k in nginx proxyd; do
+      f="$DIR/closed$c-$k.result"
+      printf '%-6s %-8s %9s %9s %9s %8s %10s  %s\n' "$c" "$k" "$(field "$f" rps)" "$(field "$f" p50_ms)" "$(field "$f" p99_ms)" \
+        "$(client_errors "$f")" "$(awk -v ms="$(cpu_ms "closed$c-$k")" -v n="$(num "$f" requests)" 'BEGIN { printf "%.0f", (n > 0 ? ms * 1000 / n : 0) }')" \
+        "$(field "$f" statuses)"
+    done
+    n="$DIR/closed$c-nginx.result" p="$DIR/closed$c-proxyd.result"
+    met=$(awk -v e="$(client_errors "$p")" -v rp="$(field "$p" rps)" -v rn="$(field "$n" rps)" -v qp="$(field "$p" p99_ms)" -v qn="$(field "$n" p99_ms)" \
+      'BEGIN { print (e == 0 && rp >= rn && qp <= qn) ? 1 : 0 }')
+    say "  $c: proxyd/nginx req/s x$(awk -v a="$(field "$p" rps)" -v b="$(field "$n" rps)" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'), p99 x$(awk -v a="$(field "$p" p99_ms)" -v b="$(field "$n" p99_ms)" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'); target (0 errors, req/s >= nginx's, p99 <= nginx's): $(ok_mark x "$met")"
+  done
+fi
 
-load_report nginx "$DIR/c-nginx.result" "requests that reached a dev server: $(sort -u "$recv" | wc -l) (each one served; only the 200s above reached a client still waiting)"
-say "           $C_NGINX_LOG"
-load_report proxyd "$DIR/c-proxyd.result" "requests that reached a worker: $(sort -u "$recv2" | wc -l)"
-say "           $C_PROXYD_LOG"
+if want open; then
+  CAP=$(awk -v a="$(field "$DIR/closed64-nginx.result" rps)" -v b="$(field "$DIR/closed64-proxyd.result" rps)" 'BEGIN { printf "%.0f", (a > b ? a : b) }')
+  CTIMEOUT=10
+  say ""
+  say "== $(T) open loop: capacity $CAP req/s (the better 64-connection figure); offered 2x and 5x for ${DUR}s; client time-out ${CTIMEOUT}s"
+  for mult in 2 5; do
+    rate=$((CAP * mult))
+    for FRONT_KIND in nginx proxyd; do
+      start_front "$FRONT_KIND" "open${mult}x-$FRONT_KIND"
+      bounded "$DIR/open${mult}x-$FRONT_KIND.warmup" timeout 60 wrk -t2 -c64 -d2s "http://127.0.0.1:$FRONT_PORT$GET_PATH"
+      cpu_run "open${mult}x-$FRONT_KIND" timeout $((DUR + CTIMEOUT + 60)) \
+        "$OPEN_LOOP" "$FRONT_PORT" "$GET_PATH" "$rate" "$DUR" "$CTIMEOUT"
+      grep '^RESULT' "$DIR/open${mult}x-$FRONT_KIND.out" >"$DIR/open${mult}x-$FRONT_KIND.result" ||
+        { echo "RESULT sent=0 failed=1" >"$DIR/open${mult}x-$FRONT_KIND.result"; say "  load failed: $(tail -3 "$DIR/open${mult}x-$FRONT_KIND.out")"; }
+      [ "$FRONT_KIND" = nginx ] && say "  nginx: $(nginx_log_counts "$NGINX_ERRLOG")"
+      [ "$FRONT_KIND" = proxyd ] && say "  proxyd: $(proxyd_log_counts "$PROXYD_LOG")"
+      stop_front
+    done
+  done
+  say ""
+  say "Open loop (200/s: the 200s over the time they took to arrive, the run or longer while a backlog drained;"
+  say "p50/p99 of the 200s in ms; CPU = the front end's over the run, per response)"
+  printf '%-5s %-7s %8s %8s %8s %9s %9s %7s %7s %7s %10s  %s\n' "load" "front" "offered" "200/s" "x cap" "p50 200" "p99 200" "503+RA" "t-out" "reset" "CPU us/rsp" "statuses"
+  for mult in 2 5; do
+    for k in nginx proxyd; do
+      f="$DIR/open${mult}x-$k.result"
+      printf '%-5s %-7s %8s %8s %8s %9s %9s %7s %7s %7s %10s  %s\n' "${mult}x" "$k" "$(field "$f" rps_offered)" "$(field "$f" ok_per_s)" \
+        "$(awk -v a="$(field "$f" ok_per_s)" -v c="$CAP" 'BEGIN { printf "%.2f", (c > 0 ? a / c : 0) }')" \
+        "$(field "$f" p50_200_ms)" "$(field "$f" p99_200_ms)" "$(field "$f" retry_after_503)" "$(field "$f" timeout)" "$(field "$f" reset)" \
+        "$(awk -v ms="$(cpu_ms "open${mult}x-$k")" -v n="$(num "$f" answered)" 'BEGIN { printf "%.0f", (n > 0 ? ms * 1000 / n : 0) }')" \
+        "$(field "$f" statuses)"
+    done
+    f="$DIR/open${mult}x-proxyd.result"
+    st=$(field "$f" statuses)
+    others=$(($(num "$f" answered) - $(sum_statuses "$st" 200 200) - $(num "$f" retry_after_503) + $(num "$f" timeout) + $(num "$f" reset) + $(num "$f" connect)))
+    met=$(awk -v ok="$(field "$f" ok_per_s)" -v c="$CAP" -v p99="$(field "$f" p99_200_ms)" -v o="$others" \
+      'BEGIN { print (ok >= 0.95 * c && p99 <= 1000 + 7 && o == 0) ? 1 : 0 }')
+    say "  ${mult}x: proxyd's targets (200/s >= 95 % of capacity, 200s' p99 <= queue.target + one service time = 1007 ms, the rest 503 with Retry-After, no 502/504/reset/time-out; other outcomes: $others): $(ok_mark x "$met")"
+  done
+fi
 
 say ""
 say "done: ${BUILD_SECS}s building proxyd, $((SECONDS - BENCH_START))s benchmarking"

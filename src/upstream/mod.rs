@@ -55,8 +55,6 @@ pub struct Upstream {
     pub hash_key: Option<config::HashKey>,
     queue_max: usize,
     pub queue_timeout: Duration,
-    /// `queue.target`, for status pages.
-    pub queue_target: Duration,
     waiters: Waiters,
     next_waiter: AtomicU64,
     pub retries: config::Retries,
@@ -114,7 +112,6 @@ impl Upstream {
                     .and_then(|k| config::HashKey::parse(k).ok()),
                 queue_max,
                 queue_timeout: cfg.queue.timeout,
-                queue_target: cfg.queue.target,
                 waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
                 next_waiter: AtomicU64::new(0),
                 budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),

@@ -152,7 +152,7 @@ impl Line {
             self.trim(now, rate);
         }
         let (budget, cause) = if self.standing.overloaded {
-            (self.standing.target, Cause::QueueOverload)
+            (self.standing.aim(), Cause::QueueOverload)
         } else {
             (nanos(timeout), Cause::QueueDeadline)
         };
@@ -174,7 +174,7 @@ impl Line {
     /// Answers, newest first, the waiters that can no longer be served within `target` of
     /// their arrival: they have waited least, so their clients lose least.
     fn trim(&mut self, now: u64, rate: f64) {
-        let target = self.standing.target;
+        let target = self.standing.aim();
         while let Some(last) = self.list.back() {
             let position = self.list.len() as f64;
             let expected = now.saturating_sub(last.since) + (position * 1e9 / rate) as u64;
@@ -336,6 +336,12 @@ impl Standing {
         self.overloaded = true;
         self.refused_at = now;
         true
+    }
+
+    /// The wait admitted while overloaded: 5 % under `target`, the drain rate estimate's own
+    /// error, so that what is served waits `target` at most.
+    fn aim(&self) -> u64 {
+        self.target - self.target / 20
     }
 
     /// The length grew at every sample through the last interval, by more than `noise`.
