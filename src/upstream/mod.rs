@@ -270,8 +270,15 @@ impl Upstream {
             self.dispatch(&mut q);
         }
         Stats::add(&self.stats.queued);
-        let leave = LeaveQueue { upstream: self, id };
+        let mut leave = LeaveQueue {
+            upstream: self,
+            id: Some(id),
+        };
         let got = tokio::time::timeout(self.queue_timeout, &mut rx).await;
+        if got.is_ok() {
+            // Answered: whoever answered took it out of the queue already.
+            leave.id = None;
+        }
         drop(leave);
         match got {
             Ok(Ok(answer)) => answer,
@@ -390,17 +397,19 @@ impl Upstream {
     }
 }
 
-/// Takes a waiter out of the queue when its request stops waiting (served, timed out, or the
-/// client went away).
+/// Takes a waiter out of the queue when its request stops waiting unanswered (timed out, or
+/// the client went away).
 struct LeaveQueue<'a> {
     upstream: &'a Upstream,
-    id: u64,
+    /// None once the waiter was answered (and so already out of the queue).
+    id: Option<u64>,
 }
 
 impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
+        let Some(id) = self.id else { return };
         let mut q = self.upstream.lock_waiters();
-        if let Some(i) = q.list.iter().position(|w| w.id == self.id) {
+        if let Some(i) = q.list.iter().position(|w| w.id == id) {
             q.remove(i, now_ns());
             self.upstream.waiters.sync(&q);
         }
