@@ -4,10 +4,10 @@
 #   benches/origin.sh
 #
 # A Flask app on its development server (examples/flask_app.py: one request at a time,
-# threaded=False) served four ways under the same wrk load (wrk -t2 -c32, GET /slow?ms=6, a 6 ms
+# threaded=False) served five ways under the same wrk load (wrk -t2 -c32, GET /slow?ms=6, a 6 ms
 # handler, after a 2 s warm-up):
 #   1. the dev server alone;  2. nginx -> one dev server;  3. nginx -> gunicorn -w 4 (sync);
-#   4. proxyd launching 4 dev-server workers.
+#   4. proxyd launching 4 dev-server workers;  5. proxyd launching 4 gunicorn -w 1.
 # Then fault runs, each against nginx (in front of 4 dev servers the script starts itself and
 # nginx does not supervise) and against proxyd (4 workers it supervises):
 #   a. a backend SIGKILLed every 2 s under 80 % GET /slow?ms=6 + 20 % POST /echo (the script
@@ -30,7 +30,7 @@
 #
 # Installs what is missing (apt-get install nginx-light wrk; pip install flask gunicorn),
 # builds proxyd (cargo build --release), uses only 127.0.0.1 with ports picked free at run
-# time, stops every process it started by pid on exit, and takes about 3 minutes (plus the
+# time, stops every process it started by pid on exit, and takes about 5 minutes (plus the
 # build).
 # Knobs (environment): ORIGIN_DURATION=10 (seconds per run 1-5 and per admission run),
 # ORIGIN_FAULT_DURATION=10 (seconds per fault run), ORIGIN_PARTS="main a b closed open" (what
