@@ -414,7 +414,7 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
     );
     let expected_wait = float_gauge(
         "proxyd_upstream_queue_expected_wait_seconds",
-        "What a request joining the upstream's queue now would expect to wait; absent until measured.",
+        "How long the requests waiting in the upstream's queue now need to drain (about what a newcomer would wait); absent until measured.",
         &["upstream"],
     );
     let overloaded = gauge(

@@ -128,6 +128,10 @@ async fn a_request_that_cannot_make_its_deadline_is_refused_at_once() {
         w.await.unwrap();
     }
     assert!(up.admission().drain_rate.is_some(), "drain rate measured");
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/status").await.body).expect("/status is JSON");
+    let rate = status["upstreams"][0]["queue_drain_rate"].as_f64();
+    assert!(rate.is_some_and(|r| r > 0.0), "/status: {status}");
 
     // Nothing completes while the worker is held: queue requests until one is refused.
     let hold = file_in(&dir, "hold");

@@ -515,13 +515,22 @@ routes:
         ),
         1.0
     );
+    for reason in ["timeout", "deadline", "overload"] {
+        assert_eq!(
+            m.value(
+                "proxyd_queue_rejections_total",
+                &[("upstream", "held"), ("reason", reason)]
+            ),
+            0.0,
+            "{reason}"
+        );
+    }
+    // Admission: never overloaded; no drain rate until requests have waited.
     assert_eq!(
-        m.value(
-            "proxyd_queue_rejections_total",
-            &[("upstream", "held"), ("reason", "timeout")]
-        ),
+        m.value("proxyd_upstream_queue_overloaded", &[("upstream", "held")]),
         0.0
     );
+    assert_eq!(m.get("proxyd_upstream_queue_drain_rate", &[]), None);
     assert_eq!(
         m.value(
             "proxyd_upstream_retries_total",

@@ -192,7 +192,7 @@ pub fn render(s: &Value) -> String {
         };
         if let Some(rate) = u["queue_drain_rate"].as_f64() {
             out += &format!(
-                "Admission : drains {rate:.1}/s, a newcomer waits ~{:.0} ms{}\n",
+                "Admission : drains {rate:.1}/s, queue drains in ~{:.0} ms{}\n",
                 u["queue_expected_wait_ms"].as_f64().unwrap_or(0.0),
                 if u["queue_overloaded"].as_bool() == Some(true) {
                     "   OVERLOADED (admitting within queue.target)"

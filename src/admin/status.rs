@@ -44,7 +44,7 @@ pub struct UpstreamStatus {
     pub queue_depth: usize,
     /// Admission: completions per second while requests wait (null until measured).
     pub queue_drain_rate: Option<f64>,
-    /// What a request joining the queue now would expect to wait (null until measured).
+    /// How long the requests waiting now need to drain (null until measured).
     pub queue_expected_wait_ms: Option<f64>,
     /// The standing-delay rule is engaged: requests are admitted only if they can be served
     /// within `queue.target`.

@@ -94,7 +94,7 @@ pub struct Line {
 pub struct AdmissionView {
     /// Completions per second while requests wait (None until measured).
     pub drain_rate: Option<f64>,
-    /// What a newcomer would wait now.
+    /// How long the requests waiting now need to drain: about what a newcomer would wait.
     pub expected_wait: Option<Duration>,
     /// The standing-delay rule is engaged.
     pub overloaded: bool,
@@ -198,7 +198,7 @@ impl Line {
         let rate = self.drain.rate(now);
         AdmissionView {
             drain_rate: rate,
-            expected_wait: rate.map(|r| Duration::from_secs_f64((self.list.len() + 1) as f64 / r)),
+            expected_wait: rate.map(|r| Duration::from_secs_f64(self.list.len() as f64 / r)),
             overloaded: self.standing.overloaded,
         }
     }
@@ -352,7 +352,7 @@ impl Standing {
         let mut rising = self.lengths.iter().zip(self.lengths.iter().skip(1));
         let first = self.lengths.front().copied().unwrap_or(0);
         let last = self.lengths.back().copied().unwrap_or(0);
-        rising.all(|(a, b)| b > a) && last > first + noise
+        rising.all(|(a, b)| b > a) && last > first.saturating_add(noise)
     }
 
     fn calm(&mut self) {
