@@ -16,7 +16,8 @@
 //! - Every script: `sh -n`, shellcheck, `#!` line, execute bit in git, LF endings.
 //!
 //! A tool that is not installed (shellcheck, yamllint, kubernetes-validate, hadolint,
-//! systemd-analyze, nginx) makes its part print SKIPPED; .ci/run installs them.
+//! systemd-analyze, nginx, zip) fails its test under CI and is a listed skip locally
+//! (tests/common/tools.rs); .ci/run installs them.
 
 mod common;
 
@@ -58,17 +59,12 @@ fn arch() -> String {
 
 /// The program's path on the PATH, if it is installed.
 fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    common::tools::which(tool)
 }
 
+/// `what` cannot run without `tool`: a failure under CI, a recorded skip locally.
 fn skipped(what: &str, tool: &str) {
-    println!("SKIPPED: {what}: {tool} is not installed (.ci/run installs it)");
+    common::tools::require(false, what, tool, "see .ci/run");
 }
 
 fn text(out: &Output) -> String {
@@ -852,7 +848,7 @@ fn hooks_are_executable_in_git_with_lf_endings() {
         .output();
     let listed = match out {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
-        _ => return println!("SKIPPED: execute bits in git: not a git checkout"),
+        _ => return skipped("execute bits in git (not a git checkout)", "git"),
     };
     let modes: BTreeMap<PathBuf, &str> = listed
         .lines()

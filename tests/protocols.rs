@@ -344,7 +344,8 @@ async fn ipv6_backend() {
     let listener = match TcpListener::bind("[::1]:0").await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("skipping ipv6_backend: cannot bind [::1]:0 ({e})");
+            let what = format!("ipv6_backend (cannot bind [::1]:0: {e})");
+            common::tools::require(false, &what, "IPv6 loopback", "enable IPv6 on lo");
             return;
         }
     };
@@ -382,8 +383,7 @@ async fn unix_socket_backend() {
 /// Runs curl with `args`; None (after saying why) when curl is not installed.
 async fn curl(args: Vec<String>) -> Option<std::process::Output> {
     const CURL: &str = "/usr/bin/curl";
-    if !std::path::Path::new(CURL).exists() {
-        eprintln!("skipping: {CURL} not found");
+    if !common::tools::require_tool("curl against proxyd", CURL, "apt-get install curl") {
         return None;
     }
     let out = tokio::task::spawn_blocking(move || {
@@ -429,8 +429,14 @@ async fn curl_http11_get() {
 async fn curl_http2_prior_knowledge_get() {
     let backend = TestBackend::echo().await;
     let proxy = TestProxy::to(&[backend.addr], DEBUG).await;
-    if std::path::Path::new("/usr/bin/curl").exists() && !curl_has_http2() {
-        eprintln!("skipping: this curl has no HTTP2 support");
+    if std::path::Path::new("/usr/bin/curl").exists()
+        && !common::tools::require(
+            curl_has_http2(),
+            "curl over h2c",
+            "curl with HTTP2",
+            "apt-get install curl (Debian's has HTTP2)",
+        )
+    {
         return;
     }
     // One URL per run: curl 7.88 fails reusing a prior-knowledge connection for a second URL

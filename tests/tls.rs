@@ -650,7 +650,8 @@ async fn a_pem_chain_with_an_intermediate_is_served_whole() {
 #[tokio::test]
 async fn rsa_and_traditional_key_formats_from_openssl() {
     let Some(openssl) = which("openssl") else {
-        eprintln!("openssl is not installed; skipping the RSA and SEC1/PKCS#1 key test");
+        let what = "the RSA and SEC1/PKCS#1 key test";
+        common::tools::require(false, what, "openssl", "apt-get install openssl");
         return;
     };
     let backend = TestBackend::echo().await;
@@ -1624,18 +1625,11 @@ fn check_names_expired_mismatched_and_unreadable_files_and_bad_min_version() {
 // 8. curl and openssl
 
 fn tool(path: &str) -> bool {
-    if Path::new(path).exists() {
-        return true;
-    }
-    eprintln!("{path} is not installed; skipping its part of the test");
-    false
+    common::tools::require_tool("its part of the TLS test", path, "apt-get install curl")
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    common::tools::which(name)
 }
 
 async fn run(cmd: &mut tokio::process::Command) -> (bool, String) {
@@ -1682,7 +1676,10 @@ async fn curl_gets_http2_and_openssl_sees_the_sni_certificate_and_alpn_h2() {
     }
 
     match which("openssl") {
-        None => eprintln!("openssl is not installed; skipping its part of the test"),
+        None => {
+            let what = "openssl s_client against proxyd";
+            common::tools::require(false, what, "openssl", "apt-get install openssl");
+        }
         Some(openssl) => {
             for (sni, cn) in [
                 ("a.example.test", "a-cert"),

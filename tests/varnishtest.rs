@@ -73,8 +73,12 @@ fn run(script: &Path) -> Result<(), String> {
 
 #[test]
 fn vtc_scripts_pass_against_the_proxyd_binary() {
-    if !varnishtest_installed() {
-        println!("SKIPPED: varnishtest is not installed (Debian: apt-get install varnish)");
+    if !common::tools::require(
+        varnishtest_installed(),
+        "the vtc scripts",
+        "varnishtest",
+        "apt-get install varnish",
+    ) {
         return;
     }
     let scripts = scripts();

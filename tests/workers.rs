@@ -593,8 +593,12 @@ async fn worker_that_never_gets_ready_is_killed_as_a_failed_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flask_workers_serve() {
-    if !flask_installed() {
-        eprintln!("SKIPPED flask_workers_serve: Flask is not installed (pip install flask)");
+    if !common::tools::require(
+        flask_installed(),
+        "flask_workers_serve",
+        "Flask",
+        "pip install flask",
+    ) {
         return;
     }
     let marker = Marker::new("flask");

@@ -98,8 +98,14 @@ async fn cwd_is_relative_to_the_config_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_as_the_configured_user() {
-    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/python3").exists() {
-        eprintln!("skipped: needs root and /usr/bin/python3");
+    let what = "workers_run_as_the_configured_user";
+    if !common::tools::require(
+        nix::unistd::geteuid().is_root(),
+        what,
+        "root",
+        "run the tests as root",
+    ) || !common::tools::require_tool(what, "/usr/bin/python3", "apt-get install python3")
+    {
         return;
     }
     let yaml = workers_yaml(&format!(
