@@ -77,8 +77,15 @@ pub struct RunFlags {
     pub command: Vec<String>,
 
     /// Refuses `-c` (it stands in for the global one, which would be ignored here).
-    #[arg(short = 'c', long = "config", hide = true, value_parser = no_config_file)]
-    pub config: Option<PathBuf>,
+    #[arg(
+        id = "config",
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        hide = true,
+        value_parser = no_config_file
+    )]
+    pub refused_config: Option<PathBuf>,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -129,8 +136,15 @@ pub struct ProxyFlags {
     pub admin: Option<String>,
 
     /// Refuses `-c` (it stands in for the global one, which would be ignored here).
-    #[arg(short = 'c', long = "config", hide = true, value_parser = no_config_file)]
-    pub config: Option<PathBuf>,
+    #[arg(
+        id = "config",
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        hide = true,
+        value_parser = no_config_file
+    )]
+    pub refused_config: Option<PathBuf>,
 }
 
 const PROXY_EXAMPLES: &str = "\
