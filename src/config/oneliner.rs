@@ -71,8 +71,7 @@ pub struct RunFlags {
         value_name = "COMMAND",
         required = true,
         num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        trailing_var_arg = true
     )]
     pub command: Vec<String>,
 
@@ -469,6 +468,11 @@ mod tests {
             (&["--admin", "127.0.0.1", "sh"], "has no port"),
             (&["-w", "2"], "<COMMAND>"),
             (&["-c", "proxy.yaml", "sh"], "takes no config file"),
+            // A mistyped flag before the command is not taken for the command.
+            (
+                &["--workerz", "4", "--", "sh"],
+                "unexpected argument '--workerz'",
+            ),
         ] {
             let e = run(args).map(|_| ()).unwrap_err();
             assert!(e.contains(want), "{args:?}: {e}");
