@@ -24,12 +24,15 @@
 //! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
 //! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
 //!   a new proxyd, which says when it is ready; the old one then drains and exits.
+//! - [`control`]: `proxyd upgrade` and `proxyd reload`, which reach the running proxyd by its
+//!   admin API or by a signal to the pid in its `pid_file`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -1,12 +1,13 @@
 //! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config; `proxyd status
 //! -c FILE` prints the running proxy's workers and backends; `proxyd upgrade -c FILE` makes
-//! the running proxy hand its sockets to a new binary.
+//! the running proxy hand its sockets to a new binary; `proxyd reload -c FILE` makes it reload
+//! its config. `proxyd run -- COMMAND` and `proxyd proxy --to ADDR` run a config made of
+//! their flags (`config::oneliner`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
@@ -45,6 +46,21 @@ enum Command {
     /// Asks the admin API (`POST /upgrade`) when the config has one with a fixed port, else
     /// signals the pid in `pid_file`; exits 0 once the new proxyd serves.
     Upgrade,
+    /// Make the proxyd running this config reload it (like `nginx -s reload`).
+    ///
+    /// Exits 0 once it serves the new config, 1 with the reason when the file is bad, the
+    /// running proxyd refused it, or could not be reached. Asks the admin API (`POST /reload`)
+    /// when the config has one with a fixed port, else sends SIGHUP to the pid in `pid_file`
+    /// (which also rolls the workers, and whose outcome is only in that proxyd's log).
+    Reload,
+    /// Run COMMAND as N workers and balance requests across them (like gunicorn): no config
+    /// file needed.
+    #[command(arg_required_else_help = true)]
+    Run(proxyd::config::oneliner::RunFlags),
+    /// Reverse-proxy to one or more servers, balanced (like `caddy reverse-proxy`): no config
+    /// file needed.
+    #[command(arg_required_else_help = true)]
+    Proxy(proxyd::config::oneliner::ProxyFlags),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +75,12 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    let loaded = match load_file(&cli.config) {
+    let loaded = match &cli.command {
+        Some(Command::Run(flags)) => flags.config(),
+        Some(Command::Proxy(flags)) => flags.config(),
+        _ => load_file(&cli.config),
+    };
+    let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
             eprintln!("proxyd: {e}");
@@ -78,7 +99,10 @@ fn main() -> ExitCode {
         return status(&loaded.config);
     }
     if let Some(Command::Upgrade) = cli.command {
-        return upgrade(&loaded);
+        return report(proxyd::control::upgrade(&loaded));
+    }
+    if let Some(Command::Reload) = cli.command {
+        return report(proxyd::control::reload(&loaded));
     }
     proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
     for w in &warnings {
@@ -142,21 +166,8 @@ fn status(cfg: &proxyd::config::Config) -> ExitCode {
     }
 }
 
-/// `proxyd upgrade`: through the admin API when it can be reached at a known port, else by
-/// SIGUSR2 to the pid in `pid_file`.
-fn upgrade(loaded: &proxyd::config::Loaded) -> ExitCode {
-    use proxyd::admin::client;
-    let cfg = &loaded.config;
-    // The running proxyd may wait up to upgrade.timeout for the new one, then kill it.
-    let patience = cfg.upgrade.timeout + Duration::from_secs(30);
-    let pid_file = cfg.pid_file.as_ref().map(|p| loaded.dir.join(&p.value));
-    let result = match (client::target(cfg), pid_file) {
-        (Ok((addr, token)), _) => client::post(addr, token.as_deref(), "/upgrade", patience),
-        (Err(_), Some(pid_file)) => proxyd::upgrade::signal_by_pid_file(&pid_file, patience),
-        (Err(e), None) => Err(format!(
-            "{e}; and the config has no pid_file to find the running proxyd by"
-        )),
-    };
+/// What a command that asked the running proxyd got: its answer on stdout, or why not.
+fn report(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");

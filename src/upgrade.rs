@@ -654,19 +654,26 @@ pub fn read_pid_file(path: &Path) -> Result<u32, String> {
         .ok_or_else(|| format!("{} holds no pid: {:?}", path.display(), text.trim()))
 }
 
+/// Sends `sig` to the proxyd whose pid is in `pid_file`; its pid.
+pub fn signal_pid_file(pid_file: &Path, sig: nix::sys::signal::Signal) -> Result<u32, String> {
+    let pid = read_pid_file(pid_file)?;
+    let raw = i32::try_from(pid).map_err(|e| e.to_string())?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig).map_err(|e| {
+        format!(
+            "cannot signal proxyd pid {pid} (from {}): {e}",
+            pid_file.display()
+        )
+    })?;
+    Ok(pid)
+}
+
 /// `proxyd upgrade` without an admin API: SIGUSR2 to the pid in `pid_file`, then waits
 /// (up to `patience`) until the file names a new live process.
 pub fn signal_by_pid_file(pid_file: &Path, patience: Duration) -> Result<String, String> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let old = read_pid_file(pid_file)?;
+    let old = signal_pid_file(pid_file, Signal::SIGUSR2)?;
     let old_pid = Pid::from_raw(i32::try_from(old).map_err(|e| e.to_string())?);
-    kill(old_pid, Signal::SIGUSR2).map_err(|e| {
-        format!(
-            "cannot signal proxyd pid {old} (from {}): {e}",
-            pid_file.display()
-        )
-    })?;
     let deadline = std::time::Instant::now() + patience;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -1,11 +1,13 @@
 //! Configuration: the file's types and defaults (`types`), reading it with `${VAR}` expansion
 //! (`load`), the `workers:` block (`workers`), an upstream's protocol and TLS
 //! (`upstream_tls`), the binary upgrade's settings (`upgrade`), the checks that `proxyd check`
-//! runs (`validate`), and the warnings about secret files others can read (`secrets`).
+//! runs (`validate`), the warnings about secret files others can read (`secrets`), and the
+//! config that `proxyd run` and `proxyd proxy` make of their flags (`oneliner`).
 
 pub mod addr;
 pub mod balance;
 pub mod load;
+pub mod oneliner;
 pub mod secrets;
 pub mod types;
 pub mod upgrade;
