@@ -149,6 +149,117 @@ fn env_expansion_with_default_passes() {
     assert!(ok, "{text}");
 }
 
+/// `proxyd check` with extra environment variables.
+fn check_env(yaml: &str, vars: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(proxyd_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn env_references_in_comments_are_not_expanded() {
+    // README's old minimal config: the comment's ${VAR} was once expanded, and failed.
+    let yaml = GOOD.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:${PROXYD_TEST_SURELY_UNSET:-8080}\"   # ${VAR} and ${VAR:-default} expand\n# ${UNTERMINATED\n",
+    );
+    let (ok, text) = check(&yaml);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_value_stays_one_scalar_whatever_it_holds() {
+    // The route's path must start with /: the error quotes the whole value back, so each
+    // character of it stayed in the one scalar, whatever YAML would make of it as text.
+    let hostile = "x\" # y: z\nadmin: {addr: \"127.0.0.1:1\"}\n- [";
+    for route in [
+        "  - path: ${PROXYD_T_VALUE}\n    upstream: app\n",
+        "  - { path: \"${PROXYD_T_VALUE}\", upstream: app }\n",
+        "  - path: 'v=${PROXYD_T_VALUE}'\n    upstream: app\n",
+    ] {
+        let yaml = format!("{GOOD}routes:\n{route}");
+        let (ok, text) = check_env(&yaml, &[("PROXYD_T_VALUE", hostile)]);
+        assert!(!ok, "{route}: {text}");
+        let shown = format!(
+            "{:?}",
+            if route.contains("v=") {
+                format!("v={hostile}")
+            } else {
+                hostile.to_string()
+            }
+        );
+        assert!(
+            text.contains("proxy.yaml:")
+                && text.contains(&format!("routes: path {shown} must start with /")),
+            "{route}: {text}"
+        );
+    }
+}
+
+#[test]
+fn expanded_numbers_are_still_numbers() {
+    let yaml =
+        format!("{GOOD}limits:\n  max_headers: ${{PROXYD_T_N}}\n  max_body: ${{PROXYD_T_SIZE}}\n");
+    let (ok, text) = check_env(&yaml, &[("PROXYD_T_N", "50"), ("PROXYD_T_SIZE", "1MiB")]);
+    assert!(ok, "{text}");
+    let (ok, text) = check_env(
+        &yaml,
+        &[("PROXYD_T_N", "50 # more"), ("PROXYD_T_SIZE", "1")],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:7:16: invalid") && !text.contains("quoted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn places_after_an_expanded_value_are_those_of_the_file() {
+    // The expansion is longer than `${...}`; the bad address after it keeps its column.
+    let yaml = GOOD.replace(
+        "[\"127.0.0.1:5001\"]",
+        "[\"${PROXYD_T_LONG}:5001\", \"127.0.0.1\"]",
+    );
+    let (ok, text) = check_env(
+        &yaml,
+        &[("PROXYD_T_LONG", "127.000.000.001.example.invalid")],
+    );
+    assert!(!ok);
+    assert!(text.contains("proxy.yaml:5:"), "{text}");
+    let (ok, text) = check_env(
+        &GOOD.replace(
+            "[\"127.0.0.1:5001\"]",
+            "[\"${PROXYD_T_LONG}:5001\", \"127.0.0.1\"]",
+        ),
+        &[("PROXYD_T_LONG", "127.0.0.1")],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:5:40: upstreams.app.servers:") && text.contains("no port"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unquoted_reference_in_brackets_gets_a_hint() {
+    let (ok, text) =
+        check(&GOOD.replace("[\"127.0.0.1:5001\"]", "[${PROXYD_T_HOST:-127.0.0.1}:5001]"));
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:5:") && text.contains("must be quoted"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bind_failure_exits_nonzero_with_reason() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

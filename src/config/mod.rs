@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod balance;
+pub mod expand;
 pub mod load;
 pub mod secrets;
 pub mod types;
