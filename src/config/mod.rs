@@ -9,6 +9,7 @@ pub mod expand;
 pub mod load;
 pub mod secrets;
 pub mod types;
+pub mod units;
 pub mod upgrade;
 pub mod upstream_tls;
 pub mod validate;
