@@ -100,6 +100,27 @@ pub fn expand(
     file: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<Expanded, ConfigError> {
+    rewrite_values(text, |value, place| {
+        expand_value(value, file, &lookup, place)
+    })
+}
+
+/// `text` (YAML that proxyd wrote) with every `${` in a value escaped as `$${`, so reading it
+/// back expands nothing: the values stay as they are.
+pub fn escape_references(text: &str) -> String {
+    let escaped = rewrite_values(text, |value, _| {
+        Ok::<_, ConfigError>(Some(value.replace("${", "$${")))
+    });
+    escaped.map_or_else(|_| text.to_string(), |e| e.text)
+}
+
+/// `text` with each scalar value holding `${` replaced by what `change` makes of it (`None`:
+/// left as written), written back as one scalar of the same kind. `change` also gets where
+/// the value's n-th `${` is in the file.
+fn rewrite_values<E>(
+    text: &str,
+    mut change: impl FnMut(&str, &dyn Fn(usize) -> Option<(u64, u64)>) -> Result<Option<String>, E>,
+) -> Result<Expanded, E> {
     let mut out = String::with_capacity(text.len());
     let mut edits = Vec::new();
     let mut copied = 0;
@@ -141,14 +162,14 @@ pub fn expand(
                 }
                 let source = &text[range.clone()];
                 let at = |nth: usize| place_of_nth(text, range.start, source, nth);
-                let Some(expanded) = expand_value(&value, file, &lookup, at)? else {
+                let Some(changed) = change(&value, &at)? else {
                     continue;
                 };
                 let flow = stack.iter().any(|(flow, _)| *flow);
                 let written = match style {
-                    ScalarStyle::Plain if expanded.is_empty() => Cow::Borrowed("null"),
-                    ScalarStyle::Plain if plain_safe(&expanded, flow) => Cow::Borrowed(&*expanded),
-                    _ => Cow::Owned(double_quoted(&expanded)),
+                    ScalarStyle::Plain if changed.is_empty() => Cow::Borrowed("null"),
+                    ScalarStyle::Plain if plain_safe(&changed, flow) => Cow::Borrowed(&*changed),
+                    _ => Cow::Owned(double_quoted(&changed)),
                 };
                 out.push_str(&text[copied..range.start]);
                 let start = out.len();

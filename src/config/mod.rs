@@ -7,6 +7,7 @@ pub mod addr;
 pub mod balance;
 pub mod expand;
 pub mod load;
+pub mod print;
 pub mod secrets;
 pub mod types;
 pub mod units;

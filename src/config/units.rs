@@ -35,7 +35,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A duration as the config writes it: `"75s"`, `"100ms"`, `"7d"`.
 pub fn show_duration(d: Duration) -> String {
-    const UNITS: [(u64, &str); 4] = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    // Minutes are left out: "90s" reads plainer than "1m 30s", and "1m" than "60s" no better.
+    const UNITS: [(u64, &str); 3] = [(86400, "d"), (3600, "h"), (1, "s")];
     if d.subsec_nanos() == 0 {
         let s = d.as_secs();
         let (n, unit) = UNITS
