@@ -160,6 +160,9 @@ fn rewrite_values<E>(
                     // The span starts at the content: take the `|` or `>` header too.
                     range.start = block_header(&text[..range.start]).unwrap_or(range.start);
                 }
+                if range.start < copied {
+                    continue; // never splice over what was already written
+                }
                 let source = &text[range.clone()];
                 let at = |nth: usize| place_of_nth(text, range.start, source, nth);
                 let Some(changed) = change(&value, &at)? else {

@@ -407,6 +407,13 @@ fn validate_balancing(file: &str, name: &str, up: &super::Upstream) -> Result<()
     if up.eject.failures > 0 && up.eject.base.is_zero() {
         return plain(format!("{key}.eject.base: must be longer than 0s"));
     }
+    if up.eject.max < up.eject.base {
+        return plain(format!(
+            "{key}.eject.max: shorter than eject.base ({} < {}): no ejection would last base",
+            super::units::show_duration(up.eject.max),
+            super::units::show_duration(up.eject.base)
+        ));
+    }
     validate_queue(file, &key, &up.queue)
 }
 
@@ -460,6 +467,17 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
                 format!("{key}.health.path: must start with /"),
             ));
         }
+    }
+    if w.restart.max_backoff < w.restart.backoff {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!(
+                "{key}.restart.max_backoff: shorter than restart.backoff ({} < {}): the first wait would not be backoff",
+                super::units::show_duration(w.restart.max_backoff),
+                super::units::show_duration(w.restart.backoff)
+            ),
+        ));
     }
     if w.max_requests_jitter > 0 && w.max_requests == 0 {
         return Err(ConfigError::new(
@@ -634,6 +652,16 @@ mod tests {
             &SERVERS.replace("0\"\n", "0\"\n    redirect_https_port: 8443\n"),
             "",
             "p.yaml:2:11: listen: redirect_https_port is only used with redirect_https: true",
+        );
+        assert_error(
+            SERVERS,
+            "    eject: { base: 30s, max: 10s }\n",
+            "p.yaml: upstreams.app.eject.max: shorter than eject.base (10s < 30s)",
+        );
+        assert_error(
+            WORKERS,
+            "      restart: { backoff: 1s, max_backoff: 500ms }\n",
+            "p.yaml: upstreams.app.workers.restart.max_backoff: shorter than restart.backoff (500ms < 1s)",
         );
         assert_error(
             SERVERS,
