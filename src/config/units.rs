@@ -164,16 +164,16 @@ pub mod buffer {
     pub use super::size::serialize;
 }
 
-/// `with = "units::opt_size"`: an optional size (`max_memory: "512MiB"`), 1 MiB to
-/// [`MAX_SIZE`].
+/// `with = "units::opt_size"`: an optional size (`max_memory: "512MiB"`), 1 KiB (a unit
+/// left out: `512` is bytes) to [`MAX_SIZE`].
 pub mod opt_size {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         let n = size::deserialize(d)?;
-        if n < 1 << 20 {
+        if n < 1 << 10 {
             return Err(serde::de::Error::custom(format!(
-                "size {} is too small: at least 1MiB",
+                "size {} is too small: at least 1KiB (a bare number is bytes; write e.g. \"512MiB\")",
                 show_size(n)
             )));
         }

@@ -883,8 +883,8 @@ mod tests {
         }
         assert_error(
             WORKERS,
-            "      max_memory: 1KiB\n",
-            "p.yaml:7:19: size 1KiB is too small: at least 1MiB",
+            "      max_memory: 512\n",
+            "p.yaml:7:19: size 512 is too small: at least 1KiB (a bare number is bytes",
         );
     }
 }
