@@ -1,7 +1,9 @@
-//! Configuration: the file's types and defaults (`types`), reading it with `${VAR}` expansion
-//! (`load`), the `workers:` block (`workers`), an upstream's protocol and TLS
-//! (`upstream_tls`), the binary upgrade's settings (`upgrade`), the checks that `proxyd check`
-//! runs (`validate`), and the warnings about secret files others can read (`secrets`).
+//! Configuration: the file's types and defaults (`types`), durations, sizes and counts with
+//! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
+//! the `workers:` block (`workers`), an upstream's protocol and TLS (`upstream_tls`), the
+//! binary upgrade's settings (`upgrade`), the checks that `proxyd check` runs (`validate`),
+//! `proxyd check --print` (`print`), and the warnings about secret files others can read
+//! (`secrets`).
 
 pub mod addr;
 pub mod balance;
