@@ -91,6 +91,8 @@ pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigEr
         dir,
     };
     validate::validate(&loaded).map_err(|e| expanded.locate(e))?;
+    let written = super::written::Written::of(&expanded.text);
+    validate::without_effect(&loaded, &written).map_err(|e| expanded.locate(e))?;
     Ok(loaded)
 }
 

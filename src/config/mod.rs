@@ -2,7 +2,7 @@
 //! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
 //! the `workers:` block (`workers`), an upstream's protocol and TLS (`upstream_tls`), the
 //! binary upgrade's settings (`upgrade`), the checks that `proxyd check` runs (`validate`),
-//! `proxyd check --print` (`print`), and the warnings about secret files others can read
+//! `proxyd check --print` (`print`), the keys a file writes and where (`written`), and the warnings about secret files others can read
 //! (`secrets`).
 
 pub mod addr;
@@ -17,6 +17,7 @@ pub mod upgrade;
 pub mod upstream_tls;
 pub mod validate;
 pub mod workers;
+pub mod written;
 
 pub use addr::BackendAddr;
 pub use load::{load_file, load_str, ConfigError, Loaded};

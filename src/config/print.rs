@@ -22,6 +22,7 @@ pub fn render(loaded: &Loaded) -> Result<String, String> {
     let config = with_defaults(&loaded.config);
     let body = serde_saphyr::to_string(&config)
         .map_err(|e| format!("cannot write the config as YAML: {e}"))?;
+    let body = drop_without_effect(&config, &body);
     let mut out = format!(
         "# {}: ${{VAR}} expanded, defaults written out (proxyd check --print).\n",
         loaded.file
@@ -41,6 +42,22 @@ pub fn render(loaded: &Loaded) -> Result<String, String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `yaml` without the lines of defaults that would have no effect where they are written
+/// (`pool.max_idle` of an h2 upstream): `proxyd check` refuses those when a file writes
+/// them. Each is a `key: value` line of its own in what serde-saphyr writes.
+fn drop_without_effect(config: &Config, yaml: &str) -> String {
+    let written = super::written::Written::of(yaml);
+    let drop: Vec<u64> = super::validate::no_effect(config, &written)
+        .into_iter()
+        .map(|(_, (line, _), _)| line)
+        .collect();
+    yaml.lines()
+        .zip(1u64..)
+        .filter(|(_, n)| !drop.contains(n))
+        .map(|(line, _)| format!("{line}\n"))
+        .collect()
 }
 
 /// The config with the defaults that are computed rather than written in the types filled

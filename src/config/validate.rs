@@ -12,6 +12,7 @@ use super::balance::{Balance, HashKey};
 use super::load::{ConfigError, Loaded};
 use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
+use super::written::Written;
 use crate::proxy::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
@@ -514,6 +515,51 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
     Ok(())
 }
 
+/// Keys written where they have no effect, though their values could be the defaults: each
+/// is an error at the key that says why.
+pub fn without_effect(loaded: &Loaded, written: &Written) -> Result<(), ConfigError> {
+    match no_effect(&loaded.config, written).into_iter().next() {
+        Some((_, at, msg)) => Err(ConfigError::new(&loaded.file, Some(at), msg)),
+        None => Ok(()),
+    }
+}
+
+/// The keys [`without_effect`] refuses: (path, place, message), in the file's order.
+pub fn no_effect(cfg: &super::Config, written: &Written) -> Vec<(String, (u64, u64), String)> {
+    let mut found = Vec::new();
+    for (name, up) in &cfg.upstreams {
+        let key = format!("upstreams.{name}");
+        let no_retries = "only used when retries.attempts is above 1 (no retries)";
+        let no_eject = "only used when eject.failures is above 0 (ejection is off)";
+        let rules: [(&str, bool, &str); 7] = [
+            (
+                "pool.max_idle",
+                up.protocol() != super::UpstreamProtocol::Http1,
+                "only used with protocol: http1 (HTTP/2 shares one connection per backend; pool.idle_timeout still applies)",
+            ),
+            (
+                "queue.interval",
+                up.queue.target.is_zero(),
+                "only used when queue.target is above 0s (the overload rule is off)",
+            ),
+            ("eject.base", up.eject.failures == 0, no_eject),
+            ("eject.max", up.eject.failures == 0, no_eject),
+            ("retries.budget", up.retries.attempts == 1, no_retries),
+            ("retries.min_per_second", up.retries.attempts == 1, no_retries),
+            ("retries.max_body", up.retries.attempts == 1, no_retries),
+        ];
+        for (sub, no_effect, why) in rules {
+            let path = format!("{key}.{sub}");
+            if let (true, Some(at)) = (no_effect, written.at(&path)) {
+                let msg = format!("{path}: {why}");
+                found.push((path, at, msg));
+            }
+        }
+    }
+    found.sort_by_key(|(_, at, _)| *at);
+    found
+}
+
 /// Upstream keys that workers do not use, each with what to write instead.
 fn not_for_workers(file: &str, name: &str, up: &super::Upstream) -> Result<(), ConfigError> {
     let key = format!("upstreams.{name}");
@@ -653,6 +699,17 @@ mod tests {
             "",
             "p.yaml:2:11: listen: redirect_https_port is only used with redirect_https: true",
         );
+        for (extra, want) in [
+            ("    protocol: h2c\n    pool: { max_idle: 8 }\n", "p.yaml:7:13: upstreams.app.pool.max_idle: only used with protocol: http1"),
+            ("    queue: { target: 0s, interval: 1s }\n", "p.yaml:6:26: upstreams.app.queue.interval: only used when queue.target is above 0s"),
+            ("    eject: { failures: 0, base: 5s }\n", "p.yaml:6:27: upstreams.app.eject.base: only used when eject.failures is above 0"),
+            ("    retries:\n      attempts: 1\n      max_body: 1MiB\n", "p.yaml:8:7: upstreams.app.retries.max_body: only used when retries.attempts is above 1"),
+        ] {
+            assert_error(SERVERS, extra, want);
+        }
+        // The same keys where they do work.
+        let fine = format!("{SERVERS}    pool: {{ max_idle: 8 }}\n    queue: {{ target: 1s, interval: 2s }}\n    eject: {{ failures: 3, base: 5s }}\n    retries: {{ attempts: 2, max_body: 1MiB }}\n");
+        load_str(&fine, "p.yaml", ".".into()).unwrap();
         assert_error(
             SERVERS,
             "    eject: { base: 30s, max: 10s }\n",
