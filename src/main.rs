@@ -1,4 +1,5 @@
-//! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config; `proxyd status
+//! `proxyd -c FILE` runs the proxy; `proxyd check -c FILE` validates a config (`--print`:
+//! and prints it as proxyd reads it); `proxyd status
 //! -c FILE` prints the running proxy's workers and backends; `proxyd upgrade -c FILE` makes
 //! the running proxy hand its sockets to a new binary; `proxyd reload -c FILE` makes it reload
 //! its config. `proxyd run -- COMMAND` and `proxyd proxy --to ADDR` run a config made of
@@ -37,7 +38,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and exit: 0 when it is good, 1 with the error otherwise.
-    Check,
+    Check {
+        /// Also print the config as proxyd reads it: ${VAR} expanded, every default written
+        /// out, admin.token redacted (like nginx -T).
+        #[arg(long)]
+        print: bool,
+    },
     /// Print the upstreams, backends and workers of the proxyd running this config (from
     /// its admin API's /status).
     Status,
@@ -88,9 +94,21 @@ fn main() -> ExitCode {
         }
     };
     let warnings = proxyd::config::secrets::warnings(&loaded);
-    if let Some(Command::Check) = cli.command {
+    if let Some(Command::Check { print }) = cli.command {
         for w in &warnings {
             eprintln!("proxyd: {w}");
+        }
+        if print {
+            // The YAML alone on stdout (it can be saved and checked); the verdict on stderr.
+            match proxyd::config::print::render(&loaded) {
+                Ok(yaml) => print!("{yaml}"),
+                Err(e) => {
+                    eprintln!("proxyd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            eprintln!("proxyd: {} is valid", cli.config.display());
+            return ExitCode::SUCCESS;
         }
         println!("proxyd: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;

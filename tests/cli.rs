@@ -149,6 +149,230 @@ fn env_expansion_with_default_passes() {
     assert!(ok, "{text}");
 }
 
+/// `proxyd check` with extra environment variables.
+fn check_env(yaml: &str, vars: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(proxyd_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn env_references_in_comments_are_not_expanded() {
+    // README's old minimal config: the comment's ${VAR} was once expanded, and failed.
+    let yaml = GOOD.replace(
+        "  - addr: \"127.0.0.1:8080\"\n",
+        "  - addr: \"127.0.0.1:${PROXYD_TEST_SURELY_UNSET:-8080}\"   # ${VAR} and ${VAR:-default} expand\n# ${UNTERMINATED\n",
+    );
+    let (ok, text) = check(&yaml);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_value_stays_one_scalar_whatever_it_holds() {
+    // The route's path must start with /: the error quotes the whole value back, so each
+    // character of it stayed in the one scalar, whatever YAML would make of it as text.
+    let hostile = "x\" # y: z\nadmin: {addr: \"127.0.0.1:1\"}\n- [";
+    for route in [
+        "  - path: ${PROXYD_T_VALUE}\n    upstream: app\n",
+        "  - { path: \"${PROXYD_T_VALUE}\", upstream: app }\n",
+        "  - path: 'v=${PROXYD_T_VALUE}'\n    upstream: app\n",
+    ] {
+        let yaml = format!("{GOOD}routes:\n{route}");
+        let (ok, text) = check_env(&yaml, &[("PROXYD_T_VALUE", hostile)]);
+        assert!(!ok, "{route}: {text}");
+        let shown = format!(
+            "{:?}",
+            if route.contains("v=") {
+                format!("v={hostile}")
+            } else {
+                hostile.to_string()
+            }
+        );
+        assert!(
+            text.contains("proxy.yaml:")
+                && text.contains(&format!("routes: path {shown} must start with /")),
+            "{route}: {text}"
+        );
+    }
+}
+
+#[test]
+fn expanded_numbers_are_still_numbers() {
+    let yaml =
+        format!("{GOOD}limits:\n  max_headers: ${{PROXYD_T_N}}\n  max_body: ${{PROXYD_T_SIZE}}\n");
+    let (ok, text) = check_env(&yaml, &[("PROXYD_T_N", "50"), ("PROXYD_T_SIZE", "1MiB")]);
+    assert!(ok, "{text}");
+    let (ok, text) = check_env(
+        &yaml,
+        &[("PROXYD_T_N", "50 # more"), ("PROXYD_T_SIZE", "1")],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:7:16: invalid") && !text.contains("quoted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn places_after_an_expanded_value_are_those_of_the_file() {
+    // The expansion is longer than `${...}`; the bad address after it keeps its column.
+    let yaml = GOOD.replace(
+        "[\"127.0.0.1:5001\"]",
+        "[\"${PROXYD_T_LONG}:5001\", \"127.0.0.1\"]",
+    );
+    let (ok, text) = check_env(
+        &yaml,
+        &[("PROXYD_T_LONG", "127.000.000.001.example.invalid")],
+    );
+    assert!(!ok);
+    assert!(text.contains("proxy.yaml:5:"), "{text}");
+    let (ok, text) = check_env(
+        &GOOD.replace(
+            "[\"127.0.0.1:5001\"]",
+            "[\"${PROXYD_T_LONG}:5001\", \"127.0.0.1\"]",
+        ),
+        &[("PROXYD_T_LONG", "127.0.0.1")],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:5:40: upstreams.app.servers:") && text.contains("no port"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unquoted_reference_in_brackets_gets_a_hint() {
+    let (ok, text) =
+        check(&GOOD.replace("[\"127.0.0.1:5001\"]", "[${PROXYD_T_HOST:-127.0.0.1}:5001]"));
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:5:") && text.contains("must be quoted"),
+        "{text}"
+    );
+}
+
+/// `proxyd check --print -c path` with extra environment variables: success, stdout, stderr.
+fn print_config(path: &std::path::Path, vars: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(proxyd_bin())
+        .args(["check", "--print", "-c"])
+        .arg(path)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The printout without its leading comment lines (they name the file printed).
+fn body(printed: &str) -> String {
+    printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn print_writes_every_shipped_config_back_as_a_config_that_passes_check() {
+    // A copy of config/ (certificates included): each printout is saved beside its file, so
+    // relative paths mean the same, and must pass check and print the same again.
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("config");
+    std::fs::create_dir_all(copy.join("certs")).unwrap();
+    for sub in ["", "certs"] {
+        for entry in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, copy.join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let mut n = 0;
+    for entry in std::fs::read_dir(&copy).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let (ok, printed, err) = print_config(&path, &[]);
+        assert!(ok, "{}: {err}", path.display());
+        assert!(err.contains("is valid"), "{err}");
+        assert!(
+            !body(&printed).contains("${"),
+            "{}: not expanded:\n{printed}",
+            path.display()
+        );
+        let again = path.with_extension("printed.yml");
+        std::fs::write(&again, &printed).unwrap();
+        let (ok, reprinted, err) = print_config(&again, &[]);
+        assert!(
+            ok,
+            "{}: the printout fails check: {err}\n{printed}",
+            path.display()
+        );
+        assert_eq!(body(&reprinted), body(&printed), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 3, "expected the example configs, found {n}");
+}
+
+#[test]
+fn print_expands_fills_in_defaults_and_redacts_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let yaml = "listen:\n  - addr: \"127.0.0.1:${PROXYD_T_PORT}\"   # ${NOT_EXPANDED}\nadmin:\n  addr: \"127.0.0.1:0\"\n  token: ${PROXYD_T_TOKEN}\nupstreams:\n  app:\n    workers:\n      command: [\"sh\", \"-c\", \"echo $HOME\"]\n      env: { GREETING: \"${PROXYD_T_HELLO}\", LITERAL: \"$${KEPT}\" }\n";
+    std::fs::write(&path, yaml).unwrap();
+    let vars = [
+        ("PROXYD_T_PORT", "8123"),
+        ("PROXYD_T_TOKEN", "s3cret-token"),
+        ("PROXYD_T_HELLO", "hi: \"there\" # not a comment"),
+    ];
+    let (ok, printed, err) = print_config(&path, &vars);
+    assert!(ok, "{err}");
+    assert!(!printed.contains("s3cret-token"), "{printed}");
+    assert!(printed.contains("token: <redacted>"), "{printed}");
+    assert!(printed.contains("# admin.token is redacted"), "{printed}");
+    assert!(printed.contains("127.0.0.1:8123"), "{printed}");
+    assert!(
+        printed.contains("echo $HOME"),
+        "a bare $ is not expanded: {printed}"
+    );
+    // A literal ${ is written escaped, so reading the printout keeps it literal.
+    assert!(printed.contains("LITERAL: $${KEPT}"), "{printed}");
+    // Defaults written out: a time-out, the worker count (2 x cores + 1), the queue's bound.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for line in [
+        "request_timeout: 30s".to_string(),
+        format!("count: {}", 2 * cores + 1),
+        "max: 10000".to_string(),
+        "max_headers: 100".to_string(),
+        "keepalive: 75s".to_string(),
+    ] {
+        assert!(printed.contains(&line), "{line}: {printed}");
+    }
+    // It is a config: check takes it (with the token put back as any value) and reads the
+    // same values from it.
+    let again = dir.path().join("printed.yaml");
+    std::fs::write(&again, &printed).unwrap();
+    let (ok, reprinted, err) = print_config(&again, &[]);
+    assert!(ok, "{err}\n{printed}");
+    assert_eq!(body(&reprinted), body(&printed));
+    assert!(
+        reprinted.contains("GREETING: 'hi: \"there\" # not a comment'")
+            || reprinted.contains("GREETING: \"hi: \\\"there\\\" # not a comment\""),
+        "{reprinted}"
+    );
+}
+
 #[test]
 fn bind_failure_exits_nonzero_with_reason() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

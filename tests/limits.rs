@@ -511,7 +511,7 @@ fn bad_rates_and_cidrs_are_located() {
         (
             format!("{GOOD}limits: {{ max_connections_per_ip: 0 }}\n"),
             "proxy.yaml:",
-            "limits.max_connections_per_ip: at least 1",
+            "0 is out of range: expected a number from 1 to 1000000",
         ),
         (
             GOOD.replace("8080\"\n", "8080\"\n    proxy_protocol: yes please\n"),

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::types::{duration, size};
+use super::units;
 
 /// How a backend is chosen among those with a free slot.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
@@ -23,25 +23,25 @@ pub enum Balance {
 
 /// Requests waiting for a free backend slot, admitted by time: a request waits while it can
 /// still be served within `timeout`; one whose expected wait is longer is refused at once.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Queue {
     /// Waiting requests at most, a memory guard (default: `limits.max_connections`; 0: none
     /// wait); past it: 503 queue-full. Time, not this count, sheds a load the backends can
     /// serve.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Spanned<usize>>,
     /// The longest a request may wait for a slot (gunicorn's `timeout`); past it: 503
     /// queue-timeout. A newcomer whose expected wait is longer: 503 queue-deadline at once.
-    #[serde(default = "default_queue_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_queue_timeout", with = "units::nonzero_duration")]
     pub timeout: Duration,
     /// The standing delay allowed under persistent overload (0s: no such rule): while the
     /// queue's delay stays above it for `interval` and the queue keeps growing, newcomers
     /// are admitted only while they can be served within it.
-    #[serde(default = "default_queue_target", deserialize_with = "duration")]
+    #[serde(default = "default_queue_target", with = "units::duration")]
     pub target: Duration,
     /// How long the delay must stay above `target`, the queue growing, before that rule engages.
-    #[serde(default = "default_queue_interval", deserialize_with = "duration")]
+    #[serde(default = "default_queue_interval", with = "units::duration")]
     pub interval: Duration,
 }
 
@@ -63,20 +63,26 @@ impl Queue {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
-    /// Tries per request, the first included.
-    #[serde(default = "default_attempts")]
+    /// Tries per request, the first included (1 to 10).
+    #[serde(
+        default = "default_attempts",
+        deserialize_with = "units::count::<_, _, 1, 10>"
+    )]
     pub attempts: usize,
     /// Retries allowed as a share of recent requests (0.2: one retry per five requests) ...
     #[serde(default = "default_budget")]
     pub budget: f64,
     /// ... but always this many per second.
-    #[serde(default = "default_min_per_second")]
+    #[serde(
+        default = "default_min_per_second",
+        deserialize_with = "units::count::<_, _, 0, 1_000_000>"
+    )]
     pub min_per_second: u32,
     /// Bodies up to this size are kept for replaying an idempotent request.
-    #[serde(default = "default_retry_max_body", deserialize_with = "size")]
+    #[serde(default = "default_retry_max_body", with = "units::buffer")]
     pub max_body: u64,
 }
 
@@ -92,16 +98,19 @@ impl Default for Retries {
 }
 
 /// Passive ejection: a backend failing requests in a row is left alone for a while.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Eject {
     /// Consecutive connect failures or 5xx answers that eject (0: never).
-    #[serde(default = "default_eject_failures")]
+    #[serde(
+        default = "default_eject_failures",
+        deserialize_with = "units::count::<_, _, 0, 10_000>"
+    )]
     pub failures: u32,
     /// The first ejection's length; each further one doubles it, up to `max`.
-    #[serde(default = "default_eject_base", deserialize_with = "duration")]
+    #[serde(default = "default_eject_base", with = "units::duration")]
     pub base: Duration,
-    #[serde(default = "default_eject_max", deserialize_with = "duration")]
+    #[serde(default = "default_eject_max", with = "units::duration")]
     pub max: Duration,
 }
 

@@ -1,9 +1,10 @@
-//! Reading a config file: `${VAR}` expansion, YAML parsing, and errors that name the file,
-//! line and column.
+//! Reading a config file: `${VAR}` expansion in values (`expand`), YAML parsing, and errors
+//! that name the file, line and column.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::expand::{expand, hint_for};
 use super::types::Config;
 use super::validate;
 
@@ -74,17 +75,24 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// assert!(err.to_string().starts_with("proxy.yaml:5:5: unknown field `server`"), "{err}");
 /// ```
 pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigError> {
-    let expanded = expand_env(text, file, |name| std::env::var(name).ok())?;
-    let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
+    let expanded = expand(text, file, |name| std::env::var(name).ok())?;
+    let config: Config = serde_saphyr::from_str(&expanded.text).map_err(|e| {
         let at = e.location().map(|l| (l.line(), l.column()));
-        ConfigError::new(file, at, strip_location(&e.without_snippet().to_string()))
+        let msg = strip_location(&e.without_snippet().to_string());
+        let mut err = expanded.locate(ConfigError::new(file, at, msg));
+        if let Some(hint) = err.at.and_then(|(line, _)| hint_for(text, line)) {
+            err.message = format!("{}; {hint}", err.message);
+        }
+        err
     })?;
     let loaded = Loaded {
         config,
         file: file.to_string(),
         dir,
     };
-    validate::validate(&loaded)?;
+    validate::validate(&loaded).map_err(|e| expanded.locate(e))?;
+    let written = super::written::Written::of(&expanded.text);
+    validate::without_effect(&loaded, &written).map_err(|e| expanded.locate(e))?;
     Ok(loaded)
 }
 
@@ -96,109 +104,12 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// Expands `${VAR}` and `${VAR:-default}`; `$${` is a literal `${`. An unset variable without
-/// a default is an error at its place in the file.
+/// The config text with `${VAR}` and `${VAR:-default}` expanded in its values (see
+/// [`super::expand`]); an error names the variable's place in the file.
 pub fn expand_env(
     text: &str,
     file: &str,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
-        let mut rest = line;
-        let mut col = 1u64;
-        while let Some(i) = rest.find('$') {
-            out.push_str(&rest[..i]);
-            col += rest[..i].chars().count() as u64;
-            let after = &rest[i + 1..];
-            if let Some(tail) = after.strip_prefix("${") {
-                out.push_str("${");
-                rest = tail;
-                col += 3;
-                continue;
-            }
-            let Some(body) = after.strip_prefix('{') else {
-                out.push('$');
-                rest = after;
-                col += 1;
-                continue;
-            };
-            let at = Some((lineno as u64 + 1, col));
-            let Some(end) = body.find('}') else {
-                return Err(ConfigError::new(file, at, "unterminated ${ in value"));
-            };
-            let expr = &body[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with(|c: char| c.is_ascii_digit());
-            if !valid {
-                return Err(ConfigError::new(
-                    file,
-                    at,
-                    format!("invalid variable name {name:?} in ${{...}}"),
-                ));
-            }
-            match lookup(name).filter(|v| !v.is_empty()).or(default.map(str::to_string)) {
-                Some(v) => out.push_str(&v),
-                None => {
-                    return Err(ConfigError::new(
-                        file,
-                        at,
-                        format!("environment variable {name} is not set and has no default (use ${{{name}:-default}})"),
-                    ))
-                }
-            }
-            col += expr.chars().count() as u64 + 3;
-            rest = &body[end + 1..];
-        }
-        out.push_str(rest);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(name: &str) -> Option<String> {
-        match name {
-            "PORT" => Some("8000".into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn expands_set_unset_and_defaults() {
-        let out = expand_env(
-            "a: ${PORT}\nb: ${NOPE:-7}\nc: ${EMPTY:-x}\nd: $${PORT} $5\n",
-            "f",
-            env,
-        );
-        assert_eq!(out.unwrap(), "a: 8000\nb: 7\nc: x\nd: ${PORT} $5\n");
-    }
-
-    #[test]
-    fn unset_without_default_names_place() {
-        let err = expand_env("x: 1\naddr: \"${HOST}:80\"\n", "p.yaml", env).unwrap_err();
-        assert_eq!(err.at, Some((2, 8)));
-        assert!(err.message.contains("HOST"), "{err}");
-        assert!(err.to_string().starts_with("p.yaml:2:8: "), "{err}");
-    }
-
-    #[test]
-    fn bad_names_and_unterminated() {
-        assert!(expand_env("${1A}", "f", env)
-            .unwrap_err()
-            .message
-            .contains("invalid"));
-        assert!(expand_env("${PORT", "f", env)
-            .unwrap_err()
-            .message
-            .contains("unterminated"));
-    }
+    expand(text, file, lookup).map(|e| e.text)
 }

@@ -1,19 +1,25 @@
-//! Configuration: the file's types and defaults (`types`), reading it with `${VAR}` expansion
-//! (`load`), the `workers:` block (`workers`), an upstream's protocol and TLS
-//! (`upstream_tls`), the binary upgrade's settings (`upgrade`), the checks that `proxyd check`
-//! runs (`validate`), the warnings about secret files others can read (`secrets`), and the
-//! config that `proxyd run` and `proxyd proxy` make of their flags (`oneliner`).
+//! Configuration: the file's types and defaults (`types`), durations, sizes and counts with
+//! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
+//! the `workers:` block (`workers`), an upstream's protocol and TLS (`upstream_tls`), the
+//! binary upgrade's settings (`upgrade`), the checks that `proxyd check` runs (`validate`),
+//! `proxyd check --print` (`print`), the keys a file writes and where (`written`), the
+//! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
+//! and `proxyd proxy` make of their flags (`oneliner`).
 
 pub mod addr;
 pub mod balance;
+pub mod expand;
 pub mod load;
 pub mod oneliner;
+pub mod print;
 pub mod secrets;
 pub mod types;
+pub mod units;
 pub mod upgrade;
 pub mod upstream_tls;
 pub mod validate;
 pub mod workers;
+pub mod written;
 
 pub use addr::BackendAddr;
 pub use load::{load_file, load_str, ConfigError, Loaded};

@@ -45,8 +45,9 @@ pub struct RunFlags {
     pub workers: Option<usize>,
 
     /// Requests one worker takes at a time; more wait in proxyd's queue [default: 1].
-    #[arg(long, value_name = "N")]
-    pub concurrency: Option<usize>,
+    // The bounds of workers.concurrency, checked here so the error names the flag.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub concurrency: Option<u64>,
 
     /// A request still running after this gets 504 and its worker is killed and replaced:
     /// seconds, or a duration such as 90s or 2m [default: 30s].
@@ -54,7 +55,7 @@ pub struct RunFlags {
     pub timeout: Option<Duration>,
 
     /// Replace a worker after it has served N requests (for apps that leak) [default: never].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub max_requests: Option<u64>,
 
     /// Write an access log (nginx's combined format) to FILE, or to stderr with -.
@@ -163,7 +164,6 @@ const RUN_KEYS: &[(&str, &str)] = &[
     ("upstreams.app.workers.count: ", "--workers: "),
     ("upstreams.app.workers.request_timeout: ", "--timeout: "),
     ("upstreams.app.workers.max_requests: ", "--max-requests: "),
-    ("upstreams.app: concurrency ", "--concurrency: "),
     ("access_log: ", "--access-log: "),
 ];
 
@@ -430,10 +430,6 @@ mod tests {
                 "run: --workers: 5000 workers is more than",
             ),
             (
-                &["--concurrency", "0", "sh"],
-                "run: --concurrency: must be at least 1",
-            ),
-            (
                 &["--", "no-such-program-anywhere", "x"],
                 "run: COMMAND: program \"no-such-program-anywhere\" not found",
             ),
@@ -462,6 +458,7 @@ mod tests {
         // Values of the wrong type are refused while parsing, naming the flag.
         for (args, want) in [
             (&["-w", "many", "sh"][..], "'--workers <N>'"),
+            (&["--concurrency", "0", "sh"], "0 is not in 1..=10000"),
             (&["-t", "soon", "sh"], "expected seconds (30) or a duration"),
             (&["-t", "0", "sh"], "must be longer than 0"),
             (&["-b", "example.com:80", "sh"], "is not a listen address"),

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use super::units::{self, Secs};
 use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
@@ -14,11 +16,11 @@ pub use super::workers::{Health, Restart, Scaling, WorkerCount, WorkerListen, Wo
 pub use crate::limits::{Cidr, Rate};
 
 /// The whole `proxy.yaml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: Vec<Listen>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
@@ -35,7 +37,11 @@ pub struct Config {
     #[serde(default)]
     pub access_log: Vec<AccessLog>,
     /// Runtime threads; default: one per core.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "units::opt_count::<_, _, 1, 1024>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub threads: Option<usize>,
     /// Address ranges of the proxies in front (load balancers): from them, the client IP is
     /// taken from `X-Forwarded-For` (the right-most untrusted address), and only they may
@@ -44,28 +50,36 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// A file proxyd writes its pid to once it serves (relative to this file), for
     /// `proxyd upgrade`, systemd's `PIDFile=` and logrotate scripts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<Spanned<String>>,
     /// The binary upgrade (SIGUSR2, `proxyd upgrade`, `POST /upgrade`).
     #[serde(default)]
     pub upgrade: Upgrade,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     pub addr: Spanned<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
     /// Overrides `limits.max_connections` for this listener.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "units::opt_count::<_, _, 1, { units::MAX_CONNECTIONS }>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections: Option<usize>,
     /// On a plain listener: answer every request with a 308 to https (nginx's
     /// `return 308 https://$host$request_uri`).
     #[serde(default)]
     pub redirect_https: bool,
     /// The port in those redirects (default 443: none written).
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "units::opt_count::<_, _, 1, 65535>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub redirect_https_port: Option<u16>,
     /// Every connection starts with a PROXY protocol header (v1 or v2) whose source address
     /// becomes the client's; a connection without a valid one is closed.
@@ -73,7 +87,7 @@ pub struct Listen {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// Picked by SNI from each certificate's names; the one marked `default` (else the
@@ -83,15 +97,15 @@ pub struct Tls {
     #[serde(default = "default_min_version")]
     pub min_version: Spanned<String>,
     /// Ask clients for certificates (mTLS).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuth>,
     /// Strict-Transport-Security on every response of this listener, e.g.
     /// "max-age=63072000; includeSubDomains".
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hsts: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuth {
     /// PEM bundle of the CAs client certificates must chain to.
@@ -105,7 +119,7 @@ pub struct ClientAuth {
     pub subject_header: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuthMode {
     #[default]
@@ -113,7 +127,7 @@ pub enum ClientAuthMode {
     Optional,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     pub cert: Spanned<String>,
@@ -122,39 +136,41 @@ pub struct CertPair {
     pub default: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub addr: Spanned<String>,
     /// When set, the admin's POST endpoints need `Authorization: Bearer <token>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `host:port`, `[v6]:port`, or `unix:/path`.
     #[serde(default)]
     pub servers: Vec<Spanned<String>>,
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_connect_timeout", with = "units::nonzero_duration")]
     pub connect_timeout: Duration,
-    /// Time allowed from sending the request to receiving the response head (504 past it).
-    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
-    pub response_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head (504 past it;
+    /// default 60s). Not for workers: theirs is `workers.request_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<Spanned<Secs>>,
     #[serde(default)]
     pub pool: Pool,
     /// App processes proxyd launches and supervises, instead of `servers`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<Workers>,
     #[serde(default)]
     pub balance: Balance,
     /// For `balance: hash`: `client_ip`, `header:NAME` or `cookie:NAME`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<Spanned<String>>,
-    /// Requests in flight per server at most (`servers:`; workers have their own).
-    #[serde(default)]
-    pub concurrency: Option<usize>,
+    /// Requests in flight per server at most (`servers:`; workers have their own,
+    /// `workers.concurrency`), 1 to 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Spanned<usize>>,
     #[serde(default)]
     pub queue: Queue,
     #[serde(default)]
@@ -162,13 +178,13 @@ pub struct Upstream {
     #[serde(default)]
     pub eject: Eject,
     /// A backend that just became healthy ramps its weight up over this long (0: off).
-    #[serde(default = "zero", deserialize_with = "duration")]
+    #[serde(default = "zero", with = "units::duration")]
     pub slow_start: Duration,
     /// `http1` (default), `h2` (https:// servers, by ALPN) or `h2c` (cleartext HTTP/2).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Spanned<UpstreamProtocol>>,
     /// Verification of `https://` servers: CA bundle, server name, insecure_skip_verify.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
 }
 
@@ -192,7 +208,7 @@ impl Upstream {
     pub fn concurrency(&self) -> usize {
         match &self.workers {
             Some(w) => w.concurrency,
-            None => self.concurrency.unwrap_or(usize::MAX),
+            None => self.concurrency.as_ref().map_or(usize::MAX, |c| c.value),
         }
     }
 
@@ -200,20 +216,27 @@ impl Upstream {
     pub fn effective_response_timeout(&self) -> Duration {
         match &self.workers {
             Some(w) => w.request_timeout,
-            None => self.response_timeout,
+            None => self
+                .response_timeout
+                .as_ref()
+                .map_or(DEFAULT_RESPONSE_TIMEOUT, |t| t.value.0),
         }
     }
 }
 
 /// The keepalive pool kept for each backend of an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
-    #[serde(default = "default_max_idle")]
+    /// 0 keeps none.
+    #[serde(
+        default = "default_max_idle",
+        deserialize_with = "units::count::<_, _, 0, 100_000>"
+    )]
     pub max_idle: usize,
     /// Must be shorter than the backend's own keep-alive time-out (gunicorn: 2 s), or a reused
     /// connection can race the backend closing it.
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_idle_timeout", with = "units::nonzero_duration")]
     pub idle_timeout: Duration,
 }
 
@@ -226,38 +249,38 @@ impl Default for Pool {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// The route's label in metrics; default: host (if any) and path, e.g. `api.example.com/v1/`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Exact (`api.example.com`) or wildcard (`*.example.com`); absent matches any host.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<Spanned<String>>,
     /// Path prefix; the longest matching prefix wins.
     #[serde(default = "default_path")]
     pub path: String,
     pub upstream: Spanned<String>,
     /// A request rate limit for this route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RouteRate>,
 }
 
 /// `routes[].rate`: `{ limit: "50/s", burst: 100, by: ip }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRate {
     pub limit: Rate,
     /// Requests let through back to back (the bucket's size); default: one second's worth.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Spanned<u32>>,
     /// `ip`: a bucket per client IP (default); `route`: one bucket for every client.
     #[serde(default)]
     pub by: RateBy,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RateBy {
     #[default]
@@ -266,18 +289,18 @@ pub enum RateBy {
 }
 
 /// `limits.rate`: `{ per_ip: "100/s", burst: 200, max_clients: 100000 }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     /// Requests per client IP, whatever the route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_ip: Option<Rate>,
     /// Requests let through back to back (the bucket's size); default: one second's worth.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Spanned<u32>>,
     /// Client IPs tracked per limit (this one and each route's); idle ones are forgotten
     /// first, and past it the least needed. Default 100000.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_clients: Option<Spanned<usize>>,
 }
 
@@ -289,33 +312,46 @@ impl RateLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Request line plus headers (431 past it).
-    #[serde(default = "default_max_header_bytes", deserialize_with = "size")]
+    #[serde(default = "default_max_header_bytes", with = "units::buffer")]
     pub max_header_bytes: u64,
-    #[serde(default = "default_max_headers")]
+    #[serde(
+        default = "default_max_headers",
+        deserialize_with = "units::count::<_, _, 1, 1000>"
+    )]
     pub max_headers: usize,
     /// Largest request body accepted (413 past it).
-    #[serde(default = "default_max_body", deserialize_with = "size")]
+    #[serde(default = "default_max_body", with = "units::size")]
     pub max_body: u64,
     /// Bodies up to this size are read whole into memory before a backend is picked; larger
     /// ones stream, except to workers: for them the rest goes to a temp file first.
-    #[serde(default = "default_buffer_body", deserialize_with = "size")]
+    #[serde(default = "default_buffer_body", with = "units::buffer")]
     pub buffer_body: u64,
     /// A worker's response is read ahead of a slow client into this much memory, the rest to
     /// a temp file, so the worker is free once it has answered.
-    #[serde(default = "default_buffer_response", deserialize_with = "size")]
+    #[serde(default = "default_buffer_response", with = "units::buffer")]
     pub buffer_response: u64,
     /// Concurrent HTTP/2 streams per client connection.
-    #[serde(default = "default_max_streams")]
+    #[serde(
+        default = "default_max_streams",
+        deserialize_with = "units::count::<_, _, 1, 10_000>"
+    )]
     pub max_concurrent_streams: u32,
     /// Open client connections per listener; past it, accepting pauses.
-    #[serde(default = "default_max_connections")]
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "units::count::<_, _, 1, { units::MAX_CONNECTIONS }>"
+    )]
     pub max_connections: usize,
     /// Open client connections per client IP; more are closed as they are accepted.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "units::opt_count::<_, _, 1, { units::MAX_CONNECTIONS }>",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_connections_per_ip: Option<u32>,
     /// Request rate limits per client IP.
     #[serde(default)]
@@ -338,25 +374,25 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// From the first byte of a request head to its end (408 past it).
-    #[serde(default = "default_client_header", deserialize_with = "duration")]
+    #[serde(default = "default_client_header", with = "units::nonzero_duration")]
     pub client_header: Duration,
     /// Between two reads of a request body (408 past it).
-    #[serde(default = "default_client_body", deserialize_with = "duration")]
+    #[serde(default = "default_client_body", with = "units::nonzero_duration")]
     pub client_body: Duration,
     /// A response write to the client that makes no progress for this long closes the
     /// connection (nginx's `send_timeout`), so a client that stops reading cannot hold a
     /// backend forever.
-    #[serde(default = "default_client_send", deserialize_with = "duration")]
+    #[serde(default = "default_client_send", with = "units::nonzero_duration")]
     pub client_send: Duration,
     /// An idle client keep-alive connection is closed after this.
-    #[serde(default = "default_keepalive", deserialize_with = "duration")]
+    #[serde(default = "default_keepalive", with = "units::duration")]
     pub keepalive: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
-    #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
+    #[serde(default = "default_shutdown_grace", with = "units::duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -372,7 +408,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Headers {
     /// Kept when the client sends one, generated otherwise.
@@ -396,7 +432,7 @@ impl Default for Headers {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// A tracing filter (`info`, `proxyd=debug`); `RUST_LOG` overrides it.
@@ -415,7 +451,7 @@ impl Default for Log {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -424,17 +460,17 @@ pub enum LogFormat {
 }
 
 /// One access log: `{ format: combined|json|healthd, path: FILE }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLog {
     pub format: Spanned<AccessLogFormat>,
     /// Relative to the config file; `-` or `stderr` for stderr. For `healthd`, the base name
     /// the hour is appended to (default `/var/log/nginx/healthd/application.log`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     /// nginx's `combined`.
@@ -443,41 +479,6 @@ pub enum AccessLogFormat {
     Json,
     /// Elastic Beanstalk's enhanced health format, one file per UTC hour.
     Healthd,
-}
-
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?} ({e}); expected e.g. \"500ms\" or \"30s\""
-        ))
-    })
-}
-
-/// An optional size (`max_memory: "512MiB"`).
-pub(super) fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    size(d).map(Some)
-}
-
-pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Int(n) => Ok(n),
-        Raw::Text(s) => s
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "invalid size {s:?}; expected e.g. \"64KiB\" or \"1MiB\""
-                ))
-            }),
-    }
 }
 
 fn default_min_version() -> Spanned<String> {
@@ -496,11 +497,11 @@ fn yes() -> bool {
 fn default_path() -> String {
     "/".into()
 }
+/// `response_timeout` when it is not set.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
-}
-fn default_response_timeout() -> Duration {
-    Duration::from_secs(60)
 }
 fn default_max_idle() -> usize {
     64

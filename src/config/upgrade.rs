@@ -4,23 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upgrade {
     /// The program to run as the new proxyd (relative to the config file). Default: the file
     /// proxyd was started from, as it is on disk at the time of the upgrade (so installing
     /// the new build over it, then upgrading, runs the new build).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<Spanned<String>>,
     /// The new proxyd must be ready (listeners taken over, workers ready) within this;
     /// otherwise it is killed and the old one keeps serving.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "super::types::duration"
-    )]
+    #[serde(default = "default_timeout", with = "super::units::nonzero_duration")]
     pub timeout: Duration,
 }
 

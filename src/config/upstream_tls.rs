@@ -1,11 +1,11 @@
 //! How proxyd talks to an upstream's servers: the protocol (`protocol:`) and, for
 //! `https://` servers, the TLS settings (`tls:`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 /// The HTTP version spoken to an upstream's servers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     /// One request at a time per connection, kept alive in the pool.
@@ -28,16 +28,16 @@ impl UpstreamProtocol {
 }
 
 /// `tls:` of an upstream: how its `https://` servers are verified.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM bundle of the CAs trusted for these servers (relative to the config file);
     /// without it, the system's roots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<Spanned<String>>,
     /// The name sent as SNI and checked against the certificate, instead of the host of
     /// each `https://` server.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<Spanned<String>>,
     /// Accept any certificate. For tests only: it gives up all protection TLS offers
     /// against a man in the middle (a warning is logged at startup).

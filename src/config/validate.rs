@@ -10,11 +10,24 @@ use serde_saphyr::Spanned;
 use super::addr::{parse_listen, parse_server_entry};
 use super::balance::{Balance, HashKey};
 use super::load::{ConfigError, Loaded};
+use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
+use super::written::Written;
 use crate::proxy::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: u64 = 8192;
+/// A request head larger than this is no browser's nor API client's (nginx's largest default
+/// buffers take 32 KiB); each connection may hold one.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+/// Requests waiting in one upstream's queue at most.
+const MAX_QUEUE: u64 = 1_000_000;
+/// Requests in flight per server at most.
+const MAX_CONCURRENCY: u64 = 100_000;
+/// Requests let through back to back by one rate limit at most.
+const MAX_BURST: u64 = 1_000_000;
+/// Client IPs tracked per rate limit at most.
+const MAX_RATE_CLIENTS: u64 = 10_000_000;
 
 pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
@@ -59,10 +72,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 "listen: redirect_https belongs on a plain listener".into(),
             ));
         }
-        if l.max_connections == Some(0) {
+        if l.redirect_https_port.is_some() && !l.redirect_https {
             return Err(err(
                 &l.addr,
-                "listen: max_connections must be at least 1".into(),
+                "listen: redirect_https_port is only used with redirect_https: true".into(),
             ));
         }
     }
@@ -116,7 +129,10 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                     ),
                 ))
             }
-            (Some(w), None) => validate_workers(loaded, name, w)?,
+            (Some(w), None) => {
+                validate_workers(loaded, name, w)?;
+                not_for_workers(file, name, up)?;
+            }
             (None, Some(_)) => {}
         }
         for s in &up.servers {
@@ -170,11 +186,11 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     }
 
     let limits = &cfg.limits;
-    if limits.max_header_bytes < MIN_HEADER_BYTES {
+    if limits.max_header_bytes < MIN_HEADER_BYTES || limits.max_header_bytes > MAX_HEADER_BYTES {
         return Err(ConfigError::new(
             file,
             None,
-            format!("limits.max_header_bytes: at least {MIN_HEADER_BYTES} bytes"),
+            format!("limits.max_header_bytes: from {MIN_HEADER_BYTES} bytes (8KiB) to {MAX_HEADER_BYTES} (1MiB)"),
         ));
     }
     if limits.buffer_body > limits.max_body {
@@ -182,13 +198,6 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             file,
             None,
             "limits.buffer_body: must not be larger than limits.max_body",
-        ));
-    }
-    if limits.max_connections == 0 {
-        return Err(ConfigError::new(
-            file,
-            None,
-            "limits.max_connections: must be at least 1",
         ));
     }
     validate_rate_limits(loaded)?;
@@ -212,9 +221,6 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if cfg.threads == Some(0) {
-        return Err(ConfigError::new(file, None, "threads: must be at least 1"));
-    }
     validate_access_logs(loaded)?;
     Ok(())
 }
@@ -225,13 +231,16 @@ fn validate_rate_limits(loaded: &Loaded) -> Result<(), ConfigError> {
     let file = loaded.file.as_str();
     let limits = &loaded.config.limits;
     let zero = |b: &Spanned<u32>, key: &str| {
-        (b.value == 0).then(|| {
-            ConfigError::at(
-                file,
-                &b.referenced,
-                format!("{key}: at least 1 (the requests let through back to back)"),
-            )
-        })
+        let bound = match u64::from(b.value) {
+            0 => "at least 1".to_string(),
+            n if n > MAX_BURST => format!("{n} is more than the {MAX_BURST} allowed"),
+            _ => return None,
+        };
+        Some(ConfigError::at(
+            file,
+            &b.referenced,
+            format!("{key}: {bound} (the requests let through back to back)"),
+        ))
     };
     if let Some(b) = &limits.rate.burst {
         if let Some(e) = zero(b, "limits.rate.burst") {
@@ -245,19 +254,15 @@ fn validate_rate_limits(loaded: &Loaded) -> Result<(), ConfigError> {
             ));
         }
     }
-    if let Some(m) = limits.rate.max_clients.as_ref().filter(|m| m.value == 0) {
-        return Err(ConfigError::at(
-            file,
-            &m.referenced,
-            "limits.rate.max_clients: at least 1",
-        ));
-    }
-    if limits.max_connections_per_ip == Some(0) {
-        return Err(ConfigError::new(
-            file,
-            None,
-            "limits.max_connections_per_ip: at least 1 (leave it out for no cap)",
-        ));
+    if let Some(m) = &limits.rate.max_clients {
+        let at = |msg: String| Err(ConfigError::at(file, &m.referenced, msg));
+        if let Err(e) = in_range(m.value as u64, 1, MAX_RATE_CLIENTS) {
+            return at(format!("limits.rate.max_clients: {e}"));
+        }
+        let routes = loaded.config.routes.iter().any(|r| r.rate.is_some());
+        if limits.rate.per_ip.is_none() && !routes {
+            return at("limits.rate.max_clients: only used with limits.rate.per_ip or a route's rate (there is none)".into());
+        }
     }
     for r in &loaded.config.routes {
         if let Some(e) = r
@@ -386,29 +391,43 @@ fn validate_balancing(file: &str, name: &str, up: &super::Upstream) -> Result<()
         }
         (None, _) => {}
     }
-    if up.concurrency == Some(0) || up.workers.as_ref().is_some_and(|w| w.concurrency == 0) {
-        return plain(format!("{key}: concurrency must be at least 1"));
+    if let Some(c) = &up.concurrency {
+        if let Err(m) = in_range(c.value as u64, 1, MAX_CONCURRENCY) {
+            return Err(ConfigError::at(
+                file,
+                &c.referenced,
+                format!("{key}.concurrency: {m}"),
+            ));
+        }
     }
-    if up.retries.attempts == 0 {
+    if !(0.0..=10.0).contains(&up.retries.budget) {
         return plain(format!(
-            "{key}.retries.attempts: at least 1 (the first try)"
+            "{key}.retries.budget: a ratio from 0 to 10 such as 0.2 (retries per request)"
         ));
-    }
-    if !(up.retries.budget >= 0.0 && up.retries.budget.is_finite()) {
-        return plain(format!("{key}.retries.budget: a ratio such as 0.2"));
     }
     if up.eject.failures > 0 && up.eject.base.is_zero() {
         return plain(format!("{key}.eject.base: must be longer than 0s"));
+    }
+    if up.eject.max < up.eject.base {
+        return plain(format!(
+            "{key}.eject.max: shorter than eject.base ({} < {}): no ejection would last base",
+            super::units::show_duration(up.eject.max),
+            super::units::show_duration(up.eject.base)
+        ));
     }
     validate_queue(file, &key, &up.queue)
 }
 
 fn validate_queue(file: &str, key: &str, q: &super::balance::Queue) -> Result<(), ConfigError> {
     let plain = |msg: String| Err(ConfigError::new(file, None, msg));
-    if q.timeout.is_zero() {
-        return plain(format!(
-            "{key}.queue.timeout: must be longer than 0s (how long a request may wait)"
-        ));
+    if let Some(max) = &q.max {
+        if let Err(m) = in_range(max.value as u64, 0, MAX_QUEUE) {
+            return Err(ConfigError::at(
+                file,
+                &max.referenced,
+                format!("{key}.queue.max: {m}"),
+            ));
+        }
     }
     if !q.target.is_zero() && q.interval.is_zero() {
         return plain(format!(
@@ -450,12 +469,22 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
             ));
         }
     }
-    let h = &w.health;
-    if h.healthy == 0 || h.unhealthy == 0 || h.unhealthy_restart == 0 {
+    if w.restart.max_backoff < w.restart.backoff {
         return Err(ConfigError::new(
             file,
             None,
-            format!("{key}.health: healthy, unhealthy and unhealthy_restart must be at least 1"),
+            format!(
+                "{key}.restart.max_backoff: shorter than restart.backoff ({} < {}): the first wait would not be backoff",
+                super::units::show_duration(w.restart.max_backoff),
+                super::units::show_duration(w.restart.backoff)
+            ),
+        ));
+    }
+    if w.max_requests_jitter > 0 && w.max_requests == 0 {
+        return Err(ConfigError::new(
+            file,
+            None,
+            format!("{key}.max_requests_jitter: only used with max_requests (recycling is off)"),
         ));
     }
     if let Some(cwd) = &w.cwd {
@@ -482,6 +511,71 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
                 format!("{key}.group: no group {:?}", group.value),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Keys written where they have no effect, though their values could be the defaults: each
+/// is an error at the key that says why.
+pub fn without_effect(loaded: &Loaded, written: &Written) -> Result<(), ConfigError> {
+    match no_effect(&loaded.config, written).into_iter().next() {
+        Some((_, at, msg)) => Err(ConfigError::new(&loaded.file, Some(at), msg)),
+        None => Ok(()),
+    }
+}
+
+/// The keys [`without_effect`] refuses: (path, place, message), in the file's order.
+pub fn no_effect(cfg: &super::Config, written: &Written) -> Vec<(String, (u64, u64), String)> {
+    let mut found = Vec::new();
+    for (name, up) in &cfg.upstreams {
+        let key = format!("upstreams.{name}");
+        let no_retries = "only used when retries.attempts is above 1 (no retries)";
+        let no_eject = "only used when eject.failures is above 0 (ejection is off)";
+        let rules: [(&str, bool, &str); 7] = [
+            (
+                "pool.max_idle",
+                up.protocol() != super::UpstreamProtocol::Http1,
+                "only used with protocol: http1 (HTTP/2 shares one connection per backend; pool.idle_timeout still applies)",
+            ),
+            (
+                "queue.interval",
+                up.queue.target.is_zero(),
+                "only used when queue.target is above 0s (the overload rule is off)",
+            ),
+            ("eject.base", up.eject.failures == 0, no_eject),
+            ("eject.max", up.eject.failures == 0, no_eject),
+            ("retries.budget", up.retries.attempts == 1, no_retries),
+            ("retries.min_per_second", up.retries.attempts == 1, no_retries),
+            ("retries.max_body", up.retries.attempts == 1, no_retries),
+        ];
+        for (sub, no_effect, why) in rules {
+            let path = format!("{key}.{sub}");
+            if let (true, Some(at)) = (no_effect, written.at(&path)) {
+                let msg = format!("{path}: {why}");
+                found.push((path, at, msg));
+            }
+        }
+    }
+    found.sort_by_key(|(_, at, _)| *at);
+    found
+}
+
+/// Upstream keys that workers do not use, each with what to write instead.
+fn not_for_workers(file: &str, name: &str, up: &super::Upstream) -> Result<(), ConfigError> {
+    let key = format!("upstreams.{name}");
+    if let Some(t) = &up.response_timeout {
+        return Err(ConfigError::at(
+            file,
+            &t.referenced,
+            format!("{key}.response_timeout: not used with workers; set workers.request_timeout (default 30s: the whole response, past it the worker is replaced)"),
+        ));
+    }
+    if let Some(c) = &up.concurrency {
+        return Err(ConfigError::at(
+            file,
+            &c.referenced,
+            format!("{key}.concurrency: not used with workers; set workers.concurrency (requests one worker takes at a time, default 1)"),
+        ));
     }
     Ok(())
 }
@@ -549,4 +643,305 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         && a.port() != 0
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    const SERVERS: &str =
+        "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:1\"]\n";
+    const WORKERS: &str = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    workers:\n      command: [\"sh\"]\n";
+
+    /// The error for `base` + `extra`, as `proxyd check` prints it.
+    fn error(base: &str, extra: &str) -> String {
+        match load_str(&format!("{base}{extra}"), "p.yaml", ".".into()) {
+            Ok(_) => panic!("accepted:\n{base}{extra}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn assert_error(base: &str, extra: &str, want: &str) {
+        let got = error(base, extra);
+        assert!(got.starts_with(want), "{extra:?}:\n got {got}\nwant {want}");
+    }
+
+    #[test]
+    fn keys_workers_ignore_are_errors_that_say_what_to_use() {
+        assert_error(
+            WORKERS,
+            "    response_timeout: 10s\n",
+            "p.yaml:7:23: upstreams.app.response_timeout: not used with workers; set workers.request_timeout",
+        );
+        assert_error(
+            WORKERS,
+            "    concurrency: 4\n",
+            "p.yaml:7:18: upstreams.app.concurrency: not used with workers; set workers.concurrency",
+        );
+        assert_error(
+            WORKERS,
+            "      max_requests_jitter: 50\n",
+            "p.yaml: upstreams.app.workers.max_requests_jitter: only used with max_requests",
+        );
+        // Both are fine on servers, and workers take their own.
+        for ok in [
+            format!("{SERVERS}    response_timeout: 10s\n    concurrency: 4\n"),
+            format!("{WORKERS}      request_timeout: 10s\n      concurrency: 4\n      max_requests: 1000\n      max_requests_jitter: 50\n"),
+        ] {
+            load_str(&ok, "p.yaml", ".".into()).unwrap();
+        }
+    }
+
+    #[test]
+    fn other_keys_without_effect_are_errors() {
+        assert_error(
+            &SERVERS.replace("0\"\n", "0\"\n    redirect_https_port: 8443\n"),
+            "",
+            "p.yaml:2:11: listen: redirect_https_port is only used with redirect_https: true",
+        );
+        for (extra, want) in [
+            ("    protocol: h2c\n    pool: { max_idle: 8 }\n", "p.yaml:7:13: upstreams.app.pool.max_idle: only used with protocol: http1"),
+            ("    queue: { target: 0s, interval: 1s }\n", "p.yaml:6:26: upstreams.app.queue.interval: only used when queue.target is above 0s"),
+            ("    eject: { failures: 0, base: 5s }\n", "p.yaml:6:27: upstreams.app.eject.base: only used when eject.failures is above 0"),
+            ("    retries:\n      attempts: 1\n      max_body: 1MiB\n", "p.yaml:8:7: upstreams.app.retries.max_body: only used when retries.attempts is above 1"),
+        ] {
+            assert_error(SERVERS, extra, want);
+        }
+        // The same keys where they do work.
+        let fine = format!("{SERVERS}    pool: {{ max_idle: 8 }}\n    queue: {{ target: 1s, interval: 2s }}\n    eject: {{ failures: 3, base: 5s }}\n    retries: {{ attempts: 2, max_body: 1MiB }}\n");
+        load_str(&fine, "p.yaml", ".".into()).unwrap();
+        assert_error(
+            SERVERS,
+            "    eject: { base: 30s, max: 10s }\n",
+            "p.yaml: upstreams.app.eject.max: shorter than eject.base (10s < 30s)",
+        );
+        assert_error(
+            WORKERS,
+            "      restart: { backoff: 1s, max_backoff: 500ms }\n",
+            "p.yaml: upstreams.app.workers.restart.max_backoff: shorter than restart.backoff (500ms < 1s)",
+        );
+        assert_error(
+            SERVERS,
+            "limits:\n  rate: { max_clients: 10 }\n",
+            "p.yaml:7:24: limits.rate.max_clients: only used with limits.rate.per_ip or a route's rate",
+        );
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        // Past Instant's arithmetic once; now past the 7-day bound.
+        assert_error(
+            SERVERS,
+            "timeouts:\n  keepalive: \"999999999999d\"\n",
+            "p.yaml:7:14: duration \"999999999999d\" is too long: at most 7d",
+        );
+        assert_error(
+            SERVERS,
+            "    eject: { max: 8d }\n",
+            "p.yaml:6:19: duration \"8d\" is too long",
+        );
+        // Zero where a zero would spin or time out everything at once.
+        for (base, extra, at) in [
+            (WORKERS, "      health: { interval: 0s }\n", "p.yaml:7:27:"),
+            (
+                SERVERS,
+                "timeouts: { client_header: 0ms }\n",
+                "p.yaml:6:28:",
+            ),
+            (SERVERS, "    connect_timeout: 0s\n", "p.yaml:6:22:"),
+            (SERVERS, "    response_timeout: 0s\n", "p.yaml:6:23:"),
+            (SERVERS, "    queue: { timeout: 0s }\n", "p.yaml:6:23:"),
+        ] {
+            assert_error(base, extra, &format!("{at} must be longer than 0s"));
+        }
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let range = |n: &str, min: u64, max: u64| {
+            format!("{n} is out of range: expected a number from {min} to {max}")
+        };
+        for (base, extra, at, n, min, max) in [
+            (
+                SERVERS,
+                "limits: { max_headers: 0 }\n",
+                "6:24",
+                "0",
+                1,
+                1000,
+            ),
+            (
+                SERVERS,
+                "limits: { max_headers: 1000000 }\n",
+                "6:24",
+                "1000000",
+                1,
+                1000,
+            ),
+            // Semaphore::MAX_PERMITS is usize::MAX >> 3: once a panic at startup.
+            (
+                SERVERS,
+                "limits: { max_connections: 2305843009213693952 }\n",
+                "6:28",
+                "2305843009213693952",
+                1,
+                1_000_000,
+            ),
+            (
+                SERVERS,
+                "limits: { max_concurrent_streams: 0 }\n",
+                "6:35",
+                "0",
+                1,
+                10_000,
+            ),
+            (
+                SERVERS,
+                "limits: { max_connections_per_ip: 0 }\n",
+                "6:35",
+                "0",
+                1,
+                1_000_000,
+            ),
+            (SERVERS, "threads: 5000\n", "6:10", "5000", 1, 1024),
+            (
+                SERVERS,
+                "    retries: { attempts: 0 }\n",
+                "6:26",
+                "0",
+                1,
+                10,
+            ),
+            (
+                SERVERS,
+                "    pool: { max_idle: 1000000 }\n",
+                "6:23",
+                "1000000",
+                0,
+                100_000,
+            ),
+            (
+                SERVERS,
+                "    eject: { failures: 100000 }\n",
+                "6:24",
+                "100000",
+                0,
+                10_000,
+            ),
+            (WORKERS, "      concurrency: 0\n", "7:20", "0", 1, 10_000),
+            (
+                WORKERS,
+                "      max_requests: 18446744073709551615\n",
+                "7:21",
+                "18446744073709551615",
+                0,
+                1_000_000_000,
+            ),
+            (
+                WORKERS,
+                "      health: { unhealthy: 0 }\n",
+                "7:28",
+                "0",
+                1,
+                1000,
+            ),
+            (
+                WORKERS,
+                "      restart: { max_restarts: 1000000 }\n",
+                "7:32",
+                "1000000",
+                0,
+                100_000,
+            ),
+            (
+                &SERVERS.replace("0\"\n", "0\"\n    max_connections: 0\n"),
+                "",
+                "3:22",
+                "0",
+                1,
+                1_000_000,
+            ),
+        ] {
+            assert_error(base, extra, &format!("p.yaml:{at}: {}", range(n, min, max)));
+        }
+        for (extra, want) in [
+            (
+                "    concurrency: 0\n",
+                "p.yaml:6:18: upstreams.app.concurrency: 0 is out of range",
+            ),
+            (
+                "    queue: { max: 2000000 }\n",
+                "p.yaml:6:19: upstreams.app.queue.max: 2000000 is out of range",
+            ),
+            (
+                "    retries: { budget: 100 }\n",
+                "p.yaml: upstreams.app.retries.budget: a ratio from 0 to 10",
+            ),
+            (
+                "limits: { rate: { per_ip: \"1/s\", burst: 2000000 } }\n",
+                "p.yaml:6:41: limits.rate.burst: 2000000 is more than the 1000000 allowed",
+            ),
+            (
+                "limits: { rate: { per_ip: \"1/s\", max_clients: 0 } }\n",
+                "p.yaml:6:47: limits.rate.max_clients: 0 is out of range",
+            ),
+            (
+                "routes: [{ path: /, upstream: app, rate: { limit: \"1/s\", burst: 0 } }]\n",
+                "p.yaml:6:65: routes: rate.burst: at least 1",
+            ),
+            (
+                "limits: { rate: { per_ip: \"0/s\" } }\n",
+                "p.yaml:6:27: invalid rate \"0/s\": must be more than 0",
+            ),
+            (
+                "limits: { rate: { per_ip: \"2000000000/s\" } }\n",
+                "p.yaml:6:27: invalid rate \"2000000000/s\": too fast",
+            ),
+        ] {
+            assert_error(SERVERS, extra, want);
+        }
+        for (base, extra) in [
+            (WORKERS, "      count: 100000\n"),
+            (WORKERS, "      count: 0\n"),
+        ] {
+            assert!(error(base, extra).contains("upstreams.app.workers.count"));
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        for (extra, want) in [
+            (
+                "limits: { max_body: 2TiB }\n",
+                "p.yaml:6:21: size 2TiB is too large: at most 1TiB",
+            ),
+            (
+                "limits: { max_body: 999999999999TiB }\n",
+                "p.yaml:6:21: size 18446744073709551615 is too large",
+            ),
+            (
+                "limits: { buffer_response: 2GiB }\n",
+                "p.yaml:6:28: size 2GiB is too large: at most 1GiB",
+            ),
+            (
+                "    retries: { max_body: 4GiB }\n",
+                "p.yaml:6:26: size 4GiB is too large: at most 1GiB",
+            ),
+            (
+                "limits: { max_header_bytes: 4MiB }\n",
+                "p.yaml: limits.max_header_bytes: from 8192 bytes (8KiB) to 1048576 (1MiB)",
+            ),
+            (
+                "limits: { max_header_bytes: 1KiB }\n",
+                "p.yaml: limits.max_header_bytes: from 8192",
+            ),
+        ] {
+            assert_error(SERVERS, extra, want);
+        }
+        assert_error(
+            WORKERS,
+            "      max_memory: 512\n",
+            "p.yaml:7:19: size 512 is too small: at least 1KiB (a bare number is bytes",
+        );
+    }
 }

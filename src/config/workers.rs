@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::types::{duration, opt_size};
+use super::units;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workers {
     /// The program and its arguments; `{port}` and `{socket}` are replaced per worker, and
@@ -17,10 +17,13 @@ pub struct Workers {
     pub command: Spanned<Vec<String>>,
     /// A fixed number of workers (`count: 4`; default 2 x cores + 1, gunicorn's advice), or a
     /// range the supervisor scales within by load (`count: { min: 2, max: 8 }`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<Spanned<WorkerCount>>,
     /// Requests one worker takes at a time; more wait in the upstream's queue.
-    #[serde(default = "one_usize")]
+    #[serde(
+        default = "one_usize",
+        deserialize_with = "units::count::<_, _, 1, 10_000>"
+    )]
     pub concurrency: usize,
     /// `tcp` (a loopback port per worker) or `unix` (a socket per worker).
     #[serde(default)]
@@ -28,39 +31,44 @@ pub struct Workers {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory (relative to the config file).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<Spanned<String>>,
     /// Run as this user / group (proxyd must be root).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Spanned<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Spanned<String>>,
     #[serde(default)]
     pub health: Health,
     /// From spawn to the first good health check; past it the worker is killed.
-    #[serde(default = "default_start_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_start_timeout", with = "units::nonzero_duration")]
     pub start_timeout: Duration,
     /// A request running longer gets 504 and its worker is killed and replaced
     /// (gunicorn's --timeout).
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_request_timeout", with = "units::nonzero_duration")]
     pub request_timeout: Duration,
     /// How long a leaving worker's in-flight requests get before it is stopped
     /// (gunicorn's --graceful-timeout).
-    #[serde(default = "default_graceful_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_graceful_timeout", with = "units::duration")]
     pub graceful_timeout: Duration,
     /// After SIGTERM, how long before SIGKILL.
-    #[serde(default = "default_kill_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_kill_timeout", with = "units::duration")]
     pub kill_timeout: Duration,
-    /// Recycle a worker after this many requests (0: never), plus a random 0..jitter.
-    #[serde(default)]
+    /// Recycle a worker after this many requests (0: never), plus a random 0..jitter; each
+    /// at most 1000000000.
+    #[serde(default, deserialize_with = "units::count::<_, _, 0, 1_000_000_000>")]
     pub max_requests: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "units::count::<_, _, 0, 1_000_000_000>")]
     pub max_requests_jitter: u64,
     /// Recycle a worker whose resident memory grows past this.
-    #[serde(default, deserialize_with = "opt_size")]
+    #[serde(
+        default,
+        with = "units::opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_memory: Option<u64>,
     /// The worker's own keep-alive time-out; the pool closes idle connections well before it.
-    #[serde(default = "default_worker_keepalive", deserialize_with = "duration")]
+    #[serde(default = "default_worker_keepalive", with = "units::nonzero_duration")]
     pub keepalive: Duration,
     #[serde(default)]
     pub restart: Restart,
@@ -73,6 +81,15 @@ pub struct Workers {
 pub enum WorkerCount {
     Fixed(usize),
     Range(Scaling),
+}
+
+impl Serialize for WorkerCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkerCount::Fixed(n) => s.serialize_u64(*n as u64),
+            WorkerCount::Range(r) => r.serialize(s),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for WorkerCount {
@@ -110,7 +127,7 @@ impl<'de> Deserialize<'de> for WorkerCount {
 
 /// Adaptive worker count: between `min` and `max` workers, more while requests queue, fewer
 /// while the workers idle.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scaling {
     /// Workers started with, and never fewer.
@@ -119,25 +136,29 @@ pub struct Scaling {
     pub max: usize,
     /// Requests queueing this long (the queue never empty, or its oldest request waiting this
     /// long) add a worker.
-    #[serde(default = "default_scale_up_after", deserialize_with = "duration")]
+    #[serde(default = "default_scale_up_after", with = "units::duration")]
     pub scale_up_after: Duration,
     /// The workers this long under 25 % busy, with nothing queued, retire one.
-    #[serde(default = "default_scale_down_after", deserialize_with = "duration")]
+    #[serde(default = "default_scale_down_after", with = "units::duration")]
     pub scale_down_after: Duration,
     /// After a decision (a new worker ready, or an old one out of the rotation), the wait
     /// before the next one.
-    #[serde(default = "default_cooldown", deserialize_with = "duration")]
+    #[serde(default = "default_cooldown", with = "units::nonzero_duration")]
     pub cooldown: Duration,
     /// Add a worker only while the system (and proxyd's cgroup, if limited) has more memory
     /// available than this; default: twice the group's average worker RSS.
-    #[serde(default, deserialize_with = "opt_size")]
+    #[serde(
+        default,
+        with = "units::opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_free_memory: Option<u64>,
 }
 
 /// The most workers `count` may ask for (a typo guard).
 pub const MAX_WORKERS: usize = 1024;
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerListen {
     #[default]
@@ -145,24 +166,24 @@ pub enum WorkerListen {
     Unix,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     /// GET this path; 2xx is healthy. Without it, a worker is healthy when its port accepts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<String>>,
-    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    #[serde(default = "default_health_interval", with = "units::nonzero_duration")]
     pub interval: Duration,
-    #[serde(default = "default_health_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_health_timeout", with = "units::nonzero_duration")]
     pub timeout: Duration,
-    /// Consecutive successes to be healthy again.
-    #[serde(default = "one")]
+    /// Consecutive successes to be healthy again (1 to 1000, as the two below).
+    #[serde(default = "one", deserialize_with = "units::count::<_, _, 1, 1000>")]
     pub healthy: u32,
     /// Consecutive failures to stop getting requests.
-    #[serde(default = "two")]
+    #[serde(default = "two", deserialize_with = "units::count::<_, _, 1, 1000>")]
     pub unhealthy: u32,
     /// Consecutive failures to be restarted.
-    #[serde(default = "five")]
+    #[serde(default = "five", deserialize_with = "units::count::<_, _, 1, 1000>")]
     pub unhealthy_restart: u32,
 }
 
@@ -179,18 +200,21 @@ impl Default for Health {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restart {
     /// The first wait before respawning a crashed worker; doubles up to `max_backoff`.
-    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    #[serde(default = "default_backoff", with = "units::duration")]
     pub backoff: Duration,
-    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    #[serde(default = "default_max_backoff", with = "units::duration")]
     pub max_backoff: Duration,
     /// More crashes or failed starts than this within `window` stop the respawning.
-    #[serde(default = "default_max_restarts")]
+    #[serde(
+        default = "default_max_restarts",
+        deserialize_with = "units::count::<_, _, 0, 100_000>"
+    )]
     pub max_restarts: u32,
-    #[serde(default = "default_window", deserialize_with = "duration")]
+    #[serde(default = "default_window", with = "units::nonzero_duration")]
     pub window: Duration,
 }
 
