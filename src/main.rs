@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
-use proxyd::config::load_file;
+use proxyd::config::{load_file_with, Checks};
 use proxyd::server::Server;
 
 #[derive(Parser)]
@@ -36,7 +36,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and exit: 0 when it is good, 1 with the error otherwise.
-    Check,
+    Check {
+        /// Do not require the workers' programs to exist yet: for a check that runs before
+        /// the app's dependencies are installed (an Elastic Beanstalk prebuild hook runs
+        /// before the platform's `pip install -r requirements.txt`).
+        #[arg(long)]
+        skip_programs: bool,
+    },
     /// Print the upstreams, backends and workers of the proxyd running this config (from
     /// its admin API's /status).
     Status,
@@ -59,7 +65,13 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    let loaded = match load_file(&cli.config) {
+    let checks = match cli.command {
+        Some(Command::Check {
+            skip_programs: true,
+        }) => Checks { programs: false },
+        _ => Checks::ALL,
+    };
+    let loaded = match load_file_with(&cli.config, checks) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("proxyd: {e}");
@@ -67,11 +79,16 @@ fn main() -> ExitCode {
         }
     };
     let warnings = proxyd::config::secrets::warnings(&loaded);
-    if let Some(Command::Check) = cli.command {
+    if let Some(Command::Check { skip_programs }) = cli.command {
         for w in &warnings {
             eprintln!("proxyd: {w}");
         }
-        println!("proxyd: {} is valid", cli.config.display());
+        let unchecked = if skip_programs {
+            " (the workers' programs not looked up)"
+        } else {
+            ""
+        };
+        println!("proxyd: {} is valid{unchecked}", cli.config.display());
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Status) = cli.command {

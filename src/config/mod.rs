@@ -14,5 +14,5 @@ pub mod validate;
 pub mod workers;
 
 pub use addr::BackendAddr;
-pub use load::{load_file, load_str, ConfigError, Loaded};
+pub use load::{load_file, load_file_with, load_str, load_str_with, Checks, ConfigError, Loaded};
 pub use types::*;
