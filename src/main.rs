@@ -191,6 +191,10 @@ async fn serve(
     notifier: proxyd::notify::Notifier,
     mut inherited: proxyd::upgrade::Inherited,
 ) -> anyhow::Result<()> {
+    // Before the first worker starts: what its orphans leave behind is reaped from then on.
+    if let Err(e) = proxyd::workers::reaper::start() {
+        tracing::warn!("cannot reap orphaned worker processes (they may stay zombies): {e}");
+    }
     let server = Server::bind_inheriting(&loaded, &mut inherited).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
