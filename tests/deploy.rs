@@ -1,11 +1,14 @@
 //! The deploy/ paths, each run for real where this machine can:
 //!
-//! - Elastic Beanstalk: the prebuild hook (and confighook) against a temporary root with the
-//!   real binary in a copy of the sample bundle, then `proxyd` started as the Procfile's `web:`
-//!   line says, from the installed file, and a 200 from the sample app's workers; a broken
-//!   proxy.yaml fails the hook with file:line:column and installs nothing; the proxy-none
+//! - Elastic Beanstalk: deployments of a copy of the sample bundle (with the real binary)
+//!   against a temporary root, in EB's order: prebuild hooks, the platform's build step,
+//!   predeploy hooks (confighooks for configuration deployments); then `proxyd` started as the
+//!   Procfile's `web:` line says, from the installed file, and a 200 from the app's workers,
+//!   gunicorn ones included; a broken proxy.yaml fails the first hook that can see it, with
+//!   file:line:column, and installs nothing; PORT reaches nginx's upstream; the proxy-none
 //!   overlay (port 80 hook, healthd log); the nginx tuning under `nginx -t` and in front of
-//!   proxyd; scripts/package.sh's zip, its entries and modes, and its hook run from the zip.
+//!   proxyd; scripts/package.sh's zip, its entries and modes, its static musl build, and a
+//!   deployment from the zip.
 //! - systemd: `systemd-analyze verify` of the unit; sd_notify READY=1 (the listener accepts
 //!   then), RELOADING=1 .. READY=1 on SIGHUP, STOPPING=1 on SIGTERM, no NOTIFY_SOCKET in the
 //!   workers' environment.
@@ -993,6 +996,7 @@ fn zip_entries(zip: &Path) -> BTreeMap<String, u32> {
 fn package(out: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(repo().join("scripts/package.sh"));
     cmd.env("PROXYD_BIN", proxyd_bin())
+        .env_remove("PROXYD_ARCHS")
         .env("PROXYD_BUNDLE_OUT", out)
         .current_dir(repo());
     for (k, v) in env {
@@ -1013,6 +1017,14 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
         let zip = dir.path().join(format!("bundle-{zipper}.zip"));
         let out = package(&zip, &[("PROXYD_ZIP", zipper)]);
         assert!(out.status.success(), "{}", text(&out));
+        // The test binary is glibc's, linked dynamically: shipped, with a warning.
+        if which("readelf").is_some() {
+            assert!(
+                text(&out).contains("is dynamically linked: the instance needs a glibc"),
+                "{}",
+                text(&out)
+            );
+        }
         let entries = zip_entries(&zip);
         let expected: BTreeMap<String, u32> = [
             ("Procfile", 0o644),
@@ -1066,20 +1078,7 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
     // What EB does with the zip: extract (modes kept, as unzip does) and run the hooks.
     let root = dir.path().join("instance");
     let staging = dir.path().join("staging");
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import os, sys, zipfile\n\
-             z = zipfile.ZipFile(sys.argv[1])\n\
-             for i in z.infolist():\n\
-             \x20   p = z.extract(i, sys.argv[2])\n\
-             \x20   os.chmod(p, (i.external_attr >> 16) & 0o777 or 0o644)",
-        )
-        .arg(dir.path().join("bundle-python3.zip"))
-        .arg(&staging)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    unzip(&dir.path().join("bundle-python3.zip"), &staging);
     let mut d = Deployment {
         failed: None,
         built: false,
@@ -1093,6 +1092,138 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
         );
     }
     assert!(root.join("usr/local/bin/proxyd").is_file(), "{}", d.log);
+}
+
+/// Extracts `zip` into `dir` as EB does (unzip keeps the modes).
+fn unzip(zip: &Path, dir: &Path) {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import os, sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             for i in z.infolist():\n\
+             \x20   p = z.extract(i, sys.argv[2])\n\
+             \x20   os.chmod(p, (i.external_attr >> 16) & 0o777 or 0o644)",
+        )
+        .arg(zip)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// What `readelf` says of a binary's program headers and dynamic section.
+fn elf_facts(bin: &Path, readelf: &Path) -> String {
+    let out = Command::new(readelf)
+        .args(["-lWd"])
+        .arg(bin)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "readelf: {}", text(&out));
+    text(&out)
+}
+
+/// package.sh without PROXYD_BIN: it builds proxyd for the musl target, static, so the
+/// bundle's binary runs on any Linux instance whatever glibc the build machine has. The test
+/// builds the dev profile (about two minutes from scratch on two cores, in its own target
+/// directory): the same target, C toolchain (musl-gcc for ring) and static link as the
+/// release build, without the release profile's fat LTO, which takes several times longer
+/// and is the only difference.
+#[test]
+fn package_sh_builds_a_static_musl_binary() {
+    let host = arch();
+    let triple = format!("{host}-unknown-linux-musl");
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
+    let sysroot = String::from_utf8(sysroot.stdout).unwrap();
+    let has_target = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(&triple)
+        .join("lib")
+        .is_dir();
+    if !has_target {
+        return skipped(
+            "package.sh's musl build",
+            &format!("the Rust target {triple} (rustup target add {triple})"),
+        );
+    }
+    if which("musl-gcc").is_none() {
+        return skipped("package.sh's musl build", "musl-gcc (musl-tools)");
+    }
+    let Some(readelf) = which("readelf") else {
+        return skipped("package.sh's musl build", "readelf (binutils)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("bundle.zip");
+    let target_dir = repo().join("target/package-test");
+    let out = Command::new(repo().join("scripts/package.sh"))
+        .env_remove("PROXYD_BIN")
+        .env("PROXYD_ARCHS", &host)
+        .env("PROXYD_PROFILE", "dev")
+        .env("PROXYD_BUNDLE_OUT", &zip)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // No debug info: less to build and link; nothing here reads it.
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "package.sh: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "building proxyd for {triple} (dev profile, native)"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("dynamically linked"), "{}", text(&out));
+    let entries = zip_entries(&zip);
+    let name = format!("bin/proxyd-{host}");
+    assert_eq!(
+        entries.get(&name).map(|m| m & 0o755),
+        Some(0o755),
+        "{entries:?}"
+    );
+
+    let staging = dir.path().join("staging");
+    unzip(&zip, &staging);
+    let bin = staging.join(&name);
+    // Static: no program interpreter (ld.so) to find, no shared library to load.
+    let facts = elf_facts(&bin, &readelf);
+    assert!(!facts.contains("program interpreter"), "{facts}");
+    assert!(!facts.contains("(NEEDED)"), "{facts}");
+    // It runs, with nothing from this machine's environment.
+    let out = Command::new(&bin)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("proxyd {}", env!("CARGO_PKG_VERSION"))
+    );
+    // And deploys: the hooks run it, check the bundle's config and install it.
+    let root = dir.path().join("instance");
+    let mut d = Deployment {
+        failed: None,
+        built: false,
+        log: String::new(),
+    };
+    for stage in ["hooks/prebuild", "hooks/predeploy"] {
+        assert!(
+            run_stage(&staging, &root, free_port(), stage, &[], &mut d),
+            "{}",
+            d.log
+        );
+    }
+    let installed = root.join("usr/local/bin/proxyd");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&bin).unwrap()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
