@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
-use proxyd::config::load_file;
+use proxyd::config::{load_file_with, Checks};
 use proxyd::server::Server;
 
 #[derive(Parser)]
@@ -43,6 +43,11 @@ enum Command {
         /// out, admin.token redacted (like nginx -T).
         #[arg(long)]
         print: bool,
+        /// Do not require the workers' programs to exist yet: for a check that runs before
+        /// the app's dependencies are installed (an Elastic Beanstalk prebuild hook runs
+        /// before the platform's `pip install -r requirements.txt`).
+        #[arg(long)]
+        skip_programs: bool,
     },
     /// Print the upstreams, backends and workers of the proxyd running this config (from
     /// its admin API's /status).
@@ -81,10 +86,17 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
+    let checks = match cli.command {
+        Some(Command::Check {
+            skip_programs: true,
+            ..
+        }) => Checks { programs: false },
+        _ => Checks::ALL,
+    };
     let loaded = match &cli.command {
         Some(Command::Run(flags)) => flags.config(),
         Some(Command::Proxy(flags)) => flags.config(),
-        _ => load_file(&cli.config),
+        _ => load_file_with(&cli.config, checks),
     };
     let loaded = match loaded {
         Ok(l) => l,
@@ -94,10 +106,19 @@ fn main() -> ExitCode {
         }
     };
     let warnings = proxyd::config::secrets::warnings(&loaded);
-    if let Some(Command::Check { print }) = cli.command {
+    if let Some(Command::Check {
+        print,
+        skip_programs,
+    }) = cli.command
+    {
         for w in &warnings {
             eprintln!("proxyd: {w}");
         }
+        let unchecked = if skip_programs {
+            " (the workers' programs not looked up)"
+        } else {
+            ""
+        };
         if print {
             // The YAML alone on stdout (it can be saved and checked); the verdict on stderr.
             match proxyd::config::print::render(&loaded) {
@@ -107,10 +128,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            eprintln!("proxyd: {} is valid", cli.config.display());
+            eprintln!("proxyd: {} is valid{unchecked}", cli.config.display());
             return ExitCode::SUCCESS;
         }
-        println!("proxyd: {} is valid", cli.config.display());
+        println!("proxyd: {} is valid{unchecked}", cli.config.display());
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Status) = cli.command {
@@ -203,6 +224,10 @@ async fn serve(
     notifier: proxyd::notify::Notifier,
     mut inherited: proxyd::upgrade::Inherited,
 ) -> anyhow::Result<()> {
+    // Before the first worker starts: what its orphans leave behind is reaped from then on.
+    if let Err(e) = proxyd::workers::reaper::start() {
+        tracing::warn!("cannot reap orphaned worker processes (they may stay zombies): {e}");
+    }
     let server = Server::bind_inheriting(&loaded, &mut inherited).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

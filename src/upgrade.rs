@@ -561,7 +561,8 @@ fn spawn(
             Ok(())
         });
     }
-    cmd.spawn()
+    // Through the reaper, which leaves this child's exit status to us.
+    crate::workers::reaper::spawn(&mut cmd)
 }
 
 /// Reads `ready <pid>` from the pipe: Some(pid), or None when it closed without it.
@@ -598,13 +599,18 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 
 /// Waits for the child to exit (up to `patience`, then SIGKILL and wait again).
 async fn reap(child: &mut tokio::process::Child, patience: Duration) -> Option<ExitStatus> {
-    match tokio::time::timeout(patience, child.wait()).await {
+    let pid = child.id();
+    let status = match tokio::time::timeout(patience, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
             let _ = child.start_kill();
             child.wait().await.ok()
         }
+    };
+    if let (Some(pid), Some(_)) = (pid, status) {
+        crate::workers::reaper::forget(pid);
     }
+    status
 }
 
 /// The file this process was started from, by the path it had then.

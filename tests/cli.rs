@@ -50,6 +50,56 @@ fn unknown_key_names_file_line_column_and_expected() {
     assert!(text.contains("servers"), "{text}");
 }
 
+/// `proxyd check --skip-programs`: what a deploy can check before the app's dependencies
+/// (the workers' programs) are installed; everything else is still checked.
+#[test]
+fn check_skip_programs_checks_all_but_the_workers_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let yaml = "listen:\n  - addr: \"127.0.0.1:8080\"\nupstreams:\n  app:\n    workers:\n      command: [\"surely-not-installed-yet\", \"app:application\"]\n";
+    std::fs::write(&path, yaml).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(proxyd_bin())
+            .arg("check")
+            .args(args)
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&[]);
+    assert!(!ok);
+    assert!(
+        text.contains(
+            "proxy.yaml:6:16: upstreams.app.workers.command: program \"surely-not-installed-yet\" not found"
+        ),
+        "{text}"
+    );
+    let (ok, text) = run(&["--skip-programs"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("is valid (the workers' programs not looked up)"),
+        "{text}"
+    );
+    // Anything else is still an error, located.
+    std::fs::write(&path, format!("{yaml}      cuont: 2\n")).unwrap();
+    let (ok, text) = run(&["--skip-programs"]);
+    assert!(!ok);
+    assert!(
+        text.contains("proxy.yaml:7:7: unknown field `cuont`"),
+        "{text}"
+    );
+    // A command with no program at all is an error now, not a program missing for now.
+    let empty = yaml.replace("[\"surely-not-installed-yet\", \"app:application\"]", "[]");
+    std::fs::write(&path, empty).unwrap();
+    let (ok, text) = run(&["--skip-programs"]);
+    assert!(!ok);
+    assert!(text.contains("command: needs a program to run"), "{text}");
+}
+
 #[test]
 fn bad_listen_address_is_located() {
     let (ok, text) = check(&GOOD.replace("127.0.0.1:8080", "127.0.0.1:80800"));

@@ -1,11 +1,14 @@
 //! The deploy/ paths, each run for real where this machine can:
 //!
-//! - Elastic Beanstalk: the prebuild hook (and confighook) against a temporary root with the
-//!   real binary in a copy of the sample bundle, then `proxyd` started as the Procfile's `web:`
-//!   line says, from the installed file, and a 200 from the sample app's workers; a broken
-//!   proxy.yaml fails the hook with file:line:column and installs nothing; the proxy-none
+//! - Elastic Beanstalk: deployments of a copy of the sample bundle (with the real binary)
+//!   against a temporary root, in EB's order: prebuild hooks, the platform's build step,
+//!   predeploy hooks (confighooks for configuration deployments); then `proxyd` started as the
+//!   Procfile's `web:` line says, from the installed file, and a 200 from the app's workers,
+//!   gunicorn ones included; a broken proxy.yaml fails the first hook that can see it, with
+//!   file:line:column, and installs nothing; PORT reaches nginx's upstream; the proxy-none
 //!   overlay (port 80 hook, healthd log); the nginx tuning under `nginx -t` and in front of
-//!   proxyd; scripts/package.sh's zip, its entries and modes, and its hook run from the zip.
+//!   proxyd; scripts/package.sh's zip, its entries and modes, its static musl build, and a
+//!   deployment from the zip.
 //! - systemd: `systemd-analyze verify` of the unit; sd_notify READY=1 (the listener accepts
 //!   then), RELOADING=1 .. READY=1 on SIGHUP, STOPPING=1 on SIGTERM, no NOTIFY_SOCKET in the
 //!   workers' environment.
@@ -16,8 +19,8 @@
 //! - Every script: `sh -n`, shellcheck, `#!` line, execute bit in git, LF endings.
 //!
 //! A tool that is not installed (shellcheck, yamllint, kubernetes-validate, hadolint,
-//! systemd-analyze, nginx, zip) fails its test under CI and is a listed skip locally
-//! (tests/common/tools.rs); .ci/run installs them.
+//! systemd-analyze, nginx, zip, gunicorn, musl-gcc, readelf) fails its test under CI and is a
+//! listed skip locally (tests/common/tools.rs); .ci/run installs them.
 
 mod common;
 
@@ -107,6 +110,22 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// overlay applied or not) and `root/`, the fake root the hooks install under.
 struct Instance {
     dir: tempfile::TempDir,
+    /// PORT for the hooks (EB gives hooks the PORT the web process gets; nothing binds it).
+    port: u16,
+}
+
+/// Where the Python platform's build step makes the app's virtualenv (on the instance, under
+/// the fake root here): `pip install -r requirements.txt` puts gunicorn and the like there.
+const VENV_BIN: &str = "var/app/venv/staging-LQM1lest/bin";
+
+/// How a simulated deployment went.
+struct Deployment {
+    /// The hook that failed (its path in the bundle), as EB stops there.
+    failed: Option<String>,
+    /// Whether the platform's build step ran.
+    built: bool,
+    /// What the hooks printed, each under its name.
+    log: String,
 }
 
 impl Instance {
@@ -117,6 +136,7 @@ impl Instance {
         std::fs::remove_dir_all(bundle.join("proxy-none")).unwrap();
         if proxy_none {
             copy_tree(&eb_dir().join("proxy-none"), &bundle);
+            std::fs::remove_dir_all(bundle.join(".platform/nginx")).unwrap();
         }
         std::fs::create_dir_all(bundle.join("bin")).unwrap();
         // A hard link where the file systems allow (the debug binary is large); the hooks
@@ -126,7 +146,10 @@ impl Instance {
             std::fs::copy(proxyd_bin(), &bin).unwrap();
         }
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
-        Instance { dir }
+        Instance {
+            dir,
+            port: free_port(),
+        }
     }
 
     fn bundle(&self) -> PathBuf {
@@ -141,17 +164,64 @@ impl Instance {
         self.root().join("usr/local/bin/proxyd")
     }
 
-    /// Runs a hook as EB does: the file itself (its `#!` line), from the bundle's root.
+    fn venv_bin(&self) -> PathBuf {
+        self.root().join(VENV_BIN)
+    }
+
+    /// Runs a hook as EB does: the file itself (its `#!` line), from the bundle's root, as
+    /// root on the instance would, with PORT and the environment properties.
     fn hook(&self, rel: &str, env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(self.bundle().join(rel));
-        cmd.current_dir(self.bundle())
-            .env("PROXYD_PREFIX", self.root())
-            .env("PORT", "0")
-            .env("PROXYD_ADMIN_PORT", "0");
-        for (k, v) in env {
-            cmd.env(k, v);
+        run_hook(&self.bundle(), &self.root(), rel, self.port, env)
+    }
+
+    /// Edits the bundle's proxy.yaml: `from` (which must be there) becomes `to`.
+    fn edit_config(&self, from: &str, to: &str) -> String {
+        let path = self.bundle().join("proxy.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(from),
+            "{from:?} is not in proxy.yaml:\n{text}"
+        );
+        let edited = text.replacen(from, to, 1);
+        std::fs::write(&path, &edited).unwrap();
+        edited
+    }
+
+    /// An application deployment in EB's order (docs: "Instance deployment workflow", and
+    /// eb-engine.log's RunAppDeployPreBuildHooks -> InstallDependency -> ... ->
+    /// RunAppDeployPreDeployHooks): the prebuild hooks, then the platform's build step
+    /// (`build`: the Python platform's `pip install -r requirements.txt` into the app's
+    /// virtualenv), then the predeploy hooks; EB stops at the first hook that fails.
+    fn deploy(&self, env: &[(&str, &str)], build: impl FnOnce(&Instance)) -> Deployment {
+        let mut d = Deployment {
+            failed: None,
+            built: false,
+            log: String::new(),
+        };
+        if self.stage("hooks/prebuild", env, &mut d) {
+            build(self);
+            d.built = true;
+            self.stage("hooks/predeploy", env, &mut d);
         }
-        cmd.output().unwrap()
+        d
+    }
+
+    /// A configuration deployment (an environment property changed): the confighooks, with
+    /// no build step.
+    fn config_deploy(&self, env: &[(&str, &str)]) -> Deployment {
+        let mut d = Deployment {
+            failed: None,
+            built: false,
+            log: String::new(),
+        };
+        if self.stage("confighooks/prebuild", env, &mut d) {
+            self.stage("confighooks/predeploy", env, &mut d);
+        }
+        d
+    }
+
+    fn stage(&self, stage: &str, env: &[(&str, &str)], d: &mut Deployment) -> bool {
+        run_stage(&self.bundle(), &self.root(), self.port, stage, env, d)
     }
 
     /// The Procfile's `web:` command, split into words.
@@ -165,12 +235,17 @@ impl Instance {
     }
 
     /// Starts the Procfile's web process from the bundle's root, with the fake root's
-    /// /usr/local/bin first on the PATH (so `proxyd` is the installed file) and the real
-    /// Python next (pyenv's `python3` is a wrapper script).
+    /// /usr/local/bin first on the PATH (so `proxyd` is the installed file), the app's
+    /// virtualenv next (as the Python platform runs Procfile processes) and the real Python
+    /// after it (pyenv's `python3` is a wrapper script). PORT is 0 unless `env` says.
     fn start_web(&self, marker: &Marker, env: &[(&str, &str)]) -> Running {
         let argv = self.web_command();
         let python_dir = Path::new(python()).parent().unwrap().to_path_buf();
-        let mut dirs = vec![self.root().join("usr/local/bin"), python_dir];
+        let mut dirs = vec![
+            self.root().join("usr/local/bin"),
+            self.venv_bin(),
+            python_dir,
+        ];
         dirs.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
@@ -191,6 +266,49 @@ impl Instance {
         assert_eq!(exe, self.installed().canonicalize().unwrap());
         running
     }
+}
+
+/// Runs the files of `bundle`'s `.platform/<stage>` in lexicographic order (as EB does);
+/// false, with `d.failed` set, at the first that fails.
+fn run_stage(
+    bundle: &Path,
+    root: &Path,
+    port: u16,
+    stage: &str,
+    env: &[(&str, &str)],
+    d: &mut Deployment,
+) -> bool {
+    let dir = bundle.join(".platform").join(stage);
+    let mut hooks: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => return true,
+    };
+    hooks.sort();
+    for name in hooks {
+        let rel = format!(".platform/{stage}/{name}");
+        let out = run_hook(bundle, root, &rel, port, env);
+        d.log += &format!("--- {rel}\n{}", text(&out));
+        if !out.status.success() {
+            d.failed = Some(rel);
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs `rel` from `bundle` as EB runs a hook, installing under `root`.
+fn run_hook(bundle: &Path, root: &Path, rel: &str, port: u16, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bundle.join(rel));
+    cmd.current_dir(bundle)
+        .env("PROXYD_PREFIX", root)
+        .env("PORT", port.to_string())
+        .env("PROXYD_ADMIN_PORT", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
 /// A proxyd process with its stderr collected line by line; killed on drop.
@@ -324,23 +442,37 @@ async fn get_within(addr: SocketAddr, path: &str) -> Got {
 // Elastic Beanstalk
 // ---------------------------------------------------------------------------------------------
 
-const HOOK: &str = ".platform/hooks/prebuild/01_install_proxyd.sh";
-const CONFIGHOOK: &str = ".platform/confighooks/prebuild/01_install_proxyd.sh";
+const PREBUILD: &str = ".platform/hooks/prebuild/01_proxyd_check.sh";
+const PREDEPLOY: &str = ".platform/hooks/predeploy/01_proxyd_install.sh";
+const CONFIG_PREBUILD: &str = ".platform/confighooks/prebuild/01_proxyd_check.sh";
+const CONFIG_PREDEPLOY: &str = ".platform/confighooks/predeploy/01_proxyd_install.sh";
+const HOOK_LIB: &str = ".platform/proxyd/hook-lib.sh";
+
+/// The line in proxy.yaml that names the workers' program.
+const SAMPLE_COMMAND: &str = r#"      command: ["python3", "app.py"]"#;
+
+/// The deploy's own build step does nothing for the sample app (standard library only).
+fn no_build(_: &Instance) {}
 
 #[tokio::test]
-async fn eb_hook_installs_proxyd_and_the_procfile_web_process_serves() {
+async fn eb_deploy_installs_proxyd_and_the_procfile_web_process_serves() {
     let eb = Instance::new(false);
-    let out = eb.hook(HOOK, &[]);
-    assert!(out.status.success(), "hook failed: {}", text(&out));
-    assert!(text(&out).contains("proxy.yaml is valid"), "{}", text(&out));
+    let d = eb.deploy(&[], no_build);
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert!(
+        d.log.contains("(the workers' programs not looked up)"),
+        "{}",
+        d.log
+    );
+    assert!(d.log.contains("proxy.yaml is valid\n"), "{}", d.log);
     let installed = eb.installed();
     let meta = installed.metadata().unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o755);
     assert_eq!(meta.len(), std::fs::metadata(proxyd_bin()).unwrap().len());
-    // A configuration-only deployment runs the confighook: the same install and check.
-    let out = eb.hook(CONFIGHOOK, &[]);
-    assert!(out.status.success(), "confighook failed: {}", text(&out));
-    assert!(text(&out).contains("installed proxyd"), "{}", text(&out));
+    // A configuration-only deployment runs the confighooks: the same checks and install.
+    let d = eb.config_deploy(&[]);
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert!(d.log.contains("installed proxyd"), "{}", d.log);
     // Nothing but the binary is left in the install directory (no temp file).
     let left: Vec<_> = std::fs::read_dir(installed.parent().unwrap())
         .unwrap()
@@ -368,57 +500,235 @@ async fn eb_hook_installs_proxyd_and_the_procfile_web_process_serves() {
     marker.wait_none_left().await;
 }
 
-#[test]
-fn eb_hook_fails_the_deploy_on_a_bad_config_and_installs_nothing() {
+/// Whether the Python the tests run has gunicorn (.ci/run pip-installs it).
+fn has_gunicorn() -> bool {
+    Command::new(python())
+        .args(["-c", "import gunicorn"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What `pip install gunicorn` puts in a virtualenv's bin/: the console script of gunicorn's
+/// entry point, run by that Python (here the tests' own, where gunicorn is installed).
+fn install_gunicorn_script(bin: &Path) {
+    std::fs::create_dir_all(bin).unwrap();
+    let script = bin.join("gunicorn");
+    std::fs::write(
+        &script,
+        format!(
+            "#!{}\nimport sys\nfrom gunicorn.app.wsgiapp import run\nsys.exit(run())\n",
+            python()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The PATH without the directories that hold `program` (so a hook cannot find it there).
+fn path_without(program: &str) -> String {
+    let dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .filter(|d| !d.join(program).exists())
+        .collect();
+    std::env::join_paths(dirs).unwrap().into_string().unwrap()
+}
+
+#[tokio::test]
+async fn eb_fresh_deploy_with_gunicorn_from_requirements_txt_serves() {
+    if !has_gunicorn() {
+        return skipped("a deploy whose workers are gunicorn", "gunicorn");
+    }
     let eb = Instance::new(false);
-    let config = eb.bundle().join("proxy.yaml");
-    let good = std::fs::read_to_string(&config).unwrap();
-    let bad = good.replacen("      count:", "      cuont:", 1);
-    assert_ne!(good, bad);
-    std::fs::write(&config, &bad).unwrap();
-    let line = bad.lines().position(|l| l.contains("cuont:")).unwrap() + 1;
-
-    let out = eb.hook(HOOK, &[]);
-    let said = text(&out);
-    assert!(
-        !out.status.success(),
-        "the hook passed a bad config: {said}"
+    // The README's gunicorn worker command, one sync worker per proxyd worker.
+    eb.edit_config(
+        SAMPLE_COMMAND,
+        r#"      command: ["gunicorn", "--workers", "1", "--bind", "127.0.0.1:{port}", "app:application"]"#,
     );
-    assert!(
-        said.contains(&format!("proxy.yaml:{line}:7: unknown field `cuont`")),
-        "no file:line:column in: {said}"
-    );
-    assert!(said.contains("proxy.yaml is invalid"), "{said}");
-    assert!(!eb.installed().exists(), "installed despite the bad config");
+    // A fresh instance: gunicorn is nowhere on the hooks' PATH until the platform's build
+    // step installs requirements.txt into the app's virtualenv.
+    let path = path_without("gunicorn");
+    let env = [("PATH", path.as_str())];
+    let venv = eb.venv_bin();
+    let d = eb.deploy(&env, |eb| {
+        assert!(
+            !eb.installed().exists(),
+            "installed before the build step ran"
+        );
+        install_gunicorn_script(&venv);
+    });
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert!(eb.installed().is_file(), "{}", d.log);
 
-    // The confighook fails the same way.
-    let out = eb.hook(CONFIGHOOK, &[]);
-    assert!(!out.status.success());
+    let marker = Marker::new("eb-gunicorn");
+    let mut web = eb.start_web(&marker, &[]);
+    let addr = web.addr();
+    let got = get_within(addr, "/").await;
+    assert_eq!(got.status, 200, "{got:?}");
     assert!(
-        text(&out).contains(&format!("proxy.yaml:{line}:7")),
+        got.text().starts_with("hello from worker pid "),
         "{}",
-        text(&out)
+        got.text()
     );
-
-    // A property the config needs but that is malformed (EB passes properties as-is).
-    std::fs::write(&config, &good).unwrap();
-    let out = eb.hook(HOOK, &[("PORT", "eighty")]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("proxy.yaml:"), "{}", text(&out));
+    // Its workers are the virtualenv's gunicorn (a master and its one sync worker each; the
+    // worker keeps the master's command line), found first on the web process's PATH.
+    let pid: u32 = got.text()["hello from worker pid ".len()..]
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline =
+        String::from_utf8(std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).unwrap();
+    let venv_gunicorn = venv.join("gunicorn");
+    assert!(
+        cmdline.split('\0').any(|a| Path::new(a) == venv_gunicorn),
+        "{cmdline:?}"
+    );
+    web.signal("TERM");
+    assert_eq!(web.wait_exit(), Some(0));
+    marker.wait_none_left().await;
 }
 
 #[test]
-fn eb_hook_names_the_missing_binary() {
+fn eb_deploy_fails_on_a_bad_config_and_installs_nothing() {
+    // A typo in a key: the prebuild hook stops the deployment before the build step.
+    let eb = Instance::new(false);
+    let bad = eb.edit_config("      count:", "      cuont:");
+    let line = bad.lines().position(|l| l.contains("cuont:")).unwrap() + 1;
+    let d = eb.deploy(&[], |_| {
+        panic!("the build step ran after a bad prebuild check")
+    });
+    assert_eq!(d.failed.as_deref(), Some(PREBUILD), "{}", d.log);
+    assert!(!d.built);
+    assert!(
+        d.log
+            .contains(&format!("proxy.yaml:{line}:7: unknown field `cuont`")),
+        "no file:line:column in: {}",
+        d.log
+    );
+    assert!(d.log.contains("proxy.yaml is invalid"), "{}", d.log);
+    assert!(!eb.installed().exists(), "installed despite the bad config");
+    // The confighooks fail the same way.
+    let d = eb.config_deploy(&[]);
+    assert_eq!(d.failed.as_deref(), Some(CONFIG_PREBUILD), "{}", d.log);
+    assert!(d.log.contains(&format!("proxy.yaml:{line}:7")), "{}", d.log);
+
+    // A worker program that the build step does not install either: past the prebuild
+    // check (programs are not looked up before the build), stopped by the predeploy one.
+    let eb = Instance::new(false);
+    let bad = eb.edit_config(
+        SAMPLE_COMMAND,
+        r#"      command: ["gunicron", "app:application"]"#,
+    );
+    let line = bad.lines().position(|l| l.contains("gunicron")).unwrap() + 1;
+    let path = path_without("gunicron");
+    let d = eb.deploy(&[("PATH", path.as_str())], |eb| {
+        std::fs::create_dir_all(eb.venv_bin()).unwrap();
+    });
+    assert!(d.built);
+    assert_eq!(d.failed.as_deref(), Some(PREDEPLOY), "{}", d.log);
+    assert!(
+        d.log.contains(&format!(
+            "proxy.yaml:{line}:16: upstreams.app.workers.command: program \"gunicron\" not found"
+        )),
+        "{}",
+        d.log
+    );
+    assert!(!eb.installed().exists(), "installed despite the bad config");
+
+    // A property the config needs but that is malformed (EB passes properties as-is).
+    let eb = Instance::new(false);
+    let d = eb.config_deploy(&[("PORT", "eighty")]);
+    assert_eq!(d.failed.as_deref(), Some(CONFIG_PREBUILD), "{}", d.log);
+    assert!(d.log.contains("proxy.yaml:"), "{}", d.log);
+    assert!(!eb.installed().exists());
+}
+
+#[test]
+fn eb_deploy_names_the_missing_binary() {
     let eb = Instance::new(false);
     std::fs::remove_dir_all(eb.bundle().join("bin")).unwrap();
-    let out = eb.hook(HOOK, &[]);
-    assert!(!out.status.success());
-    let said = text(&out);
+    let d = eb.deploy(&[], no_build);
+    assert_eq!(d.failed.as_deref(), Some(PREBUILD), "{}", d.log);
     assert!(
-        said.contains(&format!("bin/proxyd-{} is missing from the bundle", arch())),
-        "{said}"
+        d.log
+            .contains(&format!("bin/proxyd-{} is missing from the bundle", arch())),
+        "{}",
+        d.log
     );
     assert!(!eb.installed().exists());
+}
+
+/// The `server` line of the bundle's nginx upstream.
+fn nginx_upstream(bundle: &Path) -> String {
+    let conf = std::fs::read_to_string(bundle.join(".platform/nginx/conf.d/proxyd.conf")).unwrap();
+    let servers: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server "))
+        .collect();
+    assert_eq!(servers.len(), 1, "{conf}");
+    servers[0].to_string()
+}
+
+/// proxy.yaml's listener address with `PORT=port` (and the other properties' defaults).
+fn eb_listen_addr(bundle: &Path, port: &str) -> String {
+    let text = std::fs::read_to_string(bundle.join("proxy.yaml")).unwrap();
+    let expanded = proxyd::config::load::expand_env(&text, "proxy.yaml", |name| {
+        (name == "PORT").then(|| port.to_string())
+    })
+    .unwrap();
+    let loaded = proxyd::config::load_str_with(
+        &expanded,
+        "proxy.yaml",
+        bundle.to_path_buf(),
+        proxyd::config::Checks { programs: false },
+    )
+    .unwrap();
+    loaded.config.listen[0].addr.value.clone()
+}
+
+#[test]
+fn eb_prebuild_points_nginx_at_the_port_proxyd_listens_on() {
+    let eb = Instance::new(false);
+    // As shipped: the Python platform's default, 8000, which proxy.yaml also defaults to.
+    assert_eq!(nginx_upstream(&eb.bundle()), "server 127.0.0.1:8000;");
+    assert_eq!(eb_listen_addr(&eb.bundle(), "8000"), "127.0.0.1:8000");
+    for port in ["5000", "8123"] {
+        let d = eb.deploy(&[("PORT", port)], no_build);
+        assert_eq!(d.failed, None, "{}", d.log);
+        let listen = eb_listen_addr(&eb.bundle(), port);
+        assert_eq!(listen, format!("127.0.0.1:{port}"));
+        assert_eq!(nginx_upstream(&eb.bundle()), format!("server {listen};"));
+    }
+    // A configuration deployment that changes PORT moves nginx with it.
+    let d = eb.config_deploy(&[("PORT", "8200")]);
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert_eq!(nginx_upstream(&eb.bundle()), "server 127.0.0.1:8200;");
+    assert!(
+        d.log
+            .contains("nginx's upstream is proxyd on 127.0.0.1:8200 (PORT)"),
+        "{}",
+        d.log
+    );
+    // A PORT that nginx or proxyd cannot use stops the deployment, named; nginx's file is
+    // left as it was. (0, an ephemeral port, suits proxyd alone, never nginx.)
+    for (bad, said) in [
+        (
+            "0",
+            "PORT=0 is not a port number from 1 to 65535".to_string(),
+        ),
+        (
+            "70000",
+            "port \"70000\" is not a number from 0 to 65535".into(),
+        ),
+        (
+            "123456789012345678901",
+            "port \"123456789012345678901\" is not a number".into(),
+        ),
+    ] {
+        let d = eb.deploy(&[("PORT", bad)], no_build);
+        assert_eq!(d.failed.as_deref(), Some(PREBUILD), "{bad}: {}", d.log);
+        assert!(d.log.contains(&said), "{bad}: {}", d.log);
+        assert_eq!(nginx_upstream(&eb.bundle()), "server 127.0.0.1:8200;");
+    }
 }
 
 #[tokio::test]
@@ -446,19 +756,17 @@ async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
     let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     let env = [("PATH", path.as_str()), ("PROXYD_WEB_USER", me.trim())];
 
-    // Before 01 ran, 02 says what is missing.
-    let out = eb.hook(".platform/hooks/prebuild/02_proxyd_port80.sh", &env);
+    // Before 01 installed proxyd, 02 says what is missing.
+    let out = eb.hook(".platform/hooks/predeploy/02_proxyd_port80.sh", &env);
     assert!(!out.status.success());
     assert!(text(&out).contains("is not installed"), "{}", text(&out));
 
-    for hook in [
-        HOOK,
-        ".platform/hooks/prebuild/02_proxyd_port80.sh",
-        ".platform/confighooks/prebuild/02_proxyd_port80.sh",
-    ] {
-        let out = eb.hook(hook, &env);
-        assert!(out.status.success(), "{hook}: {}", text(&out));
-    }
+    // An application deployment, then a configuration one: 02 runs after 01's install each
+    // time (the capability goes with the file).
+    let d = eb.deploy(&env, no_build);
+    assert_eq!(d.failed, None, "{}", d.log);
+    let d = eb.config_deploy(&env);
+    assert_eq!(d.failed, None, "{}", d.log);
     let calls = std::fs::read_to_string(&record).unwrap();
     let expected = format!("cap_net_bind_service=+ep {}\n", eb.installed().display());
     assert_eq!(calls, expected.repeat(2));
@@ -517,22 +825,14 @@ async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
 }
 
 /// An nginx.conf shaped like the EB platform's: http { include conf.d/*.conf; server {
-/// listen; include conf.d/elasticbeanstalk/*.conf; } }, with the bundle's .platform/nginx
-/// files, the upstream pointed at `upstream`.
-fn eb_nginx_prefix(dir: &Path, upstream: SocketAddr, listen: u16) -> PathBuf {
+/// listen; include conf.d/elasticbeanstalk/*.conf; } }, with `bundle`'s .platform/nginx
+/// files as the deployment left them (EB copies them into place after the prebuild hooks).
+fn eb_nginx_prefix(dir: &Path, bundle: &Path, listen: u16) -> PathBuf {
     let prefix = dir.join("nginx");
     copy_tree(
-        &eb_dir().join(".platform/nginx/conf.d"),
+        &bundle.join(".platform/nginx/conf.d"),
         &prefix.join("conf.d"),
     );
-    let conf = prefix.join("conf.d/proxyd.conf");
-    let tuned = std::fs::read_to_string(&conf).unwrap();
-    assert!(tuned.contains("server 127.0.0.1:8000;"), "{tuned}");
-    std::fs::write(
-        &conf,
-        tuned.replace("127.0.0.1:8000", &upstream.to_string()),
-    )
-    .unwrap();
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     // Worker processes (user nobody when started as root) must reach the temp directories.
     for d in [dir, prefix.as_path()] {
@@ -562,24 +862,24 @@ async fn eb_nginx_tuning_passes_nginx_t_and_proxies_to_proxyd() {
     }) else {
         return skipped("nginx in front of proxyd", "nginx");
     };
+    // The deployment's PORT is where proxyd listens and, through the prebuild hook, where
+    // nginx's upstream points: nothing in the test rewrites nginx's files.
     let eb = Instance::new(false);
-    let out = eb.hook(HOOK, &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    let d = eb.deploy(&[], no_build);
+    assert_eq!(d.failed, None, "{}", d.log);
     let marker = Marker::new("eb-nginx");
-    let web = eb.start_web(&marker, &[]);
+    let port = eb.port.to_string();
+    let web = eb.start_web(&marker, &[("PORT", port.as_str())]);
     let upstream = web.addr();
+    assert_eq!(nginx_upstream(&eb.bundle()), format!("server {upstream};"));
 
     // nginx cannot listen on port 0: take a free port, and try again if another process
     // takes it in between.
     let mut tries = 0;
     let (nginx_proc, front) = loop {
         tries += 1;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let prefix = eb_nginx_prefix(&eb.dir.path().join(format!("n{tries}")), upstream, port);
+        let port = free_port();
+        let prefix = eb_nginx_prefix(&eb.dir.path().join(format!("n{tries}")), &eb.bundle(), port);
         let conf = prefix.join("nginx.conf");
         let t = Command::new(&nginx)
             .arg("-t")
@@ -685,6 +985,7 @@ fn zip_entries(zip: &Path) -> BTreeMap<String, u32> {
 fn package(out: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(repo().join("scripts/package.sh"));
     cmd.env("PROXYD_BIN", proxyd_bin())
+        .env_remove("PROXYD_ARCHS")
         .env("PROXYD_BUNDLE_OUT", out)
         .current_dir(repo());
     for (k, v) in env {
@@ -705,13 +1006,24 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
         let zip = dir.path().join(format!("bundle-{zipper}.zip"));
         let out = package(&zip, &[("PROXYD_ZIP", zipper)]);
         assert!(out.status.success(), "{}", text(&out));
+        // The test binary is glibc's, linked dynamically: shipped, with a warning.
+        if which("readelf").is_some() {
+            assert!(
+                text(&out).contains("is dynamically linked: the instance needs a glibc"),
+                "{}",
+                text(&out)
+            );
+        }
         let entries = zip_entries(&zip);
         let expected: BTreeMap<String, u32> = [
             ("Procfile", 0o644),
             ("proxy.yaml", 0o644),
             ("app.py", 0o644),
-            (HOOK, 0o755),
-            (CONFIGHOOK, 0o755),
+            (PREBUILD, 0o755),
+            (PREDEPLOY, 0o755),
+            (CONFIG_PREBUILD, 0o755),
+            (CONFIG_PREDEPLOY, 0o755),
+            (HOOK_LIB, 0o644),
             (".platform/nginx/conf.d/proxyd.conf", 0o644),
             (
                 ".platform/nginx/conf.d/elasticbeanstalk/00_application.conf",
@@ -738,9 +1050,11 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
     let entries = zip_entries(&zip);
     for (name, mode) in [
         (".ebextensions/proxyd-proxy-none.config", 0o644),
-        (".platform/hooks/prebuild/02_proxyd_port80.sh", 0o755),
-        (".platform/confighooks/prebuild/02_proxyd_port80.sh", 0o755),
-        (HOOK, 0o755),
+        (".platform/hooks/predeploy/02_proxyd_port80.sh", 0o755),
+        (".platform/confighooks/predeploy/02_proxyd_port80.sh", 0o755),
+        (PREBUILD, 0o755),
+        (PREDEPLOY, 0o755),
+        (HOOK_LIB, 0o644),
     ] {
         assert_eq!(
             entries.get(name).map(|m| m & 0o755),
@@ -750,9 +1064,27 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
     }
     assert!(!entries.keys().any(|k| k.contains("nginx")), "{entries:?}");
 
-    // What EB does with the zip: extract (modes kept, as unzip does) and run the hook.
+    // What EB does with the zip: extract (modes kept, as unzip does) and run the hooks.
     let root = dir.path().join("instance");
     let staging = dir.path().join("staging");
+    unzip(&dir.path().join("bundle-python3.zip"), &staging);
+    let mut d = Deployment {
+        failed: None,
+        built: false,
+        log: String::new(),
+    };
+    for stage in ["hooks/prebuild", "hooks/predeploy"] {
+        assert!(
+            run_stage(&staging, &root, free_port(), stage, &[], &mut d),
+            "{}",
+            d.log
+        );
+    }
+    assert!(root.join("usr/local/bin/proxyd").is_file(), "{}", d.log);
+}
+
+/// Extracts `zip` into `dir` as EB does (unzip keeps the modes).
+fn unzip(zip: &Path, dir: &Path) {
     let out = Command::new(python())
         .arg("-c")
         .arg(
@@ -762,18 +1094,125 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
              \x20   p = z.extract(i, sys.argv[2])\n\
              \x20   os.chmod(p, (i.external_attr >> 16) & 0o777 or 0o644)",
         )
-        .arg(dir.path().join("bundle-python3.zip"))
-        .arg(&staging)
+        .arg(zip)
+        .arg(dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = Command::new(staging.join(HOOK))
-        .current_dir(&staging)
-        .env("PROXYD_PREFIX", &root)
+}
+
+/// What `readelf` says of a binary's program headers and dynamic section.
+fn elf_facts(bin: &Path, readelf: &Path) -> String {
+    let out = Command::new(readelf)
+        .args(["-lWd"])
+        .arg(bin)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "readelf: {}", text(&out));
+    text(&out)
+}
+
+/// package.sh without PROXYD_BIN: it builds proxyd for the musl target, static, so the
+/// bundle's binary runs on any Linux instance whatever glibc the build machine has. The test
+/// builds the dev profile (about two minutes from scratch on two cores, in its own target
+/// directory): the same target, C toolchain (musl-gcc for ring) and static link as the
+/// release build, without the release profile's fat LTO, which takes several times longer
+/// and is the only difference.
+#[test]
+fn package_sh_builds_a_static_musl_binary() {
+    let host = arch();
+    let triple = format!("{host}-unknown-linux-musl");
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap();
+    let sysroot = String::from_utf8(sysroot.stdout).unwrap();
+    let has_target = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(&triple)
+        .join("lib")
+        .is_dir();
+    if !has_target {
+        return skipped(
+            "package.sh's musl build",
+            &format!("the Rust target {triple} (rustup target add {triple})"),
+        );
+    }
+    if which("musl-gcc").is_none() {
+        return skipped("package.sh's musl build", "musl-gcc (musl-tools)");
+    }
+    let Some(readelf) = which("readelf") else {
+        return skipped("package.sh's musl build", "readelf (binutils)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("bundle.zip");
+    let target_dir = repo().join("target/package-test");
+    let out = Command::new(repo().join("scripts/package.sh"))
+        .env_remove("PROXYD_BIN")
+        .env("PROXYD_ARCHS", &host)
+        .env("PROXYD_PROFILE", "dev")
+        .env("PROXYD_BUNDLE_OUT", &zip)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // No debug info: less to build and link; nothing here reads it.
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "package.sh: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "building proxyd for {triple} (dev profile, native)"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("dynamically linked"), "{}", text(&out));
+    let entries = zip_entries(&zip);
+    let name = format!("bin/proxyd-{host}");
+    assert_eq!(
+        entries.get(&name).map(|m| m & 0o755),
+        Some(0o755),
+        "{entries:?}"
+    );
+
+    let staging = dir.path().join("staging");
+    unzip(&zip, &staging);
+    let bin = staging.join(&name);
+    // Static: no program interpreter (ld.so) to find, no shared library to load.
+    let facts = elf_facts(&bin, &readelf);
+    assert!(!facts.contains("program interpreter"), "{facts}");
+    assert!(!facts.contains("(NEEDED)"), "{facts}");
+    // It runs, with nothing from this machine's environment.
+    let out = Command::new(&bin)
+        .arg("--version")
+        .env_clear()
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(root.join("usr/local/bin/proxyd").is_file());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("proxyd {}", env!("CARGO_PKG_VERSION"))
+    );
+    // And deploys: the hooks run it, check the bundle's config and install it.
+    let root = dir.path().join("instance");
+    let mut d = Deployment {
+        failed: None,
+        built: false,
+        log: String::new(),
+    };
+    for stage in ["hooks/prebuild", "hooks/predeploy"] {
+        assert!(
+            run_stage(&staging, &root, free_port(), stage, &[], &mut d),
+            "{}",
+            d.log
+        );
+    }
+    let installed = root.join("usr/local/bin/proxyd");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&bin).unwrap()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1377,9 +1816,20 @@ fn kubernetes_config_probes_and_grace_agree() {
     let labels = &pod["metadata"]["labels"];
     let svc = manifest("service.yaml");
     assert_eq!(&svc["spec"]["selector"], labels);
+    // The Service publishes the app's port only: the admin listener (metrics, status, the
+    // token-guarded POSTs) is reached on the pod's IP by the kubelet and Prometheus alone.
     let svc_ports = svc["spec"]["ports"].as_array().unwrap();
-    assert!(svc_ports.iter().any(|p| p["targetPort"] == "http"));
-    assert!(svc_ports.iter().any(|p| p["name"] == "admin"));
+    assert_eq!(svc_ports.len(), 1, "{svc_ports:?}");
+    assert_eq!(svc_ports[0]["targetPort"], "http");
+    for p in svc_ports {
+        assert!(
+            p["name"] != "admin"
+                && p["targetPort"] != "admin"
+                && p["targetPort"].as_u64() != Some(admin_port)
+                && p["port"].as_u64() != Some(admin_port),
+            "the Service publishes the admin port: {p:?}"
+        );
+    }
     assert_eq!(
         &manifest("pdb.yaml")["spec"]["selector"]["matchLabels"],
         labels
@@ -1390,12 +1840,18 @@ fn kubernetes_config_probes_and_grace_agree() {
         hpa["spec"]["scaleTargetRef"]["name"],
         deploy["metadata"]["name"]
     );
+    // The ServiceMonitor scrapes the pods' admin container port (Prometheus discovers the
+    // selected Service's pods with all their declared ports), not a Service port.
     let sm = manifest("prometheus-operator/servicemonitor.yaml");
     assert_eq!(
         &sm["spec"]["selector"]["matchLabels"],
         &svc["metadata"]["labels"]
     );
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
+    let endpoints = sm["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["targetPort"], "admin");
+    assert_eq!(endpoints[0]["path"], ann["prometheus.io/path"]);
+    assert!(endpoints[0]["port"].is_null(), "{endpoints:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1420,5 +1876,99 @@ fn sample_configs_pass_proxyd_check() {
         }
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}: {}", config.display(), text(&out));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whose word the samples take: the load balancer's, the ingress's
+// ---------------------------------------------------------------------------------------------
+
+/// A sample config, loaded as proxyd loads it (`vars` for what the environment would say).
+fn sample(path: &Path, vars: &[(&str, &str)]) -> proxyd::config::Config {
+    let text = std::fs::read_to_string(path).unwrap();
+    let expanded = proxyd::config::load::expand_env(&text, "sample", |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
+    .unwrap();
+    proxyd::config::load_str_with(
+        &expanded,
+        &path.display().to_string(),
+        path.parent().unwrap().to_path_buf(),
+        proxyd::config::Checks { programs: false },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config
+}
+
+#[test]
+fn samples_trust_the_load_balancer_and_the_ingress_not_the_client() {
+    use proxyd::limits::ClientPolicy;
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let xff = |v: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    };
+    let k8s = tempfile::tempdir().unwrap();
+    let k8s_yaml = k8s.path().join("proxy.yaml");
+    std::fs::write(
+        &k8s_yaml,
+        manifest("configmap.yaml")["data"]["proxy.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    // (config, what connects to proxyd: the load balancer or ingress itself, or the
+    // instance's nginx in front of it)
+    let samples = [
+        (eb_dir().join("proxy.yaml"), true),
+        (eb_dir().join("proxy-none/proxy.yaml"), false),
+        (k8s_yaml, false),
+    ];
+    for (path, behind_nginx) in samples {
+        let app_dir = k8s.path().to_str().unwrap();
+        let cfg = sample(
+            &path,
+            &[("PROXYD_ADMIN_TOKEN", "s3cret"), ("APP_DIR", app_dir)],
+        );
+        let policy = ClientPolicy::from_config(&cfg);
+        let name = path.display();
+        // An ALB in the default VPC (172.31.0.0/16) or any VPC's private range; an ingress
+        // controller's pod or a node after kube-proxy's SNAT (10.244.x flannel, 10.42.x k3s,
+        // 192.168.x Calico).
+        for proxy in [
+            "172.31.40.2",
+            "10.0.3.7",
+            "10.244.1.5",
+            "10.42.0.9",
+            "192.168.7.20",
+        ] {
+            assert!(policy.is_trusted(ip(proxy)), "{name}: {proxy} untrusted");
+        }
+        // Clients: public addresses (a single-instance environment's, the internet's).
+        for client in ["203.0.113.9", "8.8.8.8", "100.64.0.1", "2001:db8::1"] {
+            assert!(!policy.is_trusted(ip(client)), "{name}: {client} trusted");
+        }
+        let trusted = policy.trusted.as_ref().unwrap();
+        // The load balancer appends the address it saw to what the client sent: the client
+        // is that address, not what it wrote itself.
+        let (peer, header) = if behind_nginx {
+            ("127.0.0.1", "1.2.3.4, 203.0.113.9, 172.31.40.2")
+        } else {
+            ("172.31.40.2", "1.2.3.4, 203.0.113.9")
+        };
+        assert_eq!(
+            trusted.client_ip(ip(peer), &xff(header)),
+            ip("203.0.113.9"),
+            "{name}"
+        );
+        // A client that connects directly is itself, whatever it writes.
+        assert_eq!(
+            trusted.client_ip(ip("203.0.113.9"), &xff("10.0.0.1")),
+            ip("203.0.113.9"),
+            "{name}"
+        );
     }
 }

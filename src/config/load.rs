@@ -50,8 +50,27 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
+/// Which checks beyond the file's own content run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checks {
+    /// Each worker `command`'s program must exist (in the PATH, or relative to its cwd).
+    /// Off for a check that runs before the app's dependencies are installed (an Elastic
+    /// Beanstalk prebuild hook, before the platform's `pip install`).
+    pub programs: bool,
+}
+
+impl Checks {
+    /// Everything: what starting proxyd and a plain `proxyd check` need.
+    pub const ALL: Checks = Checks { programs: true };
+}
+
 /// Reads, expands, parses and validates `path`.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    load_file_with(path, Checks::ALL)
+}
+
+/// [`load_file`] with only `checks` beyond the file's own content.
+pub fn load_file_with(path: &Path, checks: Checks) -> Result<Loaded, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&file, None, format!("cannot read config file: {e}")))?;
@@ -59,7 +78,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    load_str(&text, &file, dir)
+    load_str_with(&text, &file, dir, checks)
 }
 
 /// Parses and validates config text; `file` names it in errors, `dir` anchors relative paths.
@@ -75,6 +94,16 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// assert!(err.to_string().starts_with("proxy.yaml:5:5: unknown field `server`"), "{err}");
 /// ```
 pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigError> {
+    load_str_with(text, file, dir, Checks::ALL)
+}
+
+/// [`load_str`] with only `checks` beyond the text's own content.
+pub fn load_str_with(
+    text: &str,
+    file: &str,
+    dir: PathBuf,
+    checks: Checks,
+) -> Result<Loaded, ConfigError> {
     let expanded = expand(text, file, |name| std::env::var(name).ok())?;
     let config: Config = serde_saphyr::from_str(&expanded.text).map_err(|e| {
         let at = e.location().map(|l| (l.line(), l.column()));
@@ -90,7 +119,7 @@ pub fn load_str(text: &str, file: &str, dir: PathBuf) -> Result<Loaded, ConfigEr
         file: file.to_string(),
         dir,
     };
-    validate::validate(&loaded).map_err(|e| expanded.locate(e))?;
+    validate::validate_with(&loaded, checks).map_err(|e| expanded.locate(e))?;
     let written = super::written::Written::of(&expanded.text);
     validate::without_effect(&loaded, &written).map_err(|e| expanded.locate(e))?;
     Ok(loaded)

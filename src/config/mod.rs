@@ -22,5 +22,5 @@ pub mod workers;
 pub mod written;
 
 pub use addr::BackendAddr;
-pub use load::{load_file, load_str, ConfigError, Loaded};
+pub use load::{load_file, load_file_with, load_str, load_str_with, Checks, ConfigError, Loaded};
 pub use types::*;

@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::addr::{parse_listen, parse_server_entry};
 use super::balance::{Balance, HashKey};
-use super::load::{ConfigError, Loaded};
+use super::load::{Checks, ConfigError, Loaded};
 use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
 use super::written::Written;
@@ -30,6 +30,10 @@ const MAX_BURST: u64 = 1_000_000;
 const MAX_RATE_CLIENTS: u64 = 10_000_000;
 
 pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
+    validate_with(loaded, Checks::ALL)
+}
+
+pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
     let file = loaded.file.as_str();
     let err = |s: &Spanned<String>, msg: String| ConfigError::at(file, &s.referenced, msg);
@@ -130,7 +134,7 @@ pub fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 ))
             }
             (Some(w), None) => {
-                validate_workers(loaded, name, w)?;
+                validate_workers(loaded, name, w, checks)?;
                 not_for_workers(file, name, up)?;
             }
             (None, Some(_)) => {}
@@ -437,7 +441,12 @@ fn validate_queue(file: &str, key: &str, q: &super::balance::Queue) -> Result<()
     Ok(())
 }
 
-fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), ConfigError> {
+fn validate_workers(
+    loaded: &Loaded,
+    name: &str,
+    w: &Workers,
+    checks: Checks,
+) -> Result<(), ConfigError> {
     let file = loaded.file.as_str();
     let at = |loc: &serde_saphyr::Location, msg: String| ConfigError::at(file, loc, msg);
     let key = format!("upstreams.{name}.workers");
@@ -450,11 +459,14 @@ fn validate_workers(loaded: &Loaded, name: &str, w: &Workers) -> Result<(), Conf
     let cwd = loaded
         .dir
         .join(w.cwd.as_ref().map_or("", |c| c.value.as_str()));
-    if let Some(program) = w.command.value.first() {
+    if let Some(program) = w.command.value.first().filter(|_| checks.programs) {
         if !program_exists(program, &cwd) {
             return Err(at(
                 &w.command.referenced,
-                format!("{key}.command: program {program:?} not found (looked in the PATH, or relative to {})", cwd.display()),
+                format!(
+                    "{key}.command: program {program:?} not found (looked in the PATH, or relative to {})",
+                    if cwd.as_os_str().is_empty() { std::path::Path::new(".") } else { &cwd }.display()
+                ),
             ));
         }
     }

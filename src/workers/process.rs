@@ -136,7 +136,8 @@ impl Process {
                 Ok(())
             });
         }
-        let mut child = match cmd.spawn() {
+        // Through the reaper, which must never wait for one of ours.
+        let mut child = match super::reaper::spawn(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
                 ports.release(&addr);
@@ -166,6 +167,7 @@ impl Process {
                 .wait()
                 .await
                 .unwrap_or_else(|_| ExitStatus::from_raw(-1));
+            super::reaper::forget(pid);
             // A crash's last lines explain it: let the relay read stderr to its end before
             // the exit is known, or the crash report can miss them. Bounded, as something the
             // worker started may hold the pipe open.

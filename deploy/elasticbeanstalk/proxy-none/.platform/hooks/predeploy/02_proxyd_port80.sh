@@ -1,8 +1,9 @@
 #!/bin/sh
 # Without a platform proxy, proxyd (the web process, run as user webapp) listens on port 80
-# and writes the healthd access log in nginx's place. Runs after 01_install_proxyd.sh.
+# and writes the healthd access log in nginx's place. Runs after 01_proxyd_install.sh (which
+# installs the binary this gives the capability to).
 #
-#   PROXYD_PREFIX    install root, as in 01_install_proxyd.sh (tests use a temporary one)
+#   PROXYD_PREFIX    install root, as in 01_proxyd_install.sh (tests use a temporary one)
 #   PROXYD_WEB_USER  the user the Procfile processes run as (default: webapp)
 set -eu
 
@@ -16,7 +17,7 @@ fail() {
     exit 1
 }
 
-[ -x "$bin" ] || fail "$bin is not installed (01_install_proxyd.sh runs first)"
+[ -x "$bin" ] || fail "$bin is not installed (01_proxyd_install.sh runs first)"
 command -v setcap >/dev/null 2>&1 ||
     fail "setcap is missing (package libcap on Amazon Linux): it lets proxyd bind port 80 without root"
 
