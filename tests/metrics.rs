@@ -334,13 +334,28 @@ routes:
     let proxy = TestProxy::from_yaml(&yaml).await;
     let admin = proxy.admin.unwrap();
 
-    // Before any traffic: valid, every configured upstream has its zeroed histograms.
+    // Routes are labelled by their name, else by host and path.
+    let route_of = |u: &str| match u {
+        "app" => "app-api".to_string(),
+        "-" => "-".to_string(),
+        u => format!("/{u}/"),
+    };
+    // Before any traffic: valid, every configured route and upstream has its zeroed histograms.
     let before = scrape(admin).await;
     for u in ["app", "refused", "flaky", "held", "-"] {
         assert_eq!(
-            before.value("proxyd_request_duration_seconds_count", &[("upstream", u)]),
+            before.value(
+                "proxyd_request_duration_seconds_count",
+                &[("route", &route_of(u)), ("upstream", u)]
+            ),
             0.0
         );
+        if u != "-" {
+            assert_eq!(
+                before.value("proxyd_queue_wait_seconds_count", &[("upstream", u)]),
+                0.0
+            );
+        }
     }
     assert_eq!(
         before.get(
@@ -349,7 +364,8 @@ routes:
                 ("route", "app-api"),
                 ("upstream", "app"),
                 ("method", "GET"),
-                ("status_class", "2xx")
+                ("status_class", "2xx"),
+                ("code", "200")
             ]
         ),
         None,
@@ -396,6 +412,7 @@ routes:
                 ("upstream", "held"),
                 ("method", "GET"),
                 ("status_class", "5xx"),
+                ("code", "503"),
             ],
         ) == Some(1.0)
     })
@@ -428,36 +445,45 @@ routes:
         s.sum("proxyd_requests_total", &[]) == 12.0
     })
     .await;
-    // Routes are labelled by their name, else by host and path.
-    let req = |u: &str, method: &str, class: &str| {
-        let route = match u {
-            "app" => "app-api".to_string(),
-            "-" => "-".to_string(),
-            u => format!("/{u}/"),
-        };
+    // By status code, and its class beside it.
+    let req = |u: &str, method: &str, code: &str| {
         m.value(
             "proxyd_requests_total",
             &[
-                ("route", &route),
+                ("route", &route_of(u)),
                 ("upstream", u),
                 ("method", method),
-                ("status_class", class),
+                ("status_class", &format!("{}xx", &code[..1])),
+                ("code", code),
             ],
         )
     };
-    assert_eq!(req("app", "GET", "2xx"), 3.0);
-    assert_eq!(req("app", "POST", "2xx"), 2.0);
-    assert_eq!(req("app", "GET", "5xx"), 1.0);
-    assert_eq!(req("-", "GET", "4xx"), 1.0);
-    assert_eq!(req("refused", "GET", "5xx"), 1.0);
-    assert_eq!(req("flaky", "GET", "2xx"), 2.0);
-    assert_eq!(req("held", "GET", "2xx"), 1.0);
-    assert_eq!(req("held", "GET", "5xx"), 1.0);
+    assert_eq!(req("app", "GET", "200"), 3.0);
+    assert_eq!(req("app", "POST", "200"), 2.0);
+    assert_eq!(req("app", "GET", "500"), 1.0);
+    assert_eq!(req("-", "GET", "404"), 1.0);
+    assert_eq!(req("refused", "GET", "502"), 1.0);
+    assert_eq!(req("flaky", "GET", "200"), 2.0);
+    assert_eq!(req("held", "GET", "200"), 1.0);
+    assert_eq!(req("held", "GET", "503"), 1.0);
     assert_eq!(m.sum("proxyd_requests_total", &[("upstream", "app")]), 6.0);
+    assert_eq!(
+        m.sum("proxyd_requests_total", &[("status_class", "5xx")]),
+        3.0
+    );
 
-    // Histograms: every request has a total duration; queue wait for every routed one; an
-    // upstream time for those a backend answered.
+    // Histograms: every request has a total duration (by route and upstream); queue wait for
+    // every routed one; an upstream time for those a backend answered.
     let count = |h: &str, u: &str| m.value(&format!("{h}_count"), &[("upstream", u)]);
+    let duration = |suffix: &str, u: &str, more: &[(&str, &str)]| {
+        let route = route_of(u);
+        let mut labels = vec![("route", route.as_str()), ("upstream", u)];
+        labels.extend_from_slice(more);
+        m.value(
+            &format!("proxyd_request_duration_seconds_{suffix}"),
+            &labels,
+        )
+    };
     for (u, n, answered) in [
         ("app", 6.0, 6.0),
         ("-", 1.0, 0.0),
@@ -465,7 +491,7 @@ routes:
         ("flaky", 2.0, 2.0),
         ("held", 2.0, 1.0),
     ] {
-        assert_eq!(count("proxyd_request_duration_seconds", u), n, "{u}");
+        assert_eq!(duration("count", u, &[]), n, "{u}");
         assert_eq!(
             count("proxyd_upstream_response_seconds", u),
             answered,
@@ -473,24 +499,11 @@ routes:
         );
         let queued = if u == "-" { 0.0 } else { n };
         assert_eq!(count("proxyd_queue_wait_seconds", u), queued, "{u}");
-        let inf = m.value(
-            "proxyd_request_duration_seconds_bucket",
-            &[("upstream", u), ("le", "+Inf")],
-        );
+        let inf = duration("bucket", u, &[("le", "+Inf")]);
         assert_eq!(inf, n, "the +Inf bucket of {u} holds every request");
     }
-    assert!(
-        m.value(
-            "proxyd_request_duration_seconds_sum",
-            &[("upstream", "app")]
-        ) > 0.0
-    );
-    assert!(
-        m.value(
-            "proxyd_request_duration_seconds_sum",
-            &[("upstream", "held")]
-        ) > 0.0
-    );
+    assert!(duration("sum", "app", &[]) > 0.0);
+    assert!(duration("sum", "held", &[]) > 0.0);
 
     // Errors by cause, rejections, retries: from the upstreams' own counters, exact.
     let err = |u: &str, cause: &str| {
@@ -685,7 +698,8 @@ upstreams:
                 ("route", "/"),
                 ("upstream", "web"),
                 ("method", "POST"),
-                ("status_class", "5xx")
+                ("status_class", "5xx"),
+                ("code", "502")
             ]
         ),
         1.0
@@ -794,7 +808,8 @@ async fn tls_handshakes_are_counted_by_result() {
                 ("route", "/"),
                 ("upstream", "app"),
                 ("method", "GET"),
-                ("status_class", "2xx")
+                ("status_class", "2xx"),
+                ("code", "200")
             ]
         ),
         2.0
