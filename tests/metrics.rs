@@ -822,6 +822,45 @@ async fn tls_handshakes_are_counted_by_result() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_reload_shows_new_routes_with_zeroed_histograms() {
+    let backend = TestBackend::echo().await;
+    let config = |routes: &str| {
+        format!(
+            "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"{}\"]\n  more:\n    servers: [\"{}\"]\nroutes:\n{routes}",
+            backend.addr, backend.addr
+        )
+    };
+    let first = "  - { name: old, path: \"/\", upstream: app }\n";
+    let proxy = TestProxy::from_yaml(&config(first)).await;
+    let admin = proxy.admin.unwrap();
+    let duration = |s: &Scrape, route: &str, upstream: &str| {
+        s.get(
+            "proxyd_request_duration_seconds_count",
+            &[("route", route), ("upstream", upstream)],
+        )
+    };
+    assert_eq!(duration(&scrape(admin).await, "old", "app"), Some(0.0));
+    assert_eq!(duration(&scrape(admin).await, "new", "more"), None);
+
+    let second = format!("{first}  - {{ name: new, path: \"/new/\", upstream: more }}\n");
+    std::fs::write(proxy.config_path(), config(&second)).unwrap();
+    let reloaded = H1::connect(admin)
+        .await
+        .send(
+            Request::post("/reload")
+                .header("host", "admin")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+    let m = scrape(admin).await;
+    assert_eq!(duration(&m, "new", "more"), Some(0.0));
+    assert_eq!(duration(&m, "old", "app"), Some(0.0));
+    proxy.shutdown().await;
+}
+
 #[test]
 fn the_parser_rejects_what_prometheus_would() {
     let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"z\"} 3\n";
