@@ -4,17 +4,19 @@
 //! Two kinds of figures:
 //!
 //! - counted as things happen, in a registry that lives as long as the server: requests by
-//!   route, upstream, method and status class and latency histograms by upstream (by [`Metrics`], an
-//!   observer of every finished request), client connections and TLS handshakes (by the
-//!   server's accept loop);
+//!   route, upstream, method and status code (and its class), latency histograms by route and
+//!   by upstream (by [`Metrics`], an observer of every finished request), client connections
+//!   and TLS handshakes (by the server's accept loop);
 //! - read when scraped from the live state: in-flight requests and queue depth, the counters
 //!   each upstream already keeps ([`crate::upstream::stats::Stats`]: errors by cause, retries,
 //!   queue rejections, ejections, failing open), keepalive pool reuse, backend health and
-//!   latency, and the workers (state, restarts by reason, RSS, requests served).
+//!   latency, and the workers (state, restarts by reason, RSS, requests served);
+//! - about proxyd itself: `proxyd_build_info` and the standard `process_*` metrics (the
+//!   prometheus crate's process collector, read from `/proc/self` when scraped).
 //!
 //! The request path does a few atomic operations per request: handles (counters by method and
-//! status class per route and upstream, histograms per upstream) are made once and found by
-//! name.
+//! status code, the latency histogram per route and upstream; the queue and upstream
+//! histograms per upstream) are made once and found by name.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -54,6 +56,21 @@ const METHODS: [&str; 10] = [
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// What `proxyd_build_info` says: the crate version, the git commit and the compiler it was
+/// built from (set by build.rs; "unknown" when it could not read them).
+const BUILD_INFO: [(&str, &str); 3] = [
+    ("version", env!("CARGO_PKG_VERSION")),
+    ("revision", or_unknown(option_env!("PROXYD_REVISION"))),
+    ("rustc", or_unknown(option_env!("PROXYD_RUSTC"))),
+];
+
+const fn or_unknown(value: Option<&'static str>) -> &'static str {
+    match value {
+        Some(v) => v,
+        None => "unknown",
+    }
+}
+
 fn method_index(m: &Method) -> usize {
     match m.as_str() {
         "GET" => 0,
@@ -71,6 +88,15 @@ fn method_index(m: &Method) -> usize {
 
 fn class_index(s: StatusCode) -> usize {
     usize::from(s.as_u16() / 100).clamp(1, 5) - 1
+}
+
+/// A status code (100 to 999) as the index of its hundred and its place in it.
+fn code_index(s: StatusCode) -> (usize, usize) {
+    let code = s.as_u16();
+    (
+        usize::from(code / 100).clamp(1, 9) - 1,
+        usize::from(code % 100),
+    )
 }
 
 /// The server's metrics; one per server, shared by its listeners, its observers and the admin
@@ -107,12 +133,15 @@ pub enum Rejected {
 
 const REJECTED: [&str; 3] = ["per_ip_limit", "proxy_protocol", "untrusted_proxy"];
 
-/// One upstream's latency histograms, ready to observe.
+/// One upstream's queue and backend latency histograms, ready to observe.
 struct UpstreamHandles {
-    duration: Histogram,
     upstream_time: Histogram,
     queue_wait: Histogram,
 }
+
+/// One method's `proxyd_requests_total` children for a hundred status codes, made on first use
+/// so unused codes stay out of the output.
+type CodeBlock = [OnceLock<IntCounter>; 100];
 
 /// A route's counters by upstream name.
 type ByUpstream = HashMap<Box<str>, Arc<RouteHandles>>;
@@ -123,9 +152,11 @@ struct RouteHandles {
     upstream: Box<str>,
     /// The upstream's histograms, so a finished request needs one lookup.
     histograms: Arc<UpstreamHandles>,
-    /// `proxyd_requests_total` children, made on first use so unused combinations stay out of
-    /// the output.
-    requests: [[OnceLock<IntCounter>; 5]; METHODS.len()],
+    /// `proxyd_request_duration_seconds` of the route and upstream.
+    duration: Histogram,
+    /// `proxyd_requests_total` children by method, then status code's hundred (1xx to 9xx);
+    /// a block is made the first time a method meets a code of its hundred.
+    requests: [[OnceLock<Box<CodeBlock>>; 9]; METHODS.len()],
     /// `proxyd_rate_limited_total` of the route, made on first use.
     rate_limited: OnceLock<IntCounter>,
 }
@@ -139,10 +170,10 @@ impl Drop for ConnectionGuard {
     }
 }
 
-fn histogram(name: &str, help: &str) -> HistogramVec {
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     HistogramVec::new(
         HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        &["upstream"],
+        labels,
     )
     .expect("valid histogram definition")
 }
@@ -153,29 +184,32 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: &C) {
 }
 
 impl Metrics {
-    /// Metrics for a server; `snapshot`'s upstreams get their handles (and zero-valued
-    /// histograms) at once.
+    /// Metrics for a server; `snapshot`'s routes and upstreams get their handles (and
+    /// zero-valued histograms) at once.
     pub fn new(snapshot: &Snapshot) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "proxyd_requests_total",
-                "Requests answered, by route, upstream (both \"-\" when no route matched), method and status class.",
+                "Requests answered, by route, upstream (both \"-\" when no route matched), method, status code and its class.",
             ),
-            &["route", "upstream", "method", "status_class"],
+            &["route", "upstream", "method", "status_class", "code"],
         )
         .expect("valid counter definition");
         let duration = histogram(
             "proxyd_request_duration_seconds",
-            "From a request's arrival to the end of its response, by upstream.",
+            "From a request's arrival to the end of its response, by route and upstream.",
+            &["route", "upstream"],
         );
         let upstream_time = histogram(
             "proxyd_upstream_response_seconds",
             "From sending a request to a backend to its response head (the last attempt), by upstream.",
+            &["upstream"],
         );
         let queue_wait = histogram(
             "proxyd_queue_wait_seconds",
             "Time a routed request waited for a free backend slot, by upstream.",
+            &["upstream"],
         );
         let client_connections_open = IntGauge::new(
             "proxyd_client_connections_open",
@@ -220,6 +254,21 @@ impl Metrics {
         .expect("valid counter definition");
         register(&registry, &rate_limited);
         register(&registry, &rejected);
+        let labels: Vec<&str> = BUILD_INFO.iter().map(|(label, _)| *label).collect();
+        let build_info = gauge(
+            "proxyd_build_info",
+            "Always 1; the labels say which proxyd this is: version, revision (git commit), rustc.",
+            &labels,
+        );
+        let values: Vec<&str> = BUILD_INFO.iter().map(|(_, value)| *value).collect();
+        build_info.with_label_values(&values).set(1);
+        register(&registry, &build_info);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:
+        // proxyd's own process (its workers have their own metrics), read when scraped.
+        #[cfg(target_os = "linux")]
+        let _ = registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         let metrics = Metrics {
             registry,
             requests,
@@ -235,11 +284,22 @@ impl Metrics {
             rate_limited,
             rejected: REJECTED.map(|r| rejected.with_label_values(&[r])),
         };
-        for u in &snapshot.upstreams {
-            metrics.upstream(&u.name);
-        }
-        metrics.upstream(NO_UPSTREAM);
+        metrics.prepare(snapshot);
         metrics
+    }
+
+    /// Makes the handles of `snapshot`'s upstreams and routes (after a reload, of those it
+    /// adds), so their histograms show zeros before the first request.
+    pub fn prepare(&self, snapshot: &Snapshot) {
+        for u in &snapshot.upstreams {
+            self.upstream(&u.name);
+        }
+        for r in &snapshot.routes {
+            if let Some(u) = snapshot.upstreams.get(r.upstream) {
+                self.route(&r.name, &u.name);
+            }
+        }
+        self.route(NO_UPSTREAM, NO_UPSTREAM);
     }
 
     /// The handles of upstream `name`, made the first time it is seen.
@@ -248,7 +308,6 @@ impl Metrics {
             return h.clone();
         }
         let made = Arc::new(UpstreamHandles {
-            duration: self.duration.with_label_values(&[name]),
             upstream_time: self.upstream_time.with_label_values(&[name]),
             queue_wait: self.queue_wait.with_label_values(&[name]),
         });
@@ -274,6 +333,7 @@ impl Metrics {
             route: route.into(),
             upstream: upstream.into(),
             histograms: self.upstream(upstream),
+            duration: self.duration.with_label_values(&[route, upstream]),
             requests: Default::default(),
             rate_limited: OnceLock::new(),
         });
@@ -353,13 +413,17 @@ impl Observe for Metrics {
         let name = routed.map_or(NO_UPSTREAM, |u| u.name.as_str());
         let r = self.route(o.trace.route.as_deref().unwrap_or(NO_UPSTREAM), name);
         let h = &r.histograms;
-        r.requests[method_index(&o.method)][class_index(o.status)]
+        let method = method_index(&o.method);
+        let (hundred, code) = code_index(o.status);
+        r.requests[method][hundred]
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())))[code]
             .get_or_init(|| {
                 self.requests.with_label_values(&[
                     &*r.route,
                     &*r.upstream,
-                    METHODS[method_index(&o.method)],
+                    METHODS[method],
                     STATUS_CLASSES[class_index(o.status)],
+                    o.status.as_str(),
                 ])
             })
             .inc();
@@ -368,7 +432,7 @@ impl Observe for Metrics {
                 .get_or_init(|| self.rate_limited.with_label_values(&[&*r.route]))
                 .inc();
         }
-        h.duration.observe(seconds(o.duration));
+        r.duration.observe(seconds(o.duration));
         if routed.is_some() {
             h.queue_wait.observe(seconds(o.trace.queued));
         }

@@ -334,13 +334,28 @@ routes:
     let proxy = TestProxy::from_yaml(&yaml).await;
     let admin = proxy.admin.unwrap();
 
-    // Before any traffic: valid, every configured upstream has its zeroed histograms.
+    // Routes are labelled by their name, else by host and path.
+    let route_of = |u: &str| match u {
+        "app" => "app-api".to_string(),
+        "-" => "-".to_string(),
+        u => format!("/{u}/"),
+    };
+    // Before any traffic: valid, every configured route and upstream has its zeroed histograms.
     let before = scrape(admin).await;
     for u in ["app", "refused", "flaky", "held", "-"] {
         assert_eq!(
-            before.value("proxyd_request_duration_seconds_count", &[("upstream", u)]),
+            before.value(
+                "proxyd_request_duration_seconds_count",
+                &[("route", &route_of(u)), ("upstream", u)]
+            ),
             0.0
         );
+        if u != "-" {
+            assert_eq!(
+                before.value("proxyd_queue_wait_seconds_count", &[("upstream", u)]),
+                0.0
+            );
+        }
     }
     assert_eq!(
         before.get(
@@ -349,7 +364,8 @@ routes:
                 ("route", "app-api"),
                 ("upstream", "app"),
                 ("method", "GET"),
-                ("status_class", "2xx")
+                ("status_class", "2xx"),
+                ("code", "200")
             ]
         ),
         None,
@@ -396,6 +412,7 @@ routes:
                 ("upstream", "held"),
                 ("method", "GET"),
                 ("status_class", "5xx"),
+                ("code", "503"),
             ],
         ) == Some(1.0)
     })
@@ -428,36 +445,45 @@ routes:
         s.sum("proxyd_requests_total", &[]) == 12.0
     })
     .await;
-    // Routes are labelled by their name, else by host and path.
-    let req = |u: &str, method: &str, class: &str| {
-        let route = match u {
-            "app" => "app-api".to_string(),
-            "-" => "-".to_string(),
-            u => format!("/{u}/"),
-        };
+    // By status code, and its class beside it.
+    let req = |u: &str, method: &str, code: &str| {
         m.value(
             "proxyd_requests_total",
             &[
-                ("route", &route),
+                ("route", &route_of(u)),
                 ("upstream", u),
                 ("method", method),
-                ("status_class", class),
+                ("status_class", &format!("{}xx", &code[..1])),
+                ("code", code),
             ],
         )
     };
-    assert_eq!(req("app", "GET", "2xx"), 3.0);
-    assert_eq!(req("app", "POST", "2xx"), 2.0);
-    assert_eq!(req("app", "GET", "5xx"), 1.0);
-    assert_eq!(req("-", "GET", "4xx"), 1.0);
-    assert_eq!(req("refused", "GET", "5xx"), 1.0);
-    assert_eq!(req("flaky", "GET", "2xx"), 2.0);
-    assert_eq!(req("held", "GET", "2xx"), 1.0);
-    assert_eq!(req("held", "GET", "5xx"), 1.0);
+    assert_eq!(req("app", "GET", "200"), 3.0);
+    assert_eq!(req("app", "POST", "200"), 2.0);
+    assert_eq!(req("app", "GET", "500"), 1.0);
+    assert_eq!(req("-", "GET", "404"), 1.0);
+    assert_eq!(req("refused", "GET", "502"), 1.0);
+    assert_eq!(req("flaky", "GET", "200"), 2.0);
+    assert_eq!(req("held", "GET", "200"), 1.0);
+    assert_eq!(req("held", "GET", "503"), 1.0);
     assert_eq!(m.sum("proxyd_requests_total", &[("upstream", "app")]), 6.0);
+    assert_eq!(
+        m.sum("proxyd_requests_total", &[("status_class", "5xx")]),
+        3.0
+    );
 
-    // Histograms: every request has a total duration; queue wait for every routed one; an
-    // upstream time for those a backend answered.
+    // Histograms: every request has a total duration (by route and upstream); queue wait for
+    // every routed one; an upstream time for those a backend answered.
     let count = |h: &str, u: &str| m.value(&format!("{h}_count"), &[("upstream", u)]);
+    let duration = |suffix: &str, u: &str, more: &[(&str, &str)]| {
+        let route = route_of(u);
+        let mut labels = vec![("route", route.as_str()), ("upstream", u)];
+        labels.extend_from_slice(more);
+        m.value(
+            &format!("proxyd_request_duration_seconds_{suffix}"),
+            &labels,
+        )
+    };
     for (u, n, answered) in [
         ("app", 6.0, 6.0),
         ("-", 1.0, 0.0),
@@ -465,7 +491,7 @@ routes:
         ("flaky", 2.0, 2.0),
         ("held", 2.0, 1.0),
     ] {
-        assert_eq!(count("proxyd_request_duration_seconds", u), n, "{u}");
+        assert_eq!(duration("count", u, &[]), n, "{u}");
         assert_eq!(
             count("proxyd_upstream_response_seconds", u),
             answered,
@@ -473,24 +499,11 @@ routes:
         );
         let queued = if u == "-" { 0.0 } else { n };
         assert_eq!(count("proxyd_queue_wait_seconds", u), queued, "{u}");
-        let inf = m.value(
-            "proxyd_request_duration_seconds_bucket",
-            &[("upstream", u), ("le", "+Inf")],
-        );
+        let inf = duration("bucket", u, &[("le", "+Inf")]);
         assert_eq!(inf, n, "the +Inf bucket of {u} holds every request");
     }
-    assert!(
-        m.value(
-            "proxyd_request_duration_seconds_sum",
-            &[("upstream", "app")]
-        ) > 0.0
-    );
-    assert!(
-        m.value(
-            "proxyd_request_duration_seconds_sum",
-            &[("upstream", "held")]
-        ) > 0.0
-    );
+    assert!(duration("sum", "app", &[]) > 0.0);
+    assert!(duration("sum", "held", &[]) > 0.0);
 
     // Errors by cause, rejections, retries: from the upstreams' own counters, exact.
     let err = |u: &str, cause: &str| {
@@ -685,7 +698,8 @@ upstreams:
                 ("route", "/"),
                 ("upstream", "web"),
                 ("method", "POST"),
-                ("status_class", "5xx")
+                ("status_class", "5xx"),
+                ("code", "502")
             ]
         ),
         1.0
@@ -794,7 +808,8 @@ async fn tls_handshakes_are_counted_by_result() {
                 ("route", "/"),
                 ("upstream", "app"),
                 ("method", "GET"),
-                ("status_class", "2xx")
+                ("status_class", "2xx"),
+                ("code", "200")
             ]
         ),
         2.0
@@ -804,6 +819,45 @@ async fn tls_handshakes_are_counted_by_result() {
             && s.get("proxyd_client_connections_total", &[]) == Some(4.0)
     })
     .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_shows_new_routes_with_zeroed_histograms() {
+    let backend = TestBackend::echo().await;
+    let config = |routes: &str| {
+        format!(
+            "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"{}\"]\n  more:\n    servers: [\"{}\"]\nroutes:\n{routes}",
+            backend.addr, backend.addr
+        )
+    };
+    let first = "  - { name: old, path: \"/\", upstream: app }\n";
+    let proxy = TestProxy::from_yaml(&config(first)).await;
+    let admin = proxy.admin.unwrap();
+    let duration = |s: &Scrape, route: &str, upstream: &str| {
+        s.get(
+            "proxyd_request_duration_seconds_count",
+            &[("route", route), ("upstream", upstream)],
+        )
+    };
+    assert_eq!(duration(&scrape(admin).await, "old", "app"), Some(0.0));
+    assert_eq!(duration(&scrape(admin).await, "new", "more"), None);
+
+    let second = format!("{first}  - {{ name: new, path: \"/new/\", upstream: more }}\n");
+    std::fs::write(proxy.config_path(), config(&second)).unwrap();
+    let reloaded = H1::connect(admin)
+        .await
+        .send(
+            Request::post("/reload")
+                .header("host", "admin")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+    let m = scrape(admin).await;
+    assert_eq!(duration(&m, "new", "more"), Some(0.0));
+    assert_eq!(duration(&m, "old", "app"), Some(0.0));
     proxy.shutdown().await;
 }
 
@@ -827,4 +881,667 @@ fn the_parser_rejects_what_prometheus_would() {
             "accepted {bad:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/monitoring: the alert rules and the dashboard against a real proxyd's scrape
+
+const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/monitoring");
+
+/// The program's path on the PATH. Missing: under CI the test fails (.ci/run installs it); a
+/// local run skips that part and it is listed (tests/common/tools.rs).
+fn tool(name: &str, what: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = common::tools::which(name);
+    let install = format!("apt-get install {package}");
+    common::tools::require(found.is_some(), what, name, &install);
+    found
+}
+
+/// Runs `program args` (in `dir`, with `stdin` as its input); panics with its output unless
+/// it succeeds.
+fn run_ok(program: &std::path::Path, args: &[&str], dir: &str, stdin: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {}: {}\n{text}",
+        program.display(),
+        args.join(" "),
+        out.status
+    );
+    text
+}
+
+/// What a scrape has: every sample name, with its label names and each one's values.
+type Index = BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<String>>>;
+
+fn index(scrape: &Scrape) -> Index {
+    let mut index = Index::new();
+    for k in scrape.samples.keys() {
+        let (name, labels) = split_key(k);
+        let metric = index.entry(name.to_string()).or_default();
+        for (label, value) in labels {
+            metric.entry(label).or_default().insert(value);
+        }
+    }
+    index
+}
+
+/// Labels Prometheus adds to every target's samples (not in the scrape).
+const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
+/// The selectors and grouping labels (by, without, on, ignoring, group_left/right) of a
+/// PromQL expression.
+#[derive(Default)]
+struct Used {
+    selectors: Vec<promql_parser::parser::VectorSelector>,
+    grouping: Vec<String>,
+}
+
+fn walk(e: &promql_parser::parser::Expr, used: &mut Used) {
+    use promql_parser::parser::Expr;
+    match e {
+        Expr::Aggregate(a) => {
+            if let Some(m) = &a.modifier {
+                used.grouping.extend(m.labels().labels.iter().cloned());
+            }
+            walk(&a.expr, used);
+            if let Some(p) = &a.param {
+                walk(p, used);
+            }
+        }
+        Expr::Binary(b) => {
+            walk(&b.lhs, used);
+            walk(&b.rhs, used);
+            if let Some(m) = &b.modifier {
+                if let Some(on) = &m.matching {
+                    used.grouping.extend(on.labels().labels.iter().cloned());
+                }
+                if let Some(group) = m.card.labels() {
+                    used.grouping.extend(group.labels.iter().cloned());
+                }
+            }
+        }
+        Expr::Unary(u) => walk(&u.expr, used),
+        Expr::Paren(p) => walk(&p.expr, used),
+        Expr::Subquery(s) => walk(&s.expr, used),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, used)),
+        Expr::VectorSelector(v) => used.selectors.push(v.clone()),
+        Expr::MatrixSelector(m) => used.selectors.push(m.vs.clone()),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// What `expr` names that a scrape does not have: metrics, label names, label values of `=`
+/// matchers, regex matchers that match no value (each word of `a|b|c` must be a value), and
+/// grouping labels no selected metric has. With `values` false only names are checked (the
+/// made-up series of a rules test).
+fn problems(what: &str, expr: &str, index: &Index, values: bool) -> Vec<String> {
+    use promql_parser::label::MatchOp;
+    let parsed = match promql_parser::parser::parse(expr) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("{what}: {e} in {expr:?}")],
+    };
+    let mut used = Used::default();
+    walk(&parsed, &mut used);
+    let mut out = Vec::new();
+    let mut labels_seen: Vec<&str> = TARGET_LABELS.to_vec();
+    for v in &used.selectors {
+        let Some(name) = v.name.as_deref() else {
+            out.push(format!(
+                "{what}: a selector without a metric name in {expr:?}"
+            ));
+            continue;
+        };
+        let Some(metric) = index.get(name) else {
+            out.push(format!("{what}: {name} is not in proxyd's scrape"));
+            continue;
+        };
+        labels_seen.extend(metric.keys().map(String::as_str));
+        let matchers = v.matchers.matchers.iter();
+        for m in matchers.chain(v.matchers.or_matchers.iter().flatten()) {
+            if m.name == "__name__" || TARGET_LABELS.contains(&m.name.as_str()) {
+                continue;
+            }
+            let Some(have) = metric.get(&m.name) else {
+                out.push(format!("{what}: {name} has no label {}", m.name));
+                continue;
+            };
+            if !values {
+                continue;
+            }
+            match &m.op {
+                MatchOp::Equal if !have.contains(&m.value) => out.push(format!(
+                    "{what}: {name}{{{}}} has no value {:?} (it has {have:?})",
+                    m.name, m.value
+                )),
+                MatchOp::Re(_) => {
+                    if !have.iter().any(|h| m.is_match(h)) {
+                        out.push(format!(
+                            "{what}: {name}{{{}=~{:?}}} matches no value (it has {have:?})",
+                            m.name, m.value
+                        ));
+                    }
+                    let words = m.value.split('|');
+                    // Plain words (no regex syntax but |): each must be a value.
+                    if m.value
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || "_-|".contains(c))
+                    {
+                        for w in words.filter(|w| !have.contains(*w)) {
+                            out.push(format!(
+                                "{what}: {name}{{{}}} has no value {w:?} (it has {have:?})",
+                                m.name
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for g in &used.grouping {
+        if !labels_seen.contains(&g.as_str()) {
+            out.push(format!("{what}: no metric in {expr:?} has the label {g}"));
+        }
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleGroup {
+    rules: Vec<Rule>,
+}
+
+#[derive(serde::Deserialize)]
+struct Rule {
+    alert: Option<String>,
+    record: Option<String>,
+    expr: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleTests {
+    tests: Vec<RuleTest>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleTest {
+    input_series: Vec<InputSeries>,
+}
+
+#[derive(serde::Deserialize)]
+struct InputSeries {
+    series: String,
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The dashboard's queries (panels, rows' panels, template variables) with Grafana's
+/// variables replaced: a template variable by `.*` (its "All"), `$__rate_interval` and its
+/// kind by a duration. `label_values(SELECTOR, label)` gives its selector; the label is
+/// checked by `{label=~".*"}` on it.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    fn panels<'a>(list: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+        for p in list.as_array().into_iter().flatten() {
+            out.push(p);
+            panels(&p["panels"], out);
+        }
+    }
+    let mut all = Vec::new();
+    panels(&dashboard["panels"], &mut all);
+    let vars: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let mut queries = Vec::new();
+    for p in all {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no expr in {t}"));
+            let title = p["title"].as_str().unwrap_or_default();
+            queries.push((format!("panel {title:?}"), expr.to_string()));
+        }
+    }
+    let label_values = regex::Regex::new(r"^label_values\((.+),\s*(\w+)\)$").unwrap();
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"].as_str().unwrap();
+        let c = label_values
+            .captures(q)
+            .unwrap_or_else(|| panic!("variable {}: not label_values(selector, label)", v["name"]));
+        let selector = c[1].trim();
+        let check = match selector.strip_suffix('}') {
+            Some(s) => format!("{s},{}=~\".*\"}}", &c[2]),
+            None => format!("{selector}{{{}=~\".*\"}}", &c[2]),
+        };
+        queries.push((format!("variable {}", v["name"]), check));
+    }
+    let mut names: Vec<&str> = vars.clone();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    queries
+        .into_iter()
+        .map(|(what, mut q)| {
+            for interval in ["$__rate_interval", "$__interval", "$__range"] {
+                q = q.replace(interval, "5m");
+            }
+            for n in &names {
+                q = q
+                    .replace(&format!("${{{n}}}"), ".*")
+                    .replace(&format!("${n}"), ".*");
+            }
+            assert!(
+                !q.contains('$'),
+                "{what}: a variable the dashboard does not define in {q:?}"
+            );
+            (what, q)
+        })
+        .collect()
+}
+
+/// The dashboard's own shape: unique panel ids, every panel on the templated data source with
+/// a title and a place on the 24-column grid, every query with a refId of its own.
+fn check_dashboard_shape(dashboard: &serde_json::Value) {
+    assert_eq!(dashboard["uid"], "proxyd");
+    let vars = dashboard["templating"]["list"].as_array().unwrap();
+    assert_eq!(vars[0]["type"], "datasource");
+    assert_eq!(vars[0]["query"], "prometheus");
+    let mut ids = std::collections::BTreeSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        let id = p["id"].as_u64().unwrap();
+        assert!(ids.insert(id), "panel id {id} twice");
+        assert!(
+            !p["title"].as_str().unwrap().is_empty(),
+            "a panel without a title"
+        );
+        let grid = &p["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{}",
+            p["title"]
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}: no query", p["title"]);
+        let mut refs = std::collections::BTreeSet::new();
+        for t in targets {
+            assert!(refs.insert(t["refId"].as_str().unwrap()), "{}", p["title"]);
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        }
+    }
+}
+
+/// proxyd (the binary) with every kind of upstream and traffic that makes every series
+/// appear: a worker upstream, a queue that drained (drain rate), a 429, a 502, two routes to
+/// one upstream. Returns its scrape; the caller holds the guards.
+async fn busy_proxyd() -> (Scrape, ProxydProcess, SocketAddr) {
+    let echo = TestBackend::echo().await;
+    let held = Held::start().await;
+    let refused = refused_addr().await;
+    let yaml = format!(
+        r#"listen:
+  - addr: "127.0.0.1:0"
+admin:
+  addr: "127.0.0.1:0"
+upstreams:
+  web:
+    workers:
+      command: ["python3", "{APP}"]
+      count: 1
+  api:
+    concurrency: 1
+    servers: ["{held}"]
+  echo:
+    servers: ["{echo}"]
+  down:
+    servers: ["{refused}"]
+routes:
+  - {{ name: api, path: "/api/", upstream: api }}
+  - {{ name: echo-v1, path: "/v1/", upstream: echo }}
+  - {{ name: echo-v2, path: "/v2/", upstream: echo }}
+  - {{ name: limited, path: "/limited/", upstream: echo, rate: {{ limit: "1/h", burst: 1 }} }}
+  - {{ name: down, path: "/down/", upstream: down }}
+  - {{ name: web, path: "/", upstream: web }}
+"#,
+        held = held.addr,
+        echo = echo.addr,
+    );
+    let proxyd = ProxydProcess::start(&yaml);
+    let deadline = Instant::now() + PATIENCE;
+    let admin: SocketAddr = loop {
+        let found = proxyd.stderr_lines.lock().unwrap().iter().find_map(|l| {
+            l.contains("admin listening")
+                .then(|| {
+                    l.split("addr=Some(")
+                        .nth(1)?
+                        .split(')')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten()
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin address in proxyd's log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while get(admin, "/readyz").await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "proxyd never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = proxyd.addr;
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/v1/x").await.status, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/v2/x").await.status, StatusCode::OK);
+    }
+    assert_eq!(get(addr, "/limited/x").await.status, StatusCode::OK);
+    assert_eq!(
+        get(addr, "/limited/x").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(get(addr, "/down/x").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(get(addr, "/").await.status, StatusCode::OK);
+    // One request holds api's only slot, six wait; released one by one, six complete while
+    // others wait: enough for a drain rate.
+    let waiting: Vec<_> = (0..7)
+        .map(|i| tokio::spawn(get(addr, if i == 0 { "/api/first" } else { "/api/next" })))
+        .collect();
+    held.wait_arrived(1).await;
+    scrape_until(admin, "six requests queued", |s| {
+        s.get("proxyd_upstream_queue_depth", &[("upstream", "api")]) == Some(6.0)
+    })
+    .await;
+    for n in 1..=7 {
+        held.gate.add_permits(1);
+        if n < 7 {
+            held.wait_arrived(n + 1).await;
+        }
+    }
+    for w in waiting {
+        assert_eq!(w.await.unwrap().status, StatusCode::OK);
+    }
+    let scrape = scrape_until(
+        admin,
+        "every request counted, the drain rate measured",
+        |s| {
+            s.sum("proxyd_requests_total", &[]) == 16.0
+                && s.get("proxyd_upstream_queue_drain_rate", &[("upstream", "api")])
+                    .is_some()
+        },
+    )
+    .await;
+    (scrape, proxyd, admin)
+}
+
+#[tokio::test]
+async fn monitoring_rules_and_dashboard_match_a_real_scrape() {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (m, _proxyd, _admin) = busy_proxyd().await;
+
+    // The conventions: a code label beside status_class, latency by route, build info,
+    // process metrics (of proxyd's own process: it started after this test).
+    let code = |route: &str, upstream: &str, code: &str| {
+        m.sum(
+            "proxyd_requests_total",
+            &[("route", route), ("upstream", upstream), ("code", code)],
+        )
+    };
+    assert_eq!(code("echo-v1", "echo", "200"), 3.0);
+    // A rate limit answers before an upstream is chosen.
+    assert_eq!(code("limited", "-", "429"), 1.0);
+    assert_eq!(code("down", "down", "502"), 1.0);
+    assert_eq!(code("api", "api", "200"), 7.0);
+    assert_eq!(
+        m.sum(
+            "proxyd_requests_total",
+            &[("code", "502"), ("status_class", "5xx")]
+        ),
+        1.0
+    );
+    let by_route = |route: &str| {
+        m.value(
+            "proxyd_request_duration_seconds_count",
+            &[("route", route), ("upstream", "echo")],
+        )
+    };
+    assert_eq!(
+        (
+            by_route("echo-v1"),
+            by_route("echo-v2"),
+            by_route("limited")
+        ),
+        (3.0, 2.0, 1.0)
+    );
+    assert_eq!(
+        m.value(
+            "proxyd_upstream_response_seconds_count",
+            &[("upstream", "echo")]
+        ),
+        6.0,
+        "the 429 never reached the backend"
+    );
+    let revision = option_env!("PROXYD_REVISION").unwrap_or("unknown");
+    let build = index(&m)["proxyd_build_info"].clone();
+    assert_eq!(build["version"].first().unwrap(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(build["revision"].first().unwrap(), revision);
+    let rustc = build["rustc"].first().unwrap();
+    assert!(
+        regex::Regex::new(r"^\d+\.\d+\.\d+")
+            .unwrap()
+            .is_match(rustc),
+        "rustc={rustc:?}"
+    );
+    // Built from this git checkout (and no PROXYD_REVISION): its HEAD, kept current by build.rs.
+    let head = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if let (Some(out), None) = (head, std::env::var_os("PROXYD_REVISION")) {
+        assert_eq!(
+            revision,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "build.rs"
+        );
+    }
+    assert!(m.value("process_start_time_seconds", &[]) >= started - 5.0);
+    assert!(m.value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.value("process_open_fds", &[]) > 0.0);
+    assert!(m.value("process_max_fds", &[]) >= m.value("process_open_fds", &[]));
+    assert!(m.value("process_threads", &[]) >= 1.0);
+    assert!(m.get("process_cpu_seconds_total", &[]).is_some());
+
+    // Every metric, label and value the alert rules, their tests and the dashboard name is in
+    // the scrape: a rename cannot silently break them.
+    let index = index(&m);
+    let mut found = Vec::new();
+    let rules_path = format!("{MONITORING}/proxyd-alerts.yaml");
+    let rules: RuleFile = serde_saphyr::from_str(&read(&rules_path)).unwrap();
+    let mut alerts = 0;
+    for r in rules.groups.iter().flat_map(|g| &g.rules) {
+        let what = r.alert.as_ref().or(r.record.as_ref()).unwrap();
+        alerts += usize::from(r.alert.is_some());
+        found.extend(problems(what, &r.expr, &index, true));
+    }
+    assert!(alerts >= 8, "{alerts} alerts");
+    let tests: RuleTests =
+        serde_saphyr::from_str(&read(&format!("{MONITORING}/proxyd-alerts.test.yaml"))).unwrap();
+    for s in tests.tests.iter().flat_map(|t| &t.input_series) {
+        found.extend(problems("rules test series", &s.series, &index, false));
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read(&format!("{MONITORING}/proxyd-dashboard.json"))).unwrap();
+    check_dashboard_shape(&dashboard);
+    let queries = dashboard_queries(&dashboard);
+    for (what, q) in &queries {
+        found.extend(problems(what, q, &index, true));
+    }
+    assert!(
+        found.is_empty(),
+        "{}\n--- /metrics ---\n{}",
+        found.join("\n"),
+        m.text
+    );
+    // What the issue asks to watch is watched.
+    let everything: String = rules
+        .groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .map(|r| r.expr.as_str())
+        .chain(queries.iter().map(|(_, q)| q.as_str()))
+        .collect();
+    for name in [
+        "proxyd_queue_wait_seconds_bucket",
+        "proxyd_worker_restarts_total",
+        "proxyd_workers",
+        "proxyd_backend_ejected",
+        "proxyd_queue_rejections_total",
+        "proxyd_upstream_queue_overloaded",
+        "proxyd_upstream_queue_depth",
+        "proxyd_upstream_queue_drain_rate",
+        "proxyd_pool_connections_total",
+        "proxyd_request_duration_seconds_bucket",
+        "proxyd_upstream_response_seconds_bucket",
+    ] {
+        assert!(everything.contains(name), "{name} is watched nowhere");
+    }
+
+    // promtool: the scrape passes its lint, the rules their check and their unit tests, and
+    // every dashboard query parses as Prometheus parses it (as recording rules).
+    let Some(promtool) = tool(
+        "promtool",
+        "promtool checks of deploy/monitoring",
+        "prometheus",
+    ) else {
+        return;
+    };
+    let lint = run_ok(&promtool, &["check", "metrics"], MONITORING, Some(&m.text));
+    assert!(lint.trim().is_empty(), "promtool check metrics: {lint}");
+    run_ok(
+        &promtool,
+        &["check", "rules", "proxyd-alerts.yaml"],
+        MONITORING,
+        None,
+    );
+    run_ok(
+        &promtool,
+        &["test", "rules", "proxyd-alerts.test.yaml"],
+        MONITORING,
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, (_, q))| serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": q }))
+        .collect();
+    let file = dir.path().join("dashboard-queries.yaml");
+    let body = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": records }] });
+    std::fs::write(&file, body.to_string()).unwrap();
+    run_ok(
+        &promtool,
+        &["check", "rules", file.to_str().unwrap()],
+        MONITORING,
+        None,
+    );
+    if let Some(yamllint) = tool(
+        "yamllint",
+        "yamllint of deploy/monitoring",
+        "yamllint (pip)",
+    ) {
+        let config = "{extends: default, rules: {line-length: {max: 100}}}";
+        run_ok(
+            &yamllint,
+            &[
+                "--strict",
+                "-d",
+                config,
+                "proxyd-alerts.yaml",
+                "proxyd-alerts.test.yaml",
+            ],
+            MONITORING,
+            None,
+        );
+    }
+}
+
+#[test]
+fn the_monitoring_check_finds_what_a_scrape_lacks() {
+    let scrape = parse(
+        "# TYPE proxyd_workers gauge\nproxyd_workers{upstream=\"web\",state=\"ready\"} 2\nproxyd_workers{upstream=\"web\",state=\"starting\"} 0\n",
+    );
+    let index = index(&scrape);
+    let ok = |e: &str| problems("t", e, &index, true);
+    assert!(
+        ok(r#"sum by (job, upstream) (proxyd_workers{state=~"starting|ready",job="x"})"#)
+            .is_empty()
+    );
+    for (bad, says) in [
+        ("proxyd_worker", "not in proxyd's scrape"),
+        (r#"proxyd_workers{status="ready"}"#, "no label status"),
+        (r#"proxyd_workers{state="up"}"#, "no value \"up\""),
+        (
+            r#"proxyd_workers{state=~"starting|broken"}"#,
+            "no value \"broken\"",
+        ),
+        (
+            r#"proxyd_workers{state=~"ready|start-ing"}"#,
+            "no value \"start-ing\"",
+        ),
+        (r#"proxyd_workers{state=~"x.*"}"#, "matches no value"),
+        ("sum by (reason) (proxyd_workers)", "the label reason"),
+        ("sum(rate(proxyd_workers[5m])", "t:"),
+    ] {
+        let found = ok(bad).join("\n");
+        assert!(found.contains(says), "{bad}: {found:?}");
+    }
+    assert!(problems("t", r#"proxyd_workers{state="up"}"#, &index, false).is_empty());
 }

@@ -192,6 +192,8 @@ impl Reloader {
             kept,
             next.upstreams.len() - kept
         );
+        // New routes and upstreams show zeroed histograms from now on, as at start.
+        self.logging.metrics.prepare(&next);
         self.state.store(Arc::new(next));
         if let Some(logs) = new_logs {
             let metrics = self.logging.metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>;
