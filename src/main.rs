@@ -74,6 +74,12 @@ enum Command {
     Proxy(proxyd::config::oneliner::ProxyFlags),
 }
 
+/// A flag-made config with the command line that made it.
+fn with_args(mut loaded: proxyd::config::Loaded) -> proxyd::config::Loaded {
+    loaded.args = Some(std::env::args_os().skip(1).collect());
+    loaded
+}
+
 fn main() -> ExitCode {
     // First, while proxyd is one thread: it takes NOTIFY_SOCKET out of the environment.
     let notifier = proxyd::notify::Notifier::from_env();
@@ -94,8 +100,9 @@ fn main() -> ExitCode {
         _ => Checks::ALL,
     };
     let loaded = match &cli.command {
-        Some(Command::Run(flags)) => flags.config(),
-        Some(Command::Proxy(flags)) => flags.config(),
+        // What made it is kept: an upgrade starts the new proxyd with the same arguments.
+        Some(Command::Run(flags)) => flags.config().map(with_args),
+        Some(Command::Proxy(flags)) => flags.config().map(with_args),
         _ => load_file_with(&cli.config, checks),
     };
     let loaded = match loaded {

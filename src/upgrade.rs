@@ -439,9 +439,13 @@ impl Upgrader {
             .map_err(|e| failed(format!("cannot make a pipe: {e}")))?;
         let notify_socket = self.notifier.get().and_then(Notifier::socket_env);
         tracing::info!(binary = %binary.display(), "upgrade: starting the new proxyd");
+        let args = match &current.args {
+            Some(args) => args.clone(),
+            None => vec!["-c".into(), current.file.clone().into()],
+        };
         let spawned = spawn(
             &binary,
-            Path::new(&current.file),
+            &args,
             &inherit,
             ready_tx.as_raw_fd(),
             notify_socket,
@@ -516,11 +520,11 @@ impl Upgrader {
     }
 }
 
-/// Starts `binary -c config` with `inherit` and the ready pipe's write end kept open across
-/// exec, in a session of its own.
+/// Starts `binary args` (`-c FILE`, or the flags that made the config) with `inherit` and the
+/// ready pipe's write end kept open across exec, in a session of its own.
 fn spawn(
     binary: &Path,
-    config: &Path,
+    args: &[OsString],
     inherit: &[(Role, SocketAddr, RawFd)],
     ready: RawFd,
     notify_socket: Option<OsString>,
@@ -530,8 +534,7 @@ fn spawn(
         .map(|(role, addr, fd)| format!("{}/{addr}={fd}", role.name()))
         .collect();
     let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("-c")
-        .arg(config)
+    cmd.args(args)
         .env(INHERIT_FDS, spec.join(","))
         .env(READY_FD, ready.to_string())
         .stdin(Stdio::null());

@@ -428,3 +428,65 @@ async fn reload_through_the_pid_file() {
         r.stderr
     );
 }
+
+/// A proxyd started from flags has no file: a reload says so and changes nothing, and an
+/// upgrade starts the new binary with the same flags, on the same sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxyd_made_of_flags_upgrades_with_them_and_refuses_a_reload() {
+    let marker = Marker::new("oneliner-upgrade");
+    let backend = named("upgraded").await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let to = backend.addr.to_string();
+    let admin_flag = admin.to_string();
+    let mut p = serve(
+        &[
+            "proxy",
+            "--from",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--admin",
+            &admin_flag,
+        ],
+        &marker,
+    );
+    assert_eq!(get(p.addr, "/").await.status, StatusCode::OK);
+
+    let refused = post(admin, "/reload", "").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{refused:?}"
+    );
+    assert!(
+        refused.text().contains("started from flags"),
+        "{}",
+        refused.text()
+    );
+
+    let (old, addr) = (p.child.id(), p.addr);
+    let upgraded = post(admin, "/upgrade", "").await;
+    assert_eq!(upgraded.status, StatusCode::OK, "{}", upgraded.text());
+    let new: u32 = upgraded
+        .text()
+        .strip_prefix("upgraded: proxyd pid ")
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {:?}", upgraded.text()));
+    assert_ne!(new, old);
+    let code = tokio::task::spawn_blocking(move || p.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "the old proxyd drains and exits");
+    // The new proxyd serves on the same listener, made of the same flags.
+    assert_eq!(get(addr, "/").await.status, StatusCode::OK);
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(admin, "/status").await.body).unwrap();
+    assert_eq!(status["pid"], new, "{status}");
+    assert!(status.to_string().contains(&to), "the same --to: {status}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(new as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    marker.wait_none_left().await;
+}

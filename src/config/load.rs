@@ -48,6 +48,9 @@ pub struct Loaded {
     pub config: Config,
     pub file: String,
     pub dir: PathBuf,
+    /// A config made of flags (`proxyd run`, `proxyd proxy`): the arguments that made it, so
+    /// an upgrade starts the new proxyd with them; None for a file.
+    pub args: Option<Vec<std::ffi::OsString>>,
 }
 
 /// Which checks beyond the file's own content run.
@@ -118,6 +121,7 @@ pub fn load_str_with(
         config,
         file: file.to_string(),
         dir,
+        args: None,
     };
     validate::validate_with(&loaded, checks).map_err(|e| expanded.locate(e))?;
     let written = super::written::Written::of(&expanded.text);

@@ -248,6 +248,8 @@ fn load(label: &str, doc: Value, keys: &[(&str, &str)]) -> Result<Loaded, Config
         file: label.to_string(),
         // Relative paths (the access log, a ./program) are the shell's, as on any command line.
         dir: PathBuf::from("."),
+        // The caller, who has the command line, fills it in.
+        args: None,
     };
     validate(&loaded).map_err(|e| ConfigError::new(label, None, flag_names(&e.message, keys)))?;
     Ok(loaded)

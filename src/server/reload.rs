@@ -71,6 +71,12 @@ impl Reloader {
     /// Reloads the config file; Err carries why nothing changed.
     pub async fn reload(&self) -> Result<String, String> {
         let _one = self.running.lock().await;
+        if self.current().args.is_some() {
+            let e = "this proxyd was started from flags (proxyd run or proxy): it has no config \
+                     file to reload; start it with a file (proxyd -c FILE) to reload one";
+            tracing::warn!("config not reloaded: {e}");
+            return Err(e.into());
+        }
         let new = load_file(&self.path).map_err(|e| {
             tracing::error!("config not reloaded, the old one keeps serving: {e}");
             e.to_string()
