@@ -58,13 +58,8 @@ pub struct RunFlags {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
     pub max_requests: Option<u64>,
 
-    /// Write an access log (nginx's combined format) to FILE, or to stderr with -.
-    #[arg(long, value_name = "FILE")]
-    pub access_log: Option<String>,
-
-    /// Serve the admin API (/healthz, /readyz, /metrics, /status) on ADDR.
-    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
-    pub admin: Option<String>,
+    #[command(flatten)]
+    pub shared: SharedFlags,
 
     /// The app's command line (after --): each worker runs it with its own port in PORT, and
     /// in place of {port} in the arguments.
@@ -75,6 +70,18 @@ pub struct RunFlags {
         trailing_var_arg = true
     )]
     pub command: Vec<String>,
+}
+
+/// The flags `run` and `proxy` share.
+#[derive(Debug, Clone, Args)]
+pub struct SharedFlags {
+    /// Write an access log (nginx's combined format) to FILE, or to stderr with -.
+    #[arg(long, value_name = "FILE")]
+    pub access_log: Option<String>,
+
+    /// Serve the admin API (/healthz, /readyz, /metrics, /status) on ADDR.
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
+    pub admin: Option<String>,
 
     /// Refuses `-c` (it stands in for the global one, which would be ignored here).
     #[arg(
@@ -127,24 +134,8 @@ pub struct ProxyFlags {
     #[arg(long)]
     pub change_host_header: bool,
 
-    /// Write an access log (nginx's combined format) to FILE, or to stderr with -.
-    #[arg(long, value_name = "FILE")]
-    pub access_log: Option<String>,
-
-    /// Serve the admin API (/healthz, /readyz, /metrics, /status) on ADDR.
-    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
-    pub admin: Option<String>,
-
-    /// Refuses `-c` (it stands in for the global one, which would be ignored here).
-    #[arg(
-        id = "config",
-        short = 'c',
-        long = "config",
-        value_name = "FILE",
-        hide = true,
-        value_parser = no_config_file
-    )]
-    pub refused_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub shared: SharedFlags,
 }
 
 const PROXY_EXAMPLES: &str = "\
@@ -193,7 +184,7 @@ impl RunFlags {
         }
         let mut upstreams = Map::new();
         upstreams.insert(RUN_UPSTREAM.into(), json!({ "workers": workers }));
-        common(&self.listen, upstreams, &self.admin, &self.access_log)
+        common(&self.listen, upstreams, &self.shared)
     }
 
     /// The config to run, checked as a file would be.
@@ -207,7 +198,7 @@ impl ProxyFlags {
     pub fn document(&self) -> Value {
         let mut upstreams = Map::new();
         upstreams.insert(PROXY_UPSTREAM.into(), json!({ "servers": self.to }));
-        let mut doc = common(&self.from, upstreams, &self.admin, &self.access_log);
+        let mut doc = common(&self.from, upstreams, &self.shared);
         if self.change_host_header {
             doc["headers"] = json!({ "preserve_host": false });
         }
@@ -221,18 +212,13 @@ impl ProxyFlags {
 }
 
 /// What both commands set: listeners, the one upstream, admin, access log.
-fn common(
-    listen: &[String],
-    upstreams: Map<String, Value>,
-    admin: &Option<String>,
-    access_log: &Option<String>,
-) -> Value {
+fn common(listen: &[String], upstreams: Map<String, Value>, shared: &SharedFlags) -> Value {
     let listen: Vec<Value> = listen.iter().map(|a| json!({ "addr": a })).collect();
     let mut doc = json!({ "listen": listen, "upstreams": upstreams });
-    if let Some(a) = admin {
+    if let Some(a) = &shared.admin {
         doc["admin"] = json!({ "addr": a });
     }
-    if let Some(p) = access_log {
+    if let Some(p) = &shared.access_log {
         doc["access_log"] = json!([{ "format": "combined", "path": p }]);
     }
     doc
