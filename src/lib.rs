@@ -2,6 +2,7 @@
 //!
 //! The module map, following one request:
 //!
+//! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
 //! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
 //!   file:line:column errors (`proxyd check`).
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
@@ -33,6 +34,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod error;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -34,7 +34,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 use crate::proxy::outcome::{Observe, Outcome};
 use crate::proxy::Snapshot;
 use crate::upstream::clock::now_ns;

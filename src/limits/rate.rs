@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::proxy::error::{Cause, ProxyError};
+use crate::error::{Cause, ProxyError};
 use crate::upstream::clock::now_ns;
 
 /// A rate as written in the config: `"100/s"`, `"6000/m"`, `"10r/s"` (nginx's spelling),

@@ -4,7 +4,7 @@
 //! Content-Length beside Transfer-Encoding, or two equal Content-Lengths).
 
 use super::head::{self, Framing, Verdict};
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 
 /// A refused request head: why, and which request of the connection it is (0 = the first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

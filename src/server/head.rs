@@ -4,7 +4,7 @@
 //! proxyd refuses such heads outright, and answers malformed or oversized heads with its own
 //! error responses (`proxyd-error`) instead of hyper's empty ones.
 
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 
 /// What a complete or partial head amounts to.
 #[derive(Debug, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use tokio_rustls::TlsConnector;
 
 use super::tls;
 use crate::config::{self, BackendAddr, UpstreamProtocol};
+use crate::error::{Cause, ProxyError};
 use crate::proxy::body::RequestBody;
-use crate::proxy::error::{Cause, ProxyError};
 
 /// A connection to a backend, ready for requests: HTTP/1.1 (one request at a time) or
 /// HTTP/2 (a clone per request, all sharing the connection).

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::config::{self, BackendAddr};
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 pub use backend::{Backend, BackendSpec, BackendState, InFlight, WorkerEvent, WorkerLink};
 use balancer::{Choice, Policy};
 use budget::RetryBudget;

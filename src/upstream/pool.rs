@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use super::connect::Sender;
 use super::InFlight;
+use crate::error::{Cause, ProxyError};
 use crate::proxy::body::RequestBody;
-use crate::proxy::error::{Cause, ProxyError};
 
 /// Idle connections, most recently used last (reused first, so the rest can expire).
 pub struct Pool {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{Backend, InFlight};
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 
 pub struct Waiter {
     pub id: u64,

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proxy::error::Cause;
+use crate::error::Cause;
 
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -1,0 +1,169 @@
+//! The ground floor every module may use: which side failed (`Side`), what failed (`Cause`,
+//! one status and one `proxyd-error` code each), and the pipeline's error (`ProxyError`).
+//! The one mapping from an error to a response lives in `proxy::error`.
+
+use std::fmt;
+
+use http::StatusCode;
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// What failed. Each cause has one status and one `proxyd-error` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Malformed request, bad framing headers, smuggling attempt.
+    BadRequest(&'static str),
+    HeadersTooLarge,
+    BodyTooLarge,
+    ClientHeaderTimeout,
+    ClientBodyTimeout,
+    /// A rate limit (`limits.rate`, `routes[].rate`) has no token for this request.
+    RateLimited,
+    NoRoute,
+    NoBackend,
+    /// Every backend slot is taken and the queue holds `queue.max` requests (a memory guard).
+    QueueFull,
+    /// A queued request waited `queue.timeout` for a slot.
+    QueueTimeout,
+    /// The request's expected wait in the queue is longer than `queue.timeout`: refused at
+    /// once rather than after waiting in vain.
+    QueueDeadline,
+    /// Under persistent overload, the request could not be served within `queue.target`.
+    QueueOverload,
+    UpstreamConnectRefused,
+    UpstreamConnectTimeout,
+    UpstreamConnectFailed,
+    /// The TLS handshake with an `https://` backend failed (certificate not trusted, name
+    /// mismatch, no common protocol).
+    UpstreamTls,
+    /// The backend closed or reset the connection before a complete response head.
+    UpstreamClosed,
+    UpstreamResponseTimeout,
+    /// The backend sent something that is not HTTP.
+    UpstreamProtocol,
+    Internal,
+}
+
+impl Cause {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Cause::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Cause::NoRoute => StatusCode::NOT_FOUND,
+            Cause::NoBackend
+            | Cause::QueueFull
+            | Cause::QueueTimeout
+            | Cause::QueueDeadline
+            | Cause::QueueOverload => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::UpstreamConnectRefused
+            | Cause::UpstreamConnectTimeout
+            | Cause::UpstreamConnectFailed
+            | Cause::UpstreamTls
+            | Cause::UpstreamClosed
+            | Cause::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Cause::UpstreamResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Cause::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `proxyd-error` header value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Cause::BadRequest(code) => code,
+            Cause::HeadersTooLarge => "headers-too-large",
+            Cause::BodyTooLarge => "body-too-large",
+            Cause::ClientHeaderTimeout => "client-header-timeout",
+            Cause::ClientBodyTimeout => "client-body-timeout",
+            Cause::RateLimited => "rate-limited",
+            Cause::NoRoute => "no-route",
+            Cause::NoBackend => "no-healthy-backend",
+            Cause::QueueFull => "queue-full",
+            Cause::QueueTimeout => "queue-timeout",
+            Cause::QueueDeadline => "queue-deadline",
+            Cause::QueueOverload => "queue-overload",
+            Cause::UpstreamConnectRefused => "upstream-connect-refused",
+            Cause::UpstreamConnectTimeout => "upstream-connect-timeout",
+            Cause::UpstreamConnectFailed => "upstream-connect-failed",
+            Cause::UpstreamTls => "upstream-tls-failed",
+            Cause::UpstreamClosed => "upstream-closed-early",
+            Cause::UpstreamResponseTimeout => "upstream-response-timeout",
+            Cause::UpstreamProtocol => "upstream-bad-response",
+            Cause::Internal => "internal",
+        }
+    }
+
+    pub fn side(self) -> Side {
+        match self {
+            Cause::BadRequest(_)
+            | Cause::HeadersTooLarge
+            | Cause::BodyTooLarge
+            | Cause::ClientHeaderTimeout
+            | Cause::ClientBodyTimeout
+            | Cause::RateLimited => Side::Client,
+            Cause::NoRoute
+            | Cause::NoBackend
+            | Cause::QueueFull
+            | Cause::QueueTimeout
+            | Cause::QueueDeadline
+            | Cause::QueueOverload
+            | Cause::Internal => Side::Internal,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// After these the client connection is not trusted for another request (a rate-limited
+    /// request was well-formed: its connection stays).
+    pub fn closes_connection(self) -> bool {
+        self.side() == Side::Client && self != Cause::RateLimited
+    }
+}
+
+/// An error in the pipeline: its cause, whether a retry elsewhere is safe, and its source.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub cause: Cause,
+    /// True when nothing of the request reached a backend, so any method may be retried.
+    pub nothing_sent: bool,
+    pub detail: String,
+    /// Seconds for `Retry-After` (a 503 says 1 without it).
+    pub retry_after: Option<u32>,
+}
+
+impl ProxyError {
+    pub fn new(cause: Cause, detail: impl fmt::Display) -> ProxyError {
+        ProxyError {
+            cause,
+            nothing_sent: false,
+            detail: detail.to_string(),
+            retry_after: None,
+        }
+    }
+
+    /// Tells the client to come back in `secs` seconds.
+    pub fn retry_after(mut self, secs: u32) -> ProxyError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn nothing_sent(mut self) -> ProxyError {
+        self.nothing_sent = true;
+        self
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.cause.code(), self.detail)
+    }
+}
+
+impl std::error::Error for ProxyError {}
