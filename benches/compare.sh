@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# proxyd against nginx and HAProxy, side by side in one run (issue 8):
+# proxyd against nginx and HAProxy, side by side in one run (issues 8 and 16):
 #
 #   benches/compare.sh          # everything: about 10 minutes on a quiet machine, plus the
 #                               # build; up to about 20 on a busy one (quiet waits)
@@ -25,6 +25,9 @@
 #   idle        IDLE_CONNS (10000) client connections, each after one keep-alive GET, held
 #               open (benches/compare/idle_conns.py): front-end RSS per connection
 #   scaling     proxyd with threads 1 and 2, not pinned, keepalive load
+#   instructions  each front end under valgrind's callgrind: user-space instructions per
+#               proxied keep-alive GET (INSTR_REQUESTS=5000 after INSTR_WARM=1000, h2load
+#               --h1 -c16), the one figure a busy machine cannot blur; needs valgrind
 # Figures per run: requests/s, p50/p99 (wrk --latency; h2load gives a mean only), errors
 # (non-2xx + socket errors), CPU µs per request (utime+stime of the front end's processes from
 # /proc over the run / requests), RSS (VmRSS of its processes at the end of the run), how busy
@@ -33,7 +36,7 @@
 # more than BUSY_LIMIT=50 % of a core are named under the tables, and with BUSY_RETRIES=N
 # each such front-end run is run again up to N times, keeping the quietest attempt; note that
 # other processes also fill CPU the bench leaves idle, e.g. when wrk is the bottleneck). Then
-# the ratios proxyd/nginx and proxyd/HAProxy, and issue 8's targets met or missed. The tables
+# the ratios proxyd/nginx and proxyd/HAProxy, and issue 16's targets met or missed. The tables
 # go to stdout and to target/bench/compare-<date>.md.
 #
 # Knobs (environment): DURATION=10, WARMUP=2, CONNS=64, VARIANTS, FRONTENDS="direct nginx
