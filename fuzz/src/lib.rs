@@ -32,6 +32,10 @@ use proxyd::proxy::outcome::{Outcome, Trace};
 use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
 
+#[path = "http1_diff.rs"]
+mod http1_diff;
+pub use http1_diff::http1_diff;
+
 /// A target's body: takes the fuzzer's bytes, panics on a finding.
 pub type Target = fn(&[u8]);
 
@@ -40,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_loader", config_loader),
     ("request_head", request_head),
     ("pipelined", pipelined),
+    ("http1_diff", http1_diff),
     ("proxy_protocol", proxy_protocol),
     ("headers", headers),
     ("route", route),
