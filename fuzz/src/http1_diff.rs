@@ -137,11 +137,13 @@ fn request(stream: &[u8]) {
                 headers: h.parts.headers.clone(),
             };
             assert_eq!(mine, seen, "the head as hyper read it");
-            assert_eq!(
-                read_body(&buf, h.framing),
-                body,
-                "the body as hyper read it"
-            );
+            let ours = read_body(&buf, h.framing);
+            if ours.is_some()
+                || h.framing != Framing::Chunked
+                || !deliberately_stricter_chunked(&buf)
+            {
+                assert_eq!(ours, body, "the body as hyper read it");
+            }
         }
         (Ok(Some(h)), None) => panic!("http1 took {h:?}, hyper refused it"),
         (Ok(None), Some((seen, _))) => panic!("http1 wants more, hyper parsed {seen:?}"),

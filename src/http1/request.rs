@@ -262,6 +262,8 @@ fn request_line_code(buf: &[u8]) -> Option<&'static str> {
         i += 1;
     }
     match buf.get(i) {
+        // httparse hands the target on as text: it refuses one that is not UTF-8 (as a token).
+        Some(b' ') if std::str::from_utf8(&buf[start..i]).is_err() => return Some("bad-target"),
         Some(b' ') if i > start => {}
         // `GET /` and the line ends: HTTP/0.9.
         Some(b'\r' | b'\n') if i > start => return Some("bad-version"),
