@@ -2,7 +2,7 @@
 //!
 //! - header rewriting: `proxy::headers::check_request`, `prepare_request`, `prepare_response`
 //!   and `ensure_request_id` on a typical browser-like request head;
-//! - route matching: `proxy::route::Router::pick` over a dozen routes, and `host_only`;
+//! - route matching: `state::route::Router::pick` over a dozen routes, and `host_only`;
 //! - balancer pick: `upstream::balancer::Policy::choose` for each policy over 4 and 16
 //!   backends;
 //! - a shed request: `upstream::queue::Line::admit` refusing a newcomer whose expected wait
@@ -35,7 +35,7 @@ use proxyd::proxy::headers::{
     check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
 };
 use proxyd::proxy::outcome::{Observe, Outcome, Trace};
-use proxyd::proxy::route::{host_only, HostMatch, Router};
+use proxyd::state::route::{host_only, HostMatch, Router};
 use proxyd::upstream::balancer::{Choice, Policy};
 use proxyd::upstream::clock::now_ns;
 use proxyd::upstream::pool::Pool;
@@ -315,7 +315,7 @@ fn metrics(c: &mut Criterion) {
     let loaded = proxyd::config::load_str(yaml, "bench.yaml", std::env::temp_dir())
         .unwrap_or_else(|e| panic!("bench config: {e}"));
     let snapshot =
-        proxyd::proxy::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
+        proxyd::state::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
     let metrics = proxyd::metrics::Metrics::new(&snapshot);
     let mut o = outcome();
     o.trace.route = Some("api".into());

@@ -9,8 +9,10 @@
 //!   time-outs (408 for a slow head, idle keep-alive, stalled writes), the PROXY protocol
 //!   header (`server::proxy_protocol`), HTTP/1.1 and h2c via hyper-util's auto
 //!   server, and the graceful drain on shutdown.
+//! - [`state`]: the runtime [`state::Snapshot`] built from a config (routes and their router,
+//!   upstreams, rate limiters, settings), behind an `ArcSwap`; a reload swaps in a new one.
 //! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
-//!   the header rules, the runtime [`proxy::Snapshot`], and the ONE error-to-response mapping
+//!   the header rules, and the ONE error-to-response mapping
 //!   ([`proxy::error::error_response`]).
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
@@ -41,6 +43,7 @@ pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;

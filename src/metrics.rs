@@ -36,7 +36,7 @@ use prometheus::{
 
 use crate::error::Cause;
 use crate::proxy::outcome::{Observe, Outcome};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use crate::upstream::clock::now_ns;
 use crate::upstream::BackendState;
 use crate::workers::Supervisors;

@@ -28,9 +28,9 @@ use proxyd::limits::{Cidr, Rate, TrustedProxies};
 use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{self, ClientSide};
 use proxyd::proxy::outcome::{Outcome, Trace};
-use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::server::head::{self, Verdict};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
+use proxyd::state::route::{host_only, HostMatch, Router};
 
 /// A target's body: takes the fuzzer's bytes, panics on a finding.
 pub type Target = fn(&[u8]);
@@ -109,7 +109,7 @@ pub fn config_loader(data: &[u8]) {
             let _ = proxyd::config::secrets::warnings(&loaded);
             let _ = proxyd::server::conn_setup(&loaded.config);
             let _ = proxyd::limits::ClientPolicy::from_config(&loaded.config);
-            if let Err(e) = proxyd::proxy::Snapshot::build(&loaded) {
+            if let Err(e) = proxyd::state::Snapshot::build(&loaded) {
                 panic!("the config validates but does not build: {e}");
             }
         }

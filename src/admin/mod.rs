@@ -25,9 +25,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Snapshot;
 use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
+use crate::state::Snapshot;
 use crate::upgrade::{UpgradeError, Upgrader};
 use crate::workers::Supervisors;
 pub use status::ListenerInfo;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{BackendAddr, Balance};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use crate::upstream::clock::now_ns;
 use crate::upstream::{Backend, Upstream};
 use crate::workers::slot::{Group, WorkerView};

@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod balance;
 pub mod expand;
+pub mod fingerprint;
 pub mod load;
 pub mod oneliner;
 pub mod print;

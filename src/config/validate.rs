@@ -13,7 +13,7 @@ use super::load::{Checks, ConfigError, Loaded};
 use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
 use super::written::Written;
-use crate::proxy::route::HostMatch;
+use crate::state::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: u64 = 8192;

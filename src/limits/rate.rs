@@ -278,22 +278,32 @@ fn shard_of(key: u128) -> usize {
     (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as usize % SHARDS
 }
 
+/// The limiters a running config has, which a reload may keep.
+pub struct Kept<'a> {
+    /// The config they were built from.
+    pub loaded: &'a crate::config::Loaded,
+    /// `limits.rate.per_ip`.
+    pub global: Option<Arc<RateLimiter>>,
+    /// Each route's, in that config's `routes` order.
+    pub routes: Vec<Option<Arc<RateLimiter>>>,
+}
+
 /// The limiters of a config: the proxy's per-IP one and each route's (in `routes` order). A
 /// limit whose settings did not change since `previous` is kept, buckets and all, so a
 /// reload does not hand every client a fresh burst.
 pub fn build(
     loaded: &crate::config::Loaded,
-    previous: Option<(&crate::proxy::Snapshot, &crate::config::Loaded)>,
+    previous: Option<Kept<'_>>,
 ) -> (Option<Arc<RateLimiter>>, Vec<Option<Arc<RateLimiter>>>) {
+    use crate::config::fingerprint::strip_locations;
     use crate::config::RateBy;
-    use crate::proxy::snapshot::strip_locations;
     let cfg = &loaded.config;
     let text = |v: &dyn fmt::Debug| strip_locations(&format!("{v:?}"));
     let max_clients = cfg.limits.rate.max_clients();
     let global = cfg.limits.rate.per_ip.map(|rate| {
-        let kept = previous.and_then(|(snap, old)| {
-            (text(&old.config.limits.rate) == text(&cfg.limits.rate))
-                .then(|| snap.rate.clone())
+        let kept = previous.as_ref().and_then(|p| {
+            (text(&p.loaded.config.limits.rate) == text(&cfg.limits.rate))
+                .then(|| p.global.clone())
                 .flatten()
         });
         kept.unwrap_or_else(|| {
@@ -309,10 +319,11 @@ pub fn build(
             let same = |o: &crate::config::Route| {
                 text(&o.host) == text(&r.host) && o.path == r.path && text(&o.rate) == text(&r.rate)
             };
-            let kept = previous.and_then(|(snap, old)| {
-                let i = old.config.routes.iter().position(same)?;
-                (old.config.limits.rate.max_clients() == max_clients)
-                    .then(|| snap.routes.get(i)?.rate.clone())
+            let kept = previous.as_ref().and_then(|p| {
+                let old = &p.loaded.config;
+                let i = old.routes.iter().position(same)?;
+                (old.limits.rate.max_clients() == max_clients)
+                    .then(|| p.routes.get(i)?.clone())
                     .flatten()
             });
             Some(kept.unwrap_or_else(|| {

@@ -6,8 +6,6 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod outcome;
-pub mod route;
-pub mod snapshot;
 pub mod spool;
 
 use std::net::SocketAddr;
@@ -23,9 +21,10 @@ use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
 use outcome::{Outcome, Trace};
-pub use snapshot::Snapshot;
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
+pub use crate::state::route;
+use crate::state::Snapshot;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};

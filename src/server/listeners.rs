@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use super::conn::HeadLimits;
 use super::{accept_loop, tls, Listener};
 use crate::proxy::outcome::Observers;
-use crate::proxy::{ListenerSettings, Snapshot};
+use crate::proxy::ListenerSettings;
+use crate::state::Snapshot;
 
 /// How new client connections are served (from `limits` and `timeouts`); a reload replaces it
 /// and connections already open keep theirs.

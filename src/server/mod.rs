@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use crate::config::{addr::parse_listen, Loaded};
 use crate::proxy::error::{error_response, ProxyError};
 use crate::proxy::outcome::Observers;
-use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
+use crate::proxy::{self, ConnInfo, ListenerSettings};
+use crate::state::Snapshot;
 use crate::upgrade::{Inherited, Role, Upgrader};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
@@ -294,7 +295,7 @@ pub fn listener_fingerprint(l: &crate::config::Listen, loaded: &Loaded) -> Strin
         .max_connections
         .unwrap_or(loaded.config.limits.max_connections);
     let text = format!("{:?} {max} {}", l, loaded.dir.display());
-    crate::proxy::snapshot::strip_locations(&text)
+    crate::config::fingerprint::strip_locations(&text)
 }
 
 /// What a listener serves with (its certificates are loaded here).

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::listeners::ListenerSet;
 use super::{conn_setup, listener_fingerprint, open_listener, serving};
 use crate::config::{addr::parse_listen, load_file, Loaded};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use crate::workers::Supervisors;
 
 /// What a reload changes when the access-log settings change.
@@ -117,7 +117,7 @@ impl Reloader {
         // New access logs are opened before the swap too: a file that cannot be opened calls
         // the reload off.
         let settings = |l: &Loaded| {
-            crate::proxy::snapshot::strip_locations(&format!("{:?}", l.config.access_log))
+            crate::config::fingerprint::strip_locations(&format!("{:?}", l.config.access_log))
         };
         let logs_changed = settings(&old) != settings(&new) || old.dir != new.dir;
         let new_logs = if logs_changed {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ConfigError, Loaded};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use process::Spec;
 use slot::{Command, Group, SlotHandle};
 
