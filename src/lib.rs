@@ -3,8 +3,10 @@
 //! The module map, following one request:
 //!
 //! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
-//! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
-//!   file:line:column errors (`proxyd check`).
+//! - [`config`]: pure data: the YAML file's types and defaults, `${VAR}` expansion, validation
+//!   with file:line:column errors; it imports no runtime module. `proxyd check` is that plus
+//!   [`server::check`], which builds what serving builds (certificates, CA bundles, the
+//!   runtime state) and locates its errors in the file the same way.
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
 //!   time-outs (408 for a slow head, idle keep-alive, stalled writes), the PROXY protocol
 //!   header (`server::proxy_protocol`), HTTP/1.1 and h2c via hyper-util's auto

@@ -112,6 +112,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the config layer does not check itself: the parts built from it (certificates, CA
+    // bundles, the runtime state), built as serving builds them.
+    if let Err(e) = proxyd::server::check(&loaded) {
+        eprintln!("proxyd: {e}");
+        return ExitCode::FAILURE;
+    }
     let warnings = proxyd::config::secrets::warnings(&loaded);
     if let Some(Command::Check {
         print,

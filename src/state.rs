@@ -18,6 +18,14 @@ use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 use route::{HostMatch, Router};
 
+/// What `proxyd check` adds to the config's own checks for the runtime state: each upstream's
+/// TLS files are read (`upstream::tls::check`), then the whole snapshot is built as serving
+/// will build it. Errors are located in the config.
+pub fn check(loaded: &Loaded) -> Result<(), ConfigError> {
+    crate::upstream::tls::check(loaded)?;
+    Snapshot::build(loaded).map(drop)
+}
+
 pub struct Snapshot {
     /// Picks an index into `routes`.
     pub router: Router,

@@ -262,6 +262,15 @@ impl Server {
     }
 }
 
+/// What `proxyd check` runs after the config layer's own checks (which read no certificate
+/// and build nothing): every part serving builds from the config is built, the listeners'
+/// TLS (`tls::check`) first, then the runtime state (`state::check`). An error names the
+/// file, line and column of the value at fault, like the config's own.
+pub fn check(loaded: &Loaded) -> Result<(), crate::config::ConfigError> {
+    tls::check(loaded)?;
+    crate::state::check(loaded)
+}
+
 /// Binds one configured listener (and loads its certificates).
 pub fn open_listener(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Listener> {
     open_listener_inheriting(l, loaded, &mut Inherited::none())

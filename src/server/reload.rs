@@ -77,7 +77,8 @@ impl Reloader {
             tracing::warn!("config not reloaded: {e}");
             return Err(e.into());
         }
-        let new = load_file(&self.path).map_err(|e| {
+        let new = load_file(&self.path).and_then(|new| super::check(&new).map(|()| new));
+        let new = new.map_err(|e| {
             tracing::error!("config not reloaded, the old one keeps serving: {e}");
             e.to_string()
         })?;
