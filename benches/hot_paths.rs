@@ -28,13 +28,13 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
-use proxyd::access_log::{AccessLogger, Destination};
 use proxyd::config::{AccessLogFormat, BackendAddr, Balance};
+use proxyd::obs::access_log::{AccessLogger, Destination};
+use proxyd::obs::{Observe, Outcome, Trace};
 use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{
     check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
 };
-use proxyd::proxy::outcome::{Observe, Outcome, Trace};
 use proxyd::state::route::{host_only, HostMatch, Router};
 use proxyd::upstream::balancer::{Choice, Policy};
 use proxyd::upstream::clock::now_ns;
@@ -248,7 +248,7 @@ fn access_log(c: &mut Criterion) {
         let logger = match AccessLogger::start(
             format,
             Destination::File("/dev/null".into()),
-            proxyd::access_log::CAPACITY,
+            proxyd::obs::access_log::CAPACITY,
         ) {
             Ok(l) => l,
             Err(e) => {
@@ -316,10 +316,11 @@ fn metrics(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("bench config: {e}"));
     let snapshot =
         proxyd::state::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
-    let metrics = proxyd::metrics::Metrics::new(&snapshot);
+    let metrics = proxyd::obs::metrics::Metrics::new();
+    snapshot.prepare_metrics(&metrics);
     let mut o = outcome();
     o.trace.route = Some("api".into());
-    o.trace.upstream = snapshot.upstreams.first().cloned();
+    o.trace.upstream = snapshot.upstreams.first().map(|u| u.name.clone());
     o.trace.queued = Duration::from_micros(20);
     // The first call makes the 200's counter; the timed ones find it.
     metrics.request_done(&o);

@@ -23,9 +23,10 @@
 //!   recycling, rolling restarts, and an adaptive count that follows the queue.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`logging`]: tracing to stderr.
-//! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
-//!   the request path.
-//! - [`metrics`]: the Prometheus registry and every metric, served at the admin's `/metrics`.
+//! - [`obs`]: the leaves fed a finished request's [`obs::Outcome`] record (plain data) and the
+//!   live figures their owners read out: [`obs::metrics`] (the Prometheus registry and every
+//!   metric, served at the admin's `/metrics`) and [`obs::access_log`] (combined, JSON,
+//!   Elastic Beanstalk healthd, written off the request path).
 //! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
 //! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
 //!   a new proxyd, which says when it is ready; the old one then drains and exits.
@@ -34,15 +35,14 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod limits;
 pub mod logging;
-pub mod metrics;
 pub mod notify;
+pub mod obs;
 pub mod proxy;
 pub mod server;
 pub mod state;
@@ -53,6 +53,6 @@ pub mod workers;
 /// What the fuzz targets (`fuzz/`) need that is not otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::access_log::format::{combined, healthd, json};
+    pub use crate::obs::access_log::format::{combined, healthd, json};
     pub use crate::server::framing::{Refusal, RequestStream};
 }

@@ -190,7 +190,7 @@ fn main() -> ExitCode {
         proxyd::upgrade::remove_pid_file(path);
     }
     // The writers flush when idle; the last lines must not be lost at exit.
-    proxyd::access_log::shutdown(std::time::Duration::from_secs(2));
+    proxyd::obs::access_log::shutdown(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -307,7 +307,7 @@ async fn serve(
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
             tracing::info!("SIGUSR1: reopening the access logs");
-            proxyd::access_log::reopen();
+            proxyd::obs::access_log::reopen();
         }
     });
     let supervisors = server.supervisors();

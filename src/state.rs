@@ -48,6 +48,20 @@ pub struct RouteInfo {
 }
 
 impl Snapshot {
+    /// Makes `metrics`' handles for this snapshot's upstreams and routes.
+    pub fn prepare_metrics(&self, metrics: &crate::obs::metrics::Metrics) {
+        let routes = self.routes.iter().filter_map(|r| {
+            let u = self.upstreams.get(r.upstream)?;
+            Some((&*r.name, &*u.name))
+        });
+        metrics.prepare(self.upstreams.iter().map(|u| &*u.name), routes);
+    }
+
+    /// Every upstream's live figures, for a metrics scrape.
+    pub fn figures(&self) -> Vec<crate::obs::figures::UpstreamFigures> {
+        self.upstreams.iter().map(|u| u.figures()).collect()
+    }
+
     pub fn build(loaded: &Loaded) -> Result<Snapshot, ConfigError> {
         Snapshot::build_reusing(loaded, None)
     }
@@ -68,7 +82,7 @@ impl Snapshot {
                 let same_max = before.queue.max_or(old.config.limits.max_connections)
                     == up.queue.max_or(cfg.limits.max_connections);
                 (old.dir == loaded.dir && fingerprint(before) == fingerprint(up) && same_max)
-                    .then(|| snap.upstreams.iter().find(|u| &u.name == name).cloned())
+                    .then(|| snap.upstreams.iter().find(|u| *u.name == **name).cloned())
                     .flatten()
             });
             if let Some(u) = kept {
@@ -95,7 +109,7 @@ impl Snapshot {
             routes: snap.routes.iter().map(|r| r.rate.clone()).collect(),
         });
         let (rate, mut route_rates) = crate::limits::rate::build(loaded, kept);
-        let index = |name: &str| upstreams.iter().position(|u| u.name == name);
+        let index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),

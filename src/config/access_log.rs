@@ -1,5 +1,5 @@
 //! Where each access log writes, resolved from the config (and checked by `proxyd check`):
-//! a file, an hourly healthd file, or stderr. The logs themselves are in `crate::access_log`.
+//! a file, an hourly healthd file, or stderr. The logs themselves are in `crate::obs::access_log`.
 
 use std::path::{Path, PathBuf};
 

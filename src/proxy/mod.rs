@@ -234,7 +234,7 @@ async fn proxy(
         .get(route.upstream)
         .ok_or_else(|| ProxyError::new(Cause::NoRoute, "the route's upstream is missing"))?;
     trace.route = Some(route.name.clone());
-    trace.upstream = Some(upstream.clone());
+    trace.upstream = Some(upstream.name.clone());
 
     // read body
     let declared = parts
@@ -479,7 +479,7 @@ async fn attempts(
             }
         };
         let backend = flight.backend().clone();
-        trace.backend = Some(backend.clone());
+        trace.backend = Some(backend.label.clone());
         if attempt.backend_host {
             forward::set_backend_host(&mut req, &backend);
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::conn::HeadLimits;
 use super::{accept_loop, tls, Listener};
-use crate::proxy::outcome::Observers;
+use crate::obs::Observers;
 use crate::proxy::ListenerSettings;
 use crate::state::Snapshot;
 
@@ -54,7 +54,7 @@ pub struct Spawner {
     pub setup: Arc<ArcSwap<ConnSetup>>,
     pub graceful: Arc<GracefulShutdown>,
     pub observers: Observers,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::obs::metrics::Metrics>,
     /// Set when a new proxyd has taken over: HTTP/1 responses say `Connection: close`.
     pub closing: Arc<AtomicBool>,
 }

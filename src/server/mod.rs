@@ -27,8 +27,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::{addr::parse_listen, Loaded};
+use crate::obs::Observers;
 use crate::proxy::error::{error_response, ProxyError};
-use crate::proxy::outcome::Observers;
 use crate::proxy::{self, ConnInfo, ListenerSettings};
 use crate::state::Snapshot;
 use crate::upgrade::{Inherited, Role, Upgrader};
@@ -57,7 +57,7 @@ pub struct Server {
     /// Told about every finished request (metrics, access logs).
     observers: Observers,
     /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     reloader: Arc<reload::Reloader>,
     /// Hands the listening sockets to a new binary (SIGUSR2, `POST /upgrade`).
     upgrader: Arc<Upgrader>,
@@ -100,11 +100,12 @@ impl Server {
         };
         inherited.close_unused();
         // Before the workers start: a log that cannot be opened stops startup.
-        let access_logs = crate::access_log::open(loaded)?;
+        let access_logs = crate::obs::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
-        let metrics = Arc::new(crate::metrics::Metrics::new(&snapshot));
+        let metrics = Arc::new(crate::obs::metrics::Metrics::new());
+        snapshot.prepare_metrics(&metrics);
         let observers = Observers::new(
-            [metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>]
+            [metrics.clone() as Arc<dyn crate::obs::Observe>]
                 .into_iter()
                 .chain(access_logs)
                 .collect(),
@@ -376,7 +377,7 @@ pub(crate) async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     observers: Observers,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     closing: Arc<AtomicBool>,
 ) {
     loop {
@@ -452,7 +453,7 @@ impl Conn {
         stream: S,
         peer: SocketAddr,
         tls: Option<Arc<tls::Terminator>>,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::obs::metrics::Metrics,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {

@@ -22,8 +22,8 @@ use crate::workers::Supervisors;
 
 /// What a reload changes when the access-log settings change.
 pub struct Logging {
-    pub observers: crate::proxy::outcome::Observers,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub observers: crate::obs::Observers,
+    pub metrics: Arc<crate::obs::metrics::Metrics>,
 }
 
 pub struct Reloader {
@@ -122,7 +122,7 @@ impl Reloader {
         };
         let logs_changed = settings(&old) != settings(&new) || old.dir != new.dir;
         let new_logs = if logs_changed {
-            match crate::access_log::open(&new) {
+            match crate::obs::access_log::open(&new) {
                 Ok(logs) => Some(logs),
                 Err(e) => {
                     let e = format!("{e:#}");
@@ -200,10 +200,10 @@ impl Reloader {
             next.upstreams.len() - kept
         );
         // New routes and upstreams show zeroed histograms from now on, as at start.
-        self.logging.metrics.prepare(&next);
+        next.prepare_metrics(&self.logging.metrics);
         self.state.store(Arc::new(next));
         if let Some(logs) = new_logs {
-            let metrics = self.logging.metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>;
+            let metrics = self.logging.metrics.clone() as Arc<dyn crate::obs::Observe>;
             self.logging
                 .observers
                 .replace(std::iter::once(metrics).chain(logs).collect());

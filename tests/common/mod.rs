@@ -253,7 +253,7 @@ impl TestProxy {
         let snap = self.state.load();
         snap.upstreams
             .iter()
-            .find(|u| u.name == name)
+            .find(|u| &*u.name == name)
             .unwrap_or_else(|| panic!("no upstream {name}"))
             .clone()
     }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
+use super::outcome::{Observe, Outcome};
 pub use crate::config::access_log::{creatable_dir, destination, Destination, HEALTHD_PATH};
 use crate::config::{AccessLogFormat, Loaded};
-use crate::proxy::outcome::{Observe, Outcome};
 use writer::{Line, Writer};
 
 pub use writer::hourly;
@@ -151,7 +151,7 @@ impl Observe for AccessLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::outcome::Trace;
+    use crate::obs::outcome::Trace;
     use http::{HeaderValue, Method, StatusCode, Version};
     use std::path::Path;
 
