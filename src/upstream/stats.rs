@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Cause;
 
+/// Picks one counter of a `Stats`.
+pub type Counter = fn(&Stats) -> &AtomicU64;
+
 /// The one cause-to-counter table: which counter an error answered to a client counts in
 /// (`Stats::error`), and what `proxyd_upstream_errors_total` and the queue's rejections are
 /// read from (`Stats::errors`).
-pub const BY_CAUSE: [(Cause, fn(&Stats) -> &AtomicU64); 12] = [
+pub const BY_CAUSE: [(Cause, Counter); 12] = [
     (Cause::UpstreamConnectRefused, |s| &s.connect_refused),
     (Cause::UpstreamConnectTimeout, |s| &s.connect_timeout),
     (Cause::UpstreamConnectFailed, |s| &s.connect_failed),
