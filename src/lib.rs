@@ -1,6 +1,9 @@
 //! proxyd: a reverse proxy and load balancer.
 //!
-//! The module map, following one request:
+//! The module map, following one request. The modules stand on floors (DESIGN.md's house;
+//! `tests/house.rs` fails on an import against them): ground (`error`, `config`, `notify`,
+//! `logging`), parts (`limits`, `upstream`, `workers`, `obs`, `state`), pipeline (`proxy`),
+//! edge (`server`, `admin`, `upgrade`, `control`); each imports its own floor and those below.
 //!
 //! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
 //! - [`config`]: pure data: the YAML file's types and defaults, `${VAR}` expansion, validation
