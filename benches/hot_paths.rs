@@ -2,7 +2,7 @@
 //!
 //! - header rewriting: `proxy::headers::check_request`, `prepare_request`, `prepare_response`
 //!   and `ensure_request_id` on a typical browser-like request head;
-//! - route matching: `proxy::route::Router::pick` over a dozen routes, and `host_only`;
+//! - route matching: `state::route::Router::pick` over a dozen routes, and `host_only`;
 //! - balancer pick: `upstream::balancer::Policy::choose` for each policy over 4 and 16
 //!   backends;
 //! - a shed request: `upstream::queue::Line::admit` refusing a newcomer whose expected wait
@@ -28,14 +28,14 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
-use proxyd::access_log::{AccessLogger, Destination};
 use proxyd::config::{AccessLogFormat, BackendAddr, Balance};
+use proxyd::obs::access_log::{AccessLogger, Destination};
+use proxyd::obs::{Observe, Outcome, Trace};
 use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{
     check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
 };
-use proxyd::proxy::outcome::{Observe, Outcome, Trace};
-use proxyd::proxy::route::{host_only, HostMatch, Router};
+use proxyd::state::route::{host_only, HostMatch, Router};
 use proxyd::upstream::balancer::{Choice, Policy};
 use proxyd::upstream::clock::now_ns;
 use proxyd::upstream::pool::Pool;
@@ -248,7 +248,7 @@ fn access_log(c: &mut Criterion) {
         let logger = match AccessLogger::start(
             format,
             Destination::File("/dev/null".into()),
-            proxyd::access_log::CAPACITY,
+            proxyd::obs::access_log::CAPACITY,
         ) {
             Ok(l) => l,
             Err(e) => {
@@ -315,11 +315,12 @@ fn metrics(c: &mut Criterion) {
     let loaded = proxyd::config::load_str(yaml, "bench.yaml", std::env::temp_dir())
         .unwrap_or_else(|e| panic!("bench config: {e}"));
     let snapshot =
-        proxyd::proxy::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
-    let metrics = proxyd::metrics::Metrics::new(&snapshot);
+        proxyd::state::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
+    let metrics = proxyd::obs::metrics::Metrics::new();
+    snapshot.prepare_metrics(&metrics);
     let mut o = outcome();
     o.trace.route = Some("api".into());
-    o.trace.upstream = snapshot.upstreams.first().cloned();
+    o.trace.upstream = snapshot.upstreams.first().map(|u| u.name.clone());
     o.trace.queued = Duration::from_micros(20);
     // The first call makes the 200's counter; the timed ones find it.
     metrics.request_done(&o);

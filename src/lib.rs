@@ -1,18 +1,25 @@
 //! proxyd: a reverse proxy and load balancer.
 //!
-//! The module map, following one request:
+//! The module map, following one request. The modules stand on floors (DESIGN.md's house;
+//! `tests/house.rs` fails on an import against them): ground (`error`, `config`, `http1`, `notify`,
+//! `logging`), parts (`limits`, `upstream`, `workers`, `obs`, `state`), pipeline (`proxy`),
+//! edge (`server`, `admin`, `upgrade`, `control`); each imports its own floor and those below.
 //!
 //! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
 //! - [`http1`]: proxyd's own HTTP/1.1, sans-I/O and strict: parsing and checking heads,
 //!   writing them, and framing bodies.
-//! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
-//!   file:line:column errors (`proxyd check`).
+//! - [`config`]: pure data: the YAML file's types and defaults, `${VAR}` expansion, validation
+//!   with file:line:column errors; it imports no runtime module. `proxyd check` is that plus
+//!   [`server::check`], which builds what serving builds (certificates, CA bundles, the
+//!   runtime state) and locates its errors in the file the same way.
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
 //!   time-outs (408 for a slow head, idle keep-alive, stalled writes), the PROXY protocol
 //!   header (`server::proxy_protocol`), HTTP/1.1 and h2c via hyper-util's auto
 //!   server, and the graceful drain on shutdown.
+//! - [`state`]: the runtime [`state::Snapshot`] built from a config (routes and their router,
+//!   upstreams, rate limiters, settings), behind an `ArcSwap`; a reload swaps in a new one.
 //! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
-//!   the header rules, the runtime [`proxy::Snapshot`], and the ONE error-to-response mapping
+//!   the header rules, and the ONE error-to-response mapping
 //!   ([`proxy::error::error_response`]).
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
@@ -21,9 +28,10 @@
 //!   recycling, rolling restarts, and an adaptive count that follows the queue.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
 //! - [`logging`]: tracing to stderr.
-//! - [`access_log`]: access logs (combined, JSON, Elastic Beanstalk healthd), written off
-//!   the request path.
-//! - [`metrics`]: the Prometheus registry and every metric, served at the admin's `/metrics`.
+//! - [`obs`]: the leaves fed a finished request's [`obs::Outcome`] record (plain data) and the
+//!   live figures their owners read out: [`obs::metrics`] (the Prometheus registry and every
+//!   metric, served at the admin's `/metrics`) and [`obs::access_log`] (combined, JSON,
+//!   Elastic Beanstalk healthd, written off the request path).
 //! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
 //! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
 //!   a new proxyd, which says when it is ready; the old one then drains and exits.
@@ -32,7 +40,6 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod control;
@@ -40,10 +47,11 @@ pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod logging;
-pub mod metrics;
 pub mod notify;
+pub mod obs;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod upgrade;
 pub mod upstream;
 pub mod workers;
@@ -51,6 +59,6 @@ pub mod workers;
 /// What the fuzz targets (`fuzz/`) need that is not otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::access_log::format::{combined, healthd, json};
+    pub use crate::obs::access_log::format::{combined, healthd, json};
     pub use crate::http1::stream::{Refusal, RequestStream};
 }

@@ -112,6 +112,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the config layer does not check itself: the parts built from it (certificates, CA
+    // bundles, the runtime state), built as serving builds them.
+    if let Err(e) = proxyd::server::check(&loaded) {
+        eprintln!("proxyd: {e}");
+        return ExitCode::FAILURE;
+    }
     let warnings = proxyd::config::secrets::warnings(&loaded);
     if let Some(Command::Check {
         print,
@@ -184,7 +190,7 @@ fn main() -> ExitCode {
         proxyd::upgrade::remove_pid_file(path);
     }
     // The writers flush when idle; the last lines must not be lost at exit.
-    proxyd::access_log::shutdown(std::time::Duration::from_secs(2));
+    proxyd::obs::access_log::shutdown(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -301,7 +307,7 @@ async fn serve(
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
             tracing::info!("SIGUSR1: reopening the access logs");
-            proxyd::access_log::reopen();
+            proxyd::obs::access_log::reopen();
         }
     });
     let supervisors = server.supervisors();

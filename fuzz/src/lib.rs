@@ -26,11 +26,11 @@ use proxyd::config::{load_str, Config};
 use proxyd::fuzzing::{combined, healthd, json, RequestStream};
 use proxyd::http1::{self, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
+use proxyd::obs::{Outcome, Trace};
 use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{self, ClientSide};
-use proxyd::proxy::outcome::{Outcome, Trace};
-use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
+use proxyd::state::route::{host_only, HostMatch, Router};
 
 #[path = "http1_diff.rs"]
 mod http1_diff;
@@ -114,7 +114,7 @@ pub fn config_loader(data: &[u8]) {
             let _ = proxyd::config::secrets::warnings(&loaded);
             let _ = proxyd::server::conn_setup(&loaded.config);
             let _ = proxyd::limits::ClientPolicy::from_config(&loaded.config);
-            if let Err(e) = proxyd::proxy::Snapshot::build(&loaded) {
+            if let Err(e) = proxyd::state::Snapshot::build(&loaded) {
                 panic!("the config validates but does not build: {e}");
             }
         }

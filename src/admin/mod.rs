@@ -25,9 +25,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::Snapshot;
 use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
+use crate::state::Snapshot;
 use crate::upgrade::{UpgradeError, Upgrader};
 use crate::workers::Supervisors;
 pub use status::ListenerInfo;
@@ -46,7 +46,7 @@ struct Admin {
     /// `admin.token`: required on POSTs when set.
     token: Option<String>,
     started: std::time::SystemTime,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     upgrader: Arc<Upgrader>,
 }
 
@@ -62,7 +62,7 @@ pub async fn serve(
     reloader: Arc<Reloader>,
     listeners: Arc<ListenerSet>,
     token: Option<String>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     upgrader: Arc<Upgrader>,
 ) {
     let admin = Arc::new(Admin {
@@ -136,7 +136,8 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => {
-                self.metrics.response(&self.state.load(), &self.supervisors)
+                self.metrics
+                    .response(&self.state.load().figures(), &self.supervisors.figures())
             }
             (&Method::GET, "/status") => self.status(),
             (&Method::GET, "/") => typed(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{BackendAddr, Balance};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use crate::upstream::clock::now_ns;
 use crate::upstream::{Backend, Upstream};
 use crate::workers::slot::{Group, WorkerView};
@@ -147,7 +147,10 @@ pub fn collect(
             .upstreams
             .iter()
             .map(|u| {
-                let group = groups.iter().find(|(n, _)| *n == u.name).map(|(_, g)| &**g);
+                let group = groups
+                    .iter()
+                    .find(|(n, _)| **n == *u.name)
+                    .map(|(_, g)| &**g);
                 upstream(u, group, now)
             })
             .collect(),
@@ -174,7 +177,7 @@ fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamSta
         .unwrap_or_default();
     let admission = u.admission();
     UpstreamStatus {
-        name: u.name.clone(),
+        name: u.name.to_string(),
         balance: balance_name(u.balance()),
         concurrency: limit(u.concurrency()),
         queue_depth: u.queued(),
@@ -230,7 +233,7 @@ fn worker_count(g: &Group) -> WorkerCountStatus {
 
 fn backend(b: &Backend, now: u64) -> BackendStatus {
     BackendStatus {
-        address: b.label.clone(),
+        address: b.label.to_string(),
         state: b.state().as_str(),
         ejected: b.is_ejected(now),
         in_flight: b.in_flight.load(Ordering::Relaxed),
@@ -248,7 +251,7 @@ fn worker(w: &WorkerView, t: u64, now: SystemTime) -> WorkerStatus {
         slot: w.slot,
         id: w.id,
         pid: w.pid,
-        address: b.label.clone(),
+        address: b.label.to_string(),
         port: match &b.addr {
             BackendAddr::Tcp(a) | BackendAddr::Tls { addr: a, .. } => Some(a.port()),
             BackendAddr::Unix(_) => None,

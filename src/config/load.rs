@@ -3,8 +3,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::expand::{expand, hint_for};
+use super::expand::{expand, hint_for, Expanded};
 use super::types::Config;
 use super::validate;
 
@@ -51,6 +52,24 @@ pub struct Loaded {
     /// A config made of flags (`proxyd run`, `proxyd proxy`): the arguments that made it, so
     /// an upgrade starts the new proxyd with them; None for a file.
     pub args: Option<Vec<std::ffi::OsString>>,
+    /// Where `${VAR}` expansion moved the file's text, for errors found after loading.
+    pub places: Places,
+}
+
+/// Maps a place in the expanded text back to the file's own line and column.
+#[derive(Debug, Clone, Default)]
+pub struct Places(Option<Arc<Expanded>>);
+
+impl Loaded {
+    /// `err`, its place moved from the expanded text to the file as written: for errors found
+    /// by the parts built from this config (`proxyd check` builds them), located by the
+    /// config's own spans.
+    pub fn locate(&self, err: ConfigError) -> ConfigError {
+        match &self.places.0 {
+            Some(expanded) => expanded.locate(err),
+            None => err,
+        }
+    }
 }
 
 /// Which checks beyond the file's own content run.
@@ -122,11 +141,15 @@ pub fn load_str_with(
         file: file.to_string(),
         dir,
         args: None,
+        places: Places::default(),
     };
     validate::validate_with(&loaded, checks).map_err(|e| expanded.locate(e))?;
     let written = super::written::Written::of(&expanded.text);
     validate::without_effect(&loaded, &written).map_err(|e| expanded.locate(e))?;
-    Ok(loaded)
+    Ok(Loaded {
+        places: Places(Some(Arc::new(expanded))),
+        ..loaded
+    })
 }
 
 /// serde-saphyr appends " at line L, column C"; the location is already in front.

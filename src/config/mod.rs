@@ -6,9 +6,13 @@
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
 //! and `proxyd proxy` make of their flags (`oneliner`).
 
+pub mod access_log;
 pub mod addr;
 pub mod balance;
 pub mod expand;
+pub mod fingerprint;
+pub mod host;
+pub mod limits;
 pub mod load;
 pub mod oneliner;
 pub mod print;
@@ -22,5 +26,6 @@ pub mod workers;
 pub mod written;
 
 pub use addr::BackendAddr;
+pub use host::HostMatch;
 pub use load::{load_file, load_file_with, load_str, load_str_with, Checks, ConfigError, Loaded};
 pub use types::*;

@@ -236,6 +236,7 @@ fn load(label: &str, doc: Value, keys: &[(&str, &str)]) -> Result<Loaded, Config
         dir: PathBuf::from("."),
         // The caller, who has the command line, fills it in.
         args: None,
+        places: Default::default(),
     };
     validate(&loaded).map_err(|e| ConfigError::new(label, None, flag_names(&e.message, keys)))?;
     Ok(loaded)

@@ -10,10 +10,10 @@ use super::units::{self, Secs};
 use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
+pub use super::limits::{Cidr, Rate};
 pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
 pub use super::workers::{Health, Restart, Scaling, WorkerCount, WorkerListen, Workers};
-pub use crate::limits::{Cidr, Rate};
 
 /// The whole `proxy.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -308,7 +308,7 @@ impl RateLimits {
     pub fn max_clients(&self) -> usize {
         self.max_clients
             .as_ref()
-            .map_or(crate::limits::rate::DEFAULT_MAX_CLIENTS, |m| m.value)
+            .map_or(super::limits::DEFAULT_MAX_CLIENTS, |m| m.value)
     }
 }
 

@@ -223,13 +223,13 @@ fn out_of_range(n: u64, min: u64, max: u64) -> String {
 }
 
 /// Rates (`"100/s"`) and address ranges (`"10.0.0.0/8"`) are written as they are read.
-impl Serialize for crate::limits::Rate {
+impl Serialize for super::limits::Rate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl Serialize for crate::limits::Cidr {
+impl Serialize for super::limits::Cidr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }

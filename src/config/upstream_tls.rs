@@ -44,3 +44,9 @@ pub struct UpstreamTls {
     #[serde(default)]
     pub insecure_skip_verify: bool,
 }
+
+/// `tls.server_name` as rustls takes it: a DNS name or an IP address.
+pub fn server_name(name: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|_| format!("{name:?} is not a DNS name or IP address"))
+}

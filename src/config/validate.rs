@@ -9,11 +9,11 @@ use serde_saphyr::Spanned;
 
 use super::addr::{parse_listen, parse_server_entry};
 use super::balance::{Balance, HashKey};
+use super::host::HostMatch;
 use super::load::{Checks, ConfigError, Loaded};
 use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
 use super::written::Written;
-use crate::proxy::route::HostMatch;
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: u64 = 8192;
@@ -53,22 +53,14 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         }
         seen.push(addr);
         if let Some(tls) = &l.tls {
-            let first = tls.certs.first().map(|c| &c.cert).unwrap_or(&l.addr);
             if !matches!(tls.min_version.value.trim(), "1.2" | "1.3") {
                 return Err(err(
                     &tls.min_version,
                     "listen: tls.min_version: expected \"1.2\" or \"1.3\"".into(),
                 ));
             }
-            // Loads every certificate, key and CA as serving would: unreadable, mismatched or
-            // expired files are reported here, by name.
-            crate::server::tls::build_located(tls, &loaded.dir).map_err(|(at, m)| {
-                let msg = format!("listen: tls: {m}");
-                match at {
-                    Some(at) => ConfigError::at(file, &at, msg),
-                    None => err(first, msg),
-                }
-            })?;
+            // Its certificates, keys and CA are loaded by the check that builds what serving
+            // needs (`server::check`): files are not this layer's.
         }
         if l.redirect_https && l.tls.is_some() {
             return Err(err(
@@ -284,7 +276,7 @@ fn validate_rate_limits(loaded: &Loaded) -> Result<(), ConfigError> {
 /// Each access log needs a path (healthd has a default) in a directory that exists or can be
 /// created, and no two logs may share a file.
 fn validate_access_logs(loaded: &Loaded) -> Result<(), ConfigError> {
-    use crate::access_log::{destination, Destination};
+    use super::access_log::{creatable_dir, destination, Destination};
     let file = loaded.file.as_str();
     let mut seen = Vec::new();
     for log in &loaded.config.access_log {
@@ -306,7 +298,7 @@ fn validate_access_logs(loaded: &Loaded) -> Result<(), ConfigError> {
         if path.is_dir() {
             return fail(format!("{} is a directory", path.display()));
         }
-        if let Err(m) = crate::access_log::creatable_dir(&path) {
+        if let Err(m) = creatable_dir(&path) {
             return fail(m);
         }
         seen.push(path);
@@ -315,7 +307,7 @@ fn validate_access_logs(loaded: &Loaded) -> Result<(), ConfigError> {
 }
 
 /// An upstream's protocol and TLS: h2 only to https:// servers (agreed by ALPN), h2c only in
-/// cleartext, workers in HTTP/1.1 (their health probes are); a readable, valid CA bundle.
+/// cleartext, workers in HTTP/1.1 (their health probes are); a server name that is one.
 fn validate_upstream_tls(
     loaded: &Loaded,
     name: &str,
@@ -361,7 +353,7 @@ fn validate_upstream_tls(
         });
     }
     if let Some(n) = &tls.server_name {
-        crate::upstream::tls::server_name(&n.value)
+        super::upstream_tls::server_name(&n.value)
             .map_err(|m| at(n, format!("{key}.tls.server_name: {m}")))?;
     }
     if let Some(ca) = &tls.ca {
@@ -371,8 +363,7 @@ fn validate_upstream_tls(
                 format!("{key}.tls: ca and insecure_skip_verify: true contradict; drop one"),
             ));
         }
-        crate::upstream::tls::load_ca(&loaded.dir.join(&ca.value))
-            .map_err(|m| at(ca, format!("{key}.tls.ca: {m}")))?;
+        // The bundle is read by the check that builds the upstream (`upstream::tls::check`).
     }
     Ok(())
 }

@@ -19,82 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
+pub use crate::config::Rate;
 use crate::error::{Cause, ProxyError};
 use crate::upstream::clock::now_ns;
-
-/// A rate as written in the config: `"100/s"`, `"6000/m"`, `"10r/s"` (nginx's spelling),
-/// `"1/h"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: u64,
-    pub per: Duration,
-}
-
-impl Rate {
-    pub fn parse(text: &str) -> Result<Rate, String> {
-        let expected = "expected a rate such as \"100/s\", \"6000/m\" or \"10r/s\"";
-        let t = text.trim();
-        let (n, unit) = t
-            .split_once('/')
-            .ok_or_else(|| format!("invalid rate {text:?}; {expected}"))?;
-        let n = n.trim();
-        let n = n.strip_suffix('r').unwrap_or(n);
-        let count: u64 = n.parse().map_err(|_| {
-            format!("invalid rate {text:?}: {n:?} is not a whole number; {expected}")
-        })?;
-        if count == 0 {
-            return Err(format!("invalid rate {text:?}: must be more than 0"));
-        }
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86400),
-            u => {
-                return Err(format!(
-                    "invalid rate {text:?}: unknown unit {u:?} (s, m, h or d); {expected}"
-                ))
-            }
-        };
-        let rate = Rate { count, per };
-        if rate.interval_ns() == 0 {
-            return Err(format!("invalid rate {text:?}: too fast"));
-        }
-        Ok(rate)
-    }
-
-    /// Nanoseconds between two tokens.
-    pub fn interval_ns(&self) -> u64 {
-        u64::try_from(self.per.as_nanos() / u128::from(self.count)).unwrap_or(u64::MAX)
-    }
-
-    /// Tokens per second, rounded up: the default burst.
-    pub fn per_second_ceil(&self) -> u32 {
-        let per_s = (self.count as f64) / self.per.as_secs_f64();
-        (per_s.ceil() as u32).max(1)
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.per.as_secs() {
-            1 => "s",
-            60 => "m",
-            3600 => "h",
-            _ => "d",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
-        let s = String::deserialize(d)?;
-        Rate::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
 
 /// The arithmetic of one token bucket (GCRA).
 #[derive(Debug, Clone, Copy)]
@@ -125,8 +52,7 @@ impl Gcra {
     }
 }
 
-/// How many per-IP buckets are tracked when `max_clients` is not set.
-pub const DEFAULT_MAX_CLIENTS: usize = 100_000;
+pub use crate::config::limits::DEFAULT_MAX_CLIENTS;
 const SHARDS: usize = 32;
 /// An idle-entry sweep of a shard runs at most this often (ns), and when the shard is full.
 const SWEEP_EVERY: u64 = 10_000_000_000;
@@ -278,22 +204,32 @@ fn shard_of(key: u128) -> usize {
     (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as usize % SHARDS
 }
 
+/// The limiters a running config has, which a reload may keep.
+pub struct Kept<'a> {
+    /// The config they were built from.
+    pub loaded: &'a crate::config::Loaded,
+    /// `limits.rate.per_ip`.
+    pub global: Option<Arc<RateLimiter>>,
+    /// Each route's, in that config's `routes` order.
+    pub routes: Vec<Option<Arc<RateLimiter>>>,
+}
+
 /// The limiters of a config: the proxy's per-IP one and each route's (in `routes` order). A
 /// limit whose settings did not change since `previous` is kept, buckets and all, so a
 /// reload does not hand every client a fresh burst.
 pub fn build(
     loaded: &crate::config::Loaded,
-    previous: Option<(&crate::proxy::Snapshot, &crate::config::Loaded)>,
+    previous: Option<Kept<'_>>,
 ) -> (Option<Arc<RateLimiter>>, Vec<Option<Arc<RateLimiter>>>) {
+    use crate::config::fingerprint::strip_locations;
     use crate::config::RateBy;
-    use crate::proxy::snapshot::strip_locations;
     let cfg = &loaded.config;
     let text = |v: &dyn fmt::Debug| strip_locations(&format!("{v:?}"));
     let max_clients = cfg.limits.rate.max_clients();
     let global = cfg.limits.rate.per_ip.map(|rate| {
-        let kept = previous.and_then(|(snap, old)| {
-            (text(&old.config.limits.rate) == text(&cfg.limits.rate))
-                .then(|| snap.rate.clone())
+        let kept = previous.as_ref().and_then(|p| {
+            (text(&p.loaded.config.limits.rate) == text(&cfg.limits.rate))
+                .then(|| p.global.clone())
                 .flatten()
         });
         kept.unwrap_or_else(|| {
@@ -309,10 +245,11 @@ pub fn build(
             let same = |o: &crate::config::Route| {
                 text(&o.host) == text(&r.host) && o.path == r.path && text(&o.rate) == text(&r.rate)
             };
-            let kept = previous.and_then(|(snap, old)| {
-                let i = old.config.routes.iter().position(same)?;
-                (old.config.limits.rate.max_clients() == max_clients)
-                    .then(|| snap.routes.get(i)?.rate.clone())
+            let kept = previous.as_ref().and_then(|p| {
+                let old = &p.loaded.config;
+                let i = old.routes.iter().position(same)?;
+                (old.limits.rate.max_clients() == max_clients)
+                    .then(|| p.routes.get(i)?.clone())
                     .flatten()
             });
             Some(kept.unwrap_or_else(|| {

@@ -8,93 +8,11 @@
 //! last trusted hop is then the client). A peer that is not trusted is the client, whatever
 //! its headers say.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::HeaderMap;
-use serde::{Deserialize, Deserializer};
 
-/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address (`127.0.0.1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
-        let t = text.trim();
-        let expected =
-            "expected an address range such as \"10.0.0.0/8\", \"fd00::/8\" or \"127.0.0.1\"";
-        let (ip, prefix) = match t.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (t, None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| {
-            format!("invalid CIDR {text:?}: {ip:?} is not an IP address; {expected}")
-        })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max && !p.starts_with('+') => n,
-                _ => {
-                    return Err(format!(
-                        "invalid CIDR {text:?}: the prefix length must be 0 to {max}; {expected}"
-                    ))
-                }
-            },
-        };
-        let cidr = Cidr { addr, prefix };
-        if cidr.network() != addr {
-            return Err(format!(
-                "invalid CIDR {text:?}: address bits set past the /{prefix} (did you mean {}/{prefix}?)",
-                cidr.network()
-            ));
-        }
-        Ok(cidr)
-    }
-
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.prefix))),
-        }
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask32(self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask128(self.prefix) == u128::from(net)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn mask128(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
-        let s = String::deserialize(d)?;
-        Cidr::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::config::Cidr;
 
 /// The configured trusted proxies.
 #[derive(Debug, Clone, Default)]

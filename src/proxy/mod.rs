@@ -6,8 +6,6 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod outcome;
-pub mod route;
-pub mod snapshot;
 pub mod spool;
 
 use std::net::SocketAddr;
@@ -23,9 +21,10 @@ use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
 use outcome::{Outcome, Trace};
-pub use snapshot::Snapshot;
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
+pub use crate::state::route;
+use crate::state::Snapshot;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
@@ -235,7 +234,7 @@ async fn proxy(
         .get(route.upstream)
         .ok_or_else(|| ProxyError::new(Cause::NoRoute, "the route's upstream is missing"))?;
     trace.route = Some(route.name.clone());
-    trace.upstream = Some(upstream.clone());
+    trace.upstream = Some(upstream.name.clone());
 
     // read body
     let declared = parts
@@ -480,7 +479,7 @@ async fn attempts(
             }
         };
         let backend = flight.backend().clone();
-        trace.backend = Some(backend.clone());
+        trace.backend = Some(backend.label.clone());
         if attempt.backend_host {
             forward::set_backend_host(&mut req, &backend);
         }

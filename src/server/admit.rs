@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::proxy_protocol::{self, Header, Prefixed};
 use super::ConnSetup;
 use crate::limits::ConnSlot;
-use crate::metrics::{Metrics, Rejected};
+use crate::obs::metrics::{Metrics, Rejected};
 
 /// A connection on a plain listener: the per-IP cap.
 pub fn direct(peer: SocketAddr, setup: &ConnSetup, metrics: &Metrics) -> Option<ConnSlot> {

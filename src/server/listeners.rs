@@ -16,8 +16,9 @@ use tokio::task::JoinHandle;
 
 use super::conn::HeadLimits;
 use super::{accept_loop, tls, Listener};
-use crate::proxy::outcome::Observers;
-use crate::proxy::{ListenerSettings, Snapshot};
+use crate::obs::Observers;
+use crate::proxy::ListenerSettings;
+use crate::state::Snapshot;
 
 /// How new client connections are served (from `limits` and `timeouts`); a reload replaces it
 /// and connections already open keep theirs.
@@ -53,7 +54,7 @@ pub struct Spawner {
     pub setup: Arc<ArcSwap<ConnSetup>>,
     pub graceful: Arc<GracefulShutdown>,
     pub observers: Observers,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::obs::metrics::Metrics>,
     /// Set when a new proxyd has taken over: HTTP/1 responses say `Connection: close`.
     pub closing: Arc<AtomicBool>,
 }

@@ -25,9 +25,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::{addr::parse_listen, Loaded};
+use crate::obs::Observers;
 use crate::proxy::error::{error_response, ProxyError};
-use crate::proxy::outcome::Observers;
-use crate::proxy::{self, ConnInfo, ListenerSettings, Snapshot};
+use crate::proxy::{self, ConnInfo, ListenerSettings};
+use crate::state::Snapshot;
 use crate::upgrade::{Inherited, Role, Upgrader};
 use crate::workers::Supervisors;
 use conn::{Activity, ClientIo, HeadLimits, ServerBody};
@@ -54,7 +55,7 @@ pub struct Server {
     /// Told about every finished request (metrics, access logs).
     observers: Observers,
     /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     reloader: Arc<reload::Reloader>,
     /// Hands the listening sockets to a new binary (SIGUSR2, `POST /upgrade`).
     upgrader: Arc<Upgrader>,
@@ -97,11 +98,12 @@ impl Server {
         };
         inherited.close_unused();
         // Before the workers start: a log that cannot be opened stops startup.
-        let access_logs = crate::access_log::open(loaded)?;
+        let access_logs = crate::obs::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
-        let metrics = Arc::new(crate::metrics::Metrics::new(&snapshot));
+        let metrics = Arc::new(crate::obs::metrics::Metrics::new());
+        snapshot.prepare_metrics(&metrics);
         let observers = Observers::new(
-            [metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>]
+            [metrics.clone() as Arc<dyn crate::obs::Observe>]
                 .into_iter()
                 .chain(access_logs)
                 .collect(),
@@ -259,6 +261,15 @@ impl Server {
     }
 }
 
+/// What `proxyd check` runs after the config layer's own checks (which read no certificate
+/// and build nothing): every part serving builds from the config is built, the listeners'
+/// TLS (`tls::check`) first, then the runtime state (`state::check`). An error names the
+/// file, line and column of the value at fault, like the config's own.
+pub fn check(loaded: &Loaded) -> Result<(), crate::config::ConfigError> {
+    tls::check(loaded)?;
+    crate::state::check(loaded)
+}
+
 /// Binds one configured listener (and loads its certificates).
 pub fn open_listener(l: &crate::config::Listen, loaded: &Loaded) -> anyhow::Result<Listener> {
     open_listener_inheriting(l, loaded, &mut Inherited::none())
@@ -292,7 +303,7 @@ pub fn listener_fingerprint(l: &crate::config::Listen, loaded: &Loaded) -> Strin
         .max_connections
         .unwrap_or(loaded.config.limits.max_connections);
     let text = format!("{:?} {max} {}", l, loaded.dir.display());
-    crate::proxy::snapshot::strip_locations(&text)
+    crate::config::fingerprint::strip_locations(&text)
 }
 
 /// What a listener serves with (its certificates are loaded here).
@@ -364,7 +375,7 @@ pub(crate) async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     observers: Observers,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::obs::metrics::Metrics>,
     closing: Arc<AtomicBool>,
 ) {
     loop {
@@ -440,7 +451,7 @@ impl Conn {
         stream: S,
         peer: SocketAddr,
         tls: Option<Arc<tls::Terminator>>,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::obs::metrics::Metrics,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {

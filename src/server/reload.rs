@@ -17,13 +17,13 @@ use tokio::time::Instant;
 use super::listeners::ListenerSet;
 use super::{conn_setup, listener_fingerprint, open_listener, serving};
 use crate::config::{addr::parse_listen, load_file, Loaded};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use crate::workers::Supervisors;
 
 /// What a reload changes when the access-log settings change.
 pub struct Logging {
-    pub observers: crate::proxy::outcome::Observers,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub observers: crate::obs::Observers,
+    pub metrics: Arc<crate::obs::metrics::Metrics>,
 }
 
 pub struct Reloader {
@@ -77,7 +77,8 @@ impl Reloader {
             tracing::warn!("config not reloaded: {e}");
             return Err(e.into());
         }
-        let new = load_file(&self.path).map_err(|e| {
+        let new = load_file(&self.path).and_then(|new| super::check(&new).map(|()| new));
+        let new = new.map_err(|e| {
             tracing::error!("config not reloaded, the old one keeps serving: {e}");
             e.to_string()
         })?;
@@ -117,11 +118,11 @@ impl Reloader {
         // New access logs are opened before the swap too: a file that cannot be opened calls
         // the reload off.
         let settings = |l: &Loaded| {
-            crate::proxy::snapshot::strip_locations(&format!("{:?}", l.config.access_log))
+            crate::config::fingerprint::strip_locations(&format!("{:?}", l.config.access_log))
         };
         let logs_changed = settings(&old) != settings(&new) || old.dir != new.dir;
         let new_logs = if logs_changed {
-            match crate::access_log::open(&new) {
+            match crate::obs::access_log::open(&new) {
                 Ok(logs) => Some(logs),
                 Err(e) => {
                     let e = format!("{e:#}");
@@ -199,10 +200,10 @@ impl Reloader {
             next.upstreams.len() - kept
         );
         // New routes and upstreams show zeroed histograms from now on, as at start.
-        self.logging.metrics.prepare(&next);
+        next.prepare_metrics(&self.logging.metrics);
         self.state.store(Arc::new(next));
         if let Some(logs) = new_logs {
-            let metrics = self.logging.metrics.clone() as Arc<dyn crate::proxy::outcome::Observe>;
+            let metrics = self.logging.metrics.clone() as Arc<dyn crate::obs::Observe>;
             self.logging
                 .observers
                 .replace(std::iter::once(metrics).chain(logs).collect());

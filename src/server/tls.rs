@@ -15,7 +15,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ClientAuthMode, Tls};
+use crate::config::{ClientAuthMode, ConfigError, Tls};
 
 /// A certificate with the names it serves.
 struct Loaded {
@@ -123,6 +123,22 @@ impl ResolvesServerCert for SniResolver {
 /// Everything one listener's TLS needs, read from disk: builds a rustls config.
 pub fn build(tls: &Tls, dir: &Path) -> Result<ServerConfig, String> {
     build_located(tls, dir).map_err(|(_, message)| message)
+}
+
+/// What `proxyd check` adds to the config's own checks for listeners: every certificate, key
+/// and client CA is loaded as serving would load it, so unreadable, mismatched or expired files
+/// are reported by name, at the pair (or listener) at fault.
+pub fn check(loaded: &crate::config::Loaded) -> Result<(), ConfigError> {
+    for l in &loaded.config.listen {
+        let Some(tls) = &l.tls else { continue };
+        let first = tls.certs.first().map(|c| &c.cert).unwrap_or(&l.addr);
+        build_located(tls, &loaded.dir).map_err(|(at, m)| {
+            let at = at.unwrap_or(first.referenced);
+            let msg = format!("listen: tls: {m}");
+            loaded.locate(ConfigError::at(&loaded.file, &at, msg))
+        })?;
+    }
+    Ok(())
 }
 
 /// `build`, with the place in the config of the file at fault (a pair's cert, the client CA),

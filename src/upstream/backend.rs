@@ -87,8 +87,8 @@ pub struct BackendSpec {
 
 pub struct Backend {
     pub addr: BackendAddr,
-    /// `addr` as text, for headers and logs.
-    pub label: String,
+    /// `addr` as text, for headers and logs (shared with the outcome records).
+    pub label: Arc<str>,
     pub pool: Pool,
     state: AtomicU8,
     pub in_flight: AtomicUsize,
@@ -122,7 +122,7 @@ impl Backend {
         let now = now_ns();
         Backend {
             hash_id: hash_str(&label),
-            label,
+            label: label.into(),
             addr: spec.addr,
             pool: spec.pool,
             state: AtomicU8::new(BackendState::Ready as u8),

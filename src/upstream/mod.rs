@@ -39,7 +39,8 @@ use stats::Stats;
 
 /// A named group of backends that routes point at.
 pub struct Upstream {
-    pub name: String,
+    /// Its name, shared with the requests' outcome records.
+    pub name: Arc<str>,
     backends: ArcSwap<Vec<Arc<Backend>>>,
     pub connect_timeout: Duration,
     /// How its backends are reached: protocol, TLS.
@@ -97,7 +98,7 @@ impl Upstream {
                 })
                 .collect();
             Upstream {
-                name: name.to_string(),
+                name: name.into(),
                 backends: ArcSwap::from_pointee(backends),
                 connect_timeout: cfg.connect_timeout,
                 connector,
@@ -347,6 +348,48 @@ impl Upstream {
     }
 
     /// The drain rate, a newcomer's expected wait and whether the overload rule is engaged.
+    /// Its live figures for a metrics scrape, as plain data.
+    pub fn figures(&self) -> crate::obs::figures::UpstreamFigures {
+        use crate::obs::figures::{BackendFigures, UpstreamFigures};
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.stats;
+        let now = now_ns();
+        let list = self.backends();
+        let (mut reused, mut opened) = (get(&s.pool_reused_retired), get(&s.pool_opened_retired));
+        let backends = list
+            .iter()
+            .map(|b| {
+                reused += get(&b.pool.reused);
+                opened += get(&b.pool.opened);
+                BackendFigures {
+                    label: b.label.clone(),
+                    state: b.state().as_str(),
+                    ejected: b.is_ejected(now),
+                    in_flight: b.in_flight.load(Ordering::Relaxed),
+                    latency: Duration::from_nanos(b.latency_ns()),
+                }
+            })
+            .collect();
+        let admission = self.admission();
+        UpstreamFigures {
+            name: self.name.clone(),
+            waiting: self.queued(),
+            drain_rate: admission.drain_rate,
+            expected_wait: admission.expected_wait,
+            overloaded: admission.overloaded,
+            queued: get(&s.queued),
+            errors: s.errors(),
+            retried_unsent: get(&s.retried_unsent),
+            retried_replayed: get(&s.retried_replayed),
+            retry_budget_exhausted: get(&s.retry_budget_exhausted),
+            ejected: get(&s.ejected),
+            failed_open: get(&s.failed_open),
+            pool_reused: reused,
+            pool_opened: opened,
+            backends,
+        }
+    }
+
     pub fn admission(&self) -> AdmissionView {
         self.lock_waiters().view(now_ns())
     }

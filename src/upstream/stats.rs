@@ -5,6 +5,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Cause;
 
+/// Picks one counter of a `Stats`.
+pub type Counter = fn(&Stats) -> &AtomicU64;
+
+/// The one cause-to-counter table: which counter an error answered to a client counts in
+/// (`Stats::error`), and what `proxyd_upstream_errors_total` and the queue's rejections are
+/// read from (`Stats::errors`).
+pub const BY_CAUSE: [(Cause, Counter); 12] = [
+    (Cause::UpstreamConnectRefused, |s| &s.connect_refused),
+    (Cause::UpstreamConnectTimeout, |s| &s.connect_timeout),
+    (Cause::UpstreamConnectFailed, |s| &s.connect_failed),
+    (Cause::UpstreamTls, |s| &s.tls_failed),
+    (Cause::UpstreamClosed, |s| &s.closed_early),
+    (Cause::UpstreamProtocol, |s| &s.bad_response),
+    (Cause::UpstreamResponseTimeout, |s| &s.response_timeout),
+    (Cause::NoBackend, |s| &s.no_backend),
+    (Cause::QueueFull, |s| &s.queue_full),
+    (Cause::QueueTimeout, |s| &s.queue_timeout),
+    (Cause::QueueDeadline, |s| &s.queue_deadline),
+    (Cause::QueueOverload, |s| &s.queue_overload),
+];
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub requests: AtomicU64,
@@ -52,24 +73,20 @@ impl Stats {
             .fetch_add(get(&pool.opened), Ordering::Relaxed);
     }
 
-    /// Counts an error answered to a client, by its cause.
+    /// Counts an error answered to a client, by its cause (causes not in [`BY_CAUSE`] are
+    /// not the upstream's).
     pub fn error(&self, cause: Cause) {
-        let counter = match cause {
-            Cause::UpstreamConnectRefused => &self.connect_refused,
-            Cause::UpstreamConnectTimeout => &self.connect_timeout,
-            Cause::UpstreamConnectFailed => &self.connect_failed,
-            Cause::UpstreamTls => &self.tls_failed,
-            Cause::UpstreamClosed => &self.closed_early,
-            Cause::UpstreamProtocol => &self.bad_response,
-            Cause::UpstreamResponseTimeout => &self.response_timeout,
-            Cause::NoBackend => &self.no_backend,
-            Cause::QueueFull => &self.queue_full,
-            Cause::QueueTimeout => &self.queue_timeout,
-            Cause::QueueDeadline => &self.queue_deadline,
-            Cause::QueueOverload => &self.queue_overload,
-            _ => return,
-        };
-        Stats::add(counter);
+        if let Some((_, counter)) = BY_CAUSE.iter().find(|(c, _)| *c == cause) {
+            Stats::add(counter(self));
+        }
+    }
+
+    /// Errors answered to clients, by cause: every cause of [`BY_CAUSE`], zeros too.
+    pub fn errors(&self) -> Vec<(Cause, u64)> {
+        BY_CAUSE
+            .iter()
+            .map(|(cause, counter)| (*cause, counter(self).load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Every counter by name, for reports.

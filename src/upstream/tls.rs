@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::{UpstreamProtocol, UpstreamTls};
+use crate::config::{ConfigError, Loaded, UpstreamProtocol, UpstreamTls};
 
 /// Reads a PEM bundle of CA certificates. Every certificate in it must parse and be within
 /// its validity period: a bundle that can never verify anything is a config error.
@@ -103,8 +103,22 @@ pub fn client_config(
 
 /// `tls.server_name`, checked: a DNS name or an IP address.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(name.to_string())
-        .map_err(|_| format!("{name:?} is not a DNS name or IP address"))
+    crate::config::upstream_tls::server_name(name)
+}
+
+/// What `proxyd check` adds to the config's own checks for upstreams: every `tls.ca` bundle
+/// is read as the upstream's TLS config will read it; an error points at the `ca:` value.
+pub fn check(loaded: &Loaded) -> Result<(), ConfigError> {
+    for (name, up) in &loaded.config.upstreams {
+        let Some(ca) = up.tls.as_ref().and_then(|t| t.ca.as_ref()) else {
+            continue;
+        };
+        load_ca(&loaded.dir.join(&ca.value)).map_err(|m| {
+            let msg = format!("upstreams.{name}.tls.ca: {m}");
+            loaded.locate(ConfigError::at(&loaded.file, &ca.referenced, msg))
+        })?;
+    }
+    Ok(())
 }
 
 /// Accepts any certificate (`insecure_skip_verify`), but still checks the handshake

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ConfigError, Loaded};
-use crate::proxy::Snapshot;
+use crate::state::Snapshot;
 use process::Spec;
 use slot::{Command, Group, SlotHandle};
 
@@ -162,7 +162,7 @@ impl Supervisors {
         let Some(w) = loaded
             .config
             .upstreams
-            .get(&upstream.name)
+            .get(&*upstream.name)
             .and_then(|u| u.workers.as_ref())
         else {
             return Ok(None);
@@ -175,7 +175,7 @@ impl Supervisors {
         }
         let (uid, gid) = user_and_group(w).map_err(fail)?;
         let spec = Spec {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             command: w.command.value.clone(),
             env: w.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cwd: w.cwd.as_ref().map(|c| loaded.dir.join(&c.value)),
@@ -189,7 +189,7 @@ impl Supervisors {
         };
         let group = Arc::new(Group::new(upstream.clone(), spec, w.clone()));
         let handle = Arc::new(GroupHandle {
-            name: upstream.name.clone(),
+            name: upstream.name.to_string(),
             group,
             slots: std::sync::Mutex::new(Slots {
                 active: Vec::new(),
@@ -267,6 +267,39 @@ impl Supervisors {
         self.all()
             .iter()
             .map(|g| (g.name.clone(), g.group.clone()))
+            .collect()
+    }
+
+    /// Every workers upstream's live figures for a metrics scrape, as plain data.
+    pub fn figures(&self) -> Vec<crate::obs::figures::WorkerGroupFigures> {
+        use crate::obs::figures::{WorkerFigures, WorkerGroupFigures};
+        use std::sync::atomic::Ordering::Relaxed;
+        self.groups()
+            .into_iter()
+            .map(|(name, group)| WorkerGroupFigures {
+                upstream: name,
+                desired: group.desired.load(Relaxed),
+                scaled_up: group.scaling.ups.load(Relaxed),
+                scaled_down: group.scaling.downs.load(Relaxed),
+                restarts: group
+                    .restarts_by
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(reason, n)| (*reason, *n))
+                    .collect(),
+                workers: group
+                    .workers()
+                    .iter()
+                    .map(|w| WorkerFigures {
+                        slot: w.slot,
+                        state: w.backend.state().as_str(),
+                        rss: process::rss(w.pid),
+                        served: w.backend.served.load(Relaxed),
+                        started: w.started,
+                    })
+                    .collect(),
+            })
             .collect()
     }
 

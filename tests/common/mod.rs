@@ -209,7 +209,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     /// proxyd's runtime state, to watch its upstreams (queue length, backends).
-    pub state: Arc<arc_swap::ArcSwap<proxyd::proxy::Snapshot>>,
+    pub state: Arc<arc_swap::ArcSwap<proxyd::state::Snapshot>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// Holds the config file.
@@ -253,7 +253,7 @@ impl TestProxy {
         let snap = self.state.load();
         snap.upstreams
             .iter()
-            .find(|u| u.name == name)
+            .find(|u| &*u.name == name)
             .unwrap_or_else(|| panic!("no upstream {name}"))
             .clone()
     }

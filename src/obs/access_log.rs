@@ -7,7 +7,6 @@
 pub(crate) mod format;
 mod writer;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
@@ -15,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
-use crate::config::{AccessLog, AccessLogFormat, Loaded};
-use crate::proxy::outcome::{Observe, Outcome};
+use super::outcome::{Observe, Outcome};
+pub use crate::config::access_log::{creatable_dir, destination, Destination, HEALTHD_PATH};
+use crate::config::{AccessLogFormat, Loaded};
 use writer::{Line, Writer};
 
 pub use writer::hourly;
@@ -24,67 +24,11 @@ pub use writer::hourly;
 /// Lines buffered per log before new ones are dropped.
 pub const CAPACITY: usize = 8192;
 
-/// Elastic Beanstalk's healthd agent reads `<this>.YYYY-MM-DD-HH`.
-pub const HEALTHD_PATH: &str = "/var/log/nginx/healthd/application.log";
-
 /// Lines lost by every access log of the process (buffer full, or the file unwritable).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The running logs' shared state, for [`reopen`] and [`shutdown`].
 static LOGS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
-
-/// Where a log's lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Stderr,
-    File(PathBuf),
-    /// healthd: the base path; the UTC hour is appended.
-    Hourly(PathBuf),
-}
-
-/// A log's destination, its path resolved against the config's directory; `None` when a
-/// format other than healthd has no path.
-pub fn destination(log: &AccessLog, dir: &Path) -> Option<Destination> {
-    let healthd = log.format.value == AccessLogFormat::Healthd;
-    let path = match &log.path {
-        Some(p) => p.value.as_str(),
-        None if healthd => HEALTHD_PATH,
-        None => return None,
-    };
-    Some(match path.trim() {
-        "-" | "stderr" => Destination::Stderr,
-        p if healthd => Destination::Hourly(dir.join(p)),
-        p => Destination::File(dir.join(p)),
-    })
-}
-
-/// `Ok` when `file`'s directory exists and is writable, or could be created: its nearest
-/// existing ancestor is a writable directory. Leaves nothing behind (`proxyd check` uses it).
-pub fn creatable_dir(file: &Path) -> Result<(), String> {
-    let mut dir = file.parent();
-    while let Some(d) = dir {
-        let probe = if d.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            d
-        };
-        if probe.exists() {
-            if !probe.is_dir() {
-                return Err(format!("{} is not a directory", probe.display()));
-            }
-            // An unnamed temporary file: the one check that also holds for root and ACLs.
-            return tempfile::tempfile_in(probe).map(drop).map_err(|e| {
-                format!(
-                    "cannot create {} in {}: {e}",
-                    file.display(),
-                    probe.display()
-                )
-            });
-        }
-        dir = d.parent();
-    }
-    Err(format!("no directory to create {} in", file.display()))
-}
 
 /// Opens every configured access log and starts its writer; each returned observer feeds one.
 pub fn open(loaded: &Loaded) -> anyhow::Result<Vec<Arc<dyn Observe>>> {
@@ -207,8 +151,9 @@ impl Observe for AccessLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::outcome::Trace;
+    use crate::obs::outcome::Trace;
     use http::{HeaderValue, Method, StatusCode, Version};
+    use std::path::Path;
 
     fn outcome(target: &str) -> Outcome {
         Outcome {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Version};
 use serde::Serialize;
 
-use crate::proxy::outcome::Outcome;
+use crate::obs::outcome::Outcome;
 
 /// When the line is logged: the end of the response (nginx's `$msec` and `$time_local`).
 pub fn logged_at(o: &Outcome) -> SystemTime {
@@ -96,8 +96,8 @@ pub fn json(o: &Outcome) -> String {
         status: o.status.as_u16(),
         bytes: o.body_bytes,
         duration_ms: millis(o.duration),
-        upstream: o.trace.upstream.as_ref().map(|u| u.name.as_str()),
-        upstream_addr: o.trace.backend.as_ref().map(|b| b.label.as_str()),
+        upstream: o.trace.upstream.as_deref(),
+        upstream_addr: o.trace.backend.as_deref(),
         upstream_time_ms: o.trace.upstream_time.map(millis),
         queue_ms: millis(o.trace.queued),
         retries: o.trace.retries,

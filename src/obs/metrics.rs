@@ -8,9 +8,10 @@
 //!   by upstream (by [`Metrics`], an observer of every finished request), client connections
 //!   and TLS handshakes (by the server's accept loop);
 //! - read when scraped from the live state: in-flight requests and queue depth, the counters
-//!   each upstream already keeps ([`crate::upstream::stats::Stats`]: errors by cause, retries,
-//!   queue rejections, ejections, failing open), keepalive pool reuse, backend health and
-//!   latency, and the workers (state, restarts by reason, RSS, requests served);
+//!   each upstream already keeps (errors by cause, retries, queue rejections, ejections,
+//!   failing open), keepalive pool reuse, backend health and latency, and the workers (state,
+//!   restarts by reason, RSS, requests served), handed over as plain [`super::figures`] by
+//!   their owners;
 //! - about proxyd itself: `proxyd_build_info` and the standard `process_*` metrics (the
 //!   prometheus crate's process collector, read from `/proc/self` when scraped).
 //!
@@ -19,7 +20,6 @@
 //! histograms per upstream) are made once and found by name.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -34,12 +34,9 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::figures::{UpstreamFigures, WorkerGroupFigures, BACKEND_STATES};
+use super::outcome::{Observe, Outcome};
 use crate::error::Cause;
-use crate::proxy::outcome::{Observe, Outcome};
-use crate::proxy::Snapshot;
-use crate::upstream::clock::now_ns;
-use crate::upstream::BackendState;
-use crate::workers::Supervisors;
 
 /// The upstream and route label of requests no route matched.
 pub const NO_UPSTREAM: &str = "-";
@@ -184,9 +181,10 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: &C) {
 }
 
 impl Metrics {
-    /// Metrics for a server; `snapshot`'s routes and upstreams get their handles (and
-    /// zero-valued histograms) at once.
-    pub fn new(snapshot: &Snapshot) -> Metrics {
+    /// Metrics for a server; [`Metrics::prepare`] makes the handles of its routes and
+    /// upstreams.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -269,7 +267,7 @@ impl Metrics {
         let _ = registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
-        let metrics = Metrics {
+        Metrics {
             registry,
             requests,
             duration,
@@ -283,21 +281,21 @@ impl Metrics {
             tls_failed: tls.with_label_values(&["failed"]),
             rate_limited,
             rejected: REJECTED.map(|r| rejected.with_label_values(&[r])),
-        };
-        metrics.prepare(snapshot);
-        metrics
+        }
     }
 
-    /// Makes the handles of `snapshot`'s upstreams and routes (after a reload, of those it
-    /// adds), so their histograms show zeros before the first request.
-    pub fn prepare(&self, snapshot: &Snapshot) {
-        for u in &snapshot.upstreams {
-            self.upstream(&u.name);
+    /// Makes the handles of a config's upstreams and routes (route name, upstream name), after
+    /// a reload of those it adds, so their histograms show zeros before the first request.
+    pub fn prepare<'a>(
+        &self,
+        upstreams: impl IntoIterator<Item = &'a str>,
+        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        for u in upstreams {
+            self.upstream(u);
         }
-        for r in &snapshot.routes {
-            if let Some(u) = snapshot.upstreams.get(r.upstream) {
-                self.route(&r.name, &u.name);
-            }
+        for (route, upstream) in routes {
+            self.route(route, upstream);
         }
         self.route(NO_UPSTREAM, NO_UPSTREAM);
     }
@@ -375,10 +373,10 @@ impl Metrics {
     }
 
     /// Every metric in the Prometheus text format: the counted ones and those read now from
-    /// `snapshot` and `supervisors`.
-    pub fn render(&self, snapshot: &Snapshot, supervisors: &Supervisors) -> String {
+    /// the upstreams and the worker supervisors.
+    pub fn render(&self, upstreams: &[UpstreamFigures], workers: &[WorkerGroupFigures]) -> String {
         let mut families = self.registry.gather();
-        families.extend(scrape(snapshot, supervisors));
+        families.extend(scrape(upstreams, workers));
         families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(16 * 1024);
@@ -391,10 +389,10 @@ impl Metrics {
     /// The `GET /metrics` response.
     pub fn response(
         &self,
-        snapshot: &Snapshot,
-        supervisors: &Supervisors,
+        upstreams: &[UpstreamFigures],
+        workers: &[WorkerGroupFigures],
     ) -> Response<Full<Bytes>> {
-        let mut resp = Response::new(Full::new(Bytes::from(self.render(snapshot, supervisors))));
+        let mut resp = Response::new(Full::new(Bytes::from(self.render(upstreams, workers))));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(prometheus::TEXT_FORMAT),
@@ -410,7 +408,7 @@ fn seconds(d: Duration) -> f64 {
 impl Observe for Metrics {
     fn request_done(&self, o: &Outcome) {
         let routed = o.trace.upstream.as_deref();
-        let name = routed.map_or(NO_UPSTREAM, |u| u.name.as_str());
+        let name = routed.unwrap_or(NO_UPSTREAM);
         let r = self.route(o.trace.route.as_deref().unwrap_or(NO_UPSTREAM), name);
         let h = &r.histograms;
         let method = method_index(&o.method);
@@ -460,7 +458,7 @@ fn as_i64(n: impl TryInto<i64>) -> i64 {
 }
 
 /// The figures read at scrape time from the upstreams and the worker supervisors.
-fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
+fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<MetricFamily> {
     let in_flight = gauge(
         "proxyd_upstream_in_flight",
         "Requests in flight to the upstream's backends now.",
@@ -551,102 +549,63 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         "The backend's peak-EWMA response-head latency (what the balancer sees).",
         &["upstream", "backend"],
     );
-    let now = now_ns();
-    for u in &snapshot.upstreams {
-        let name = u.name.as_str();
-        let list = u.backends();
-        let (mut flight, mut reused, mut opened) = (0usize, 0u64, 0u64);
+    for u in upstreams {
+        let name = &*u.name;
+        let mut flight = 0usize;
         let mut by_state = [0i64; 3];
-        for b in list.iter() {
-            let n = b.in_flight.load(Ordering::Relaxed);
-            flight += n;
-            reused += b.pool.reused.load(Ordering::Relaxed);
-            opened += b.pool.opened.load(Ordering::Relaxed);
-            let state = b.state();
-            by_state[state as usize] += 1;
-            let labels = [name, b.label.as_str()];
+        for b in &u.backends {
+            flight += b.in_flight;
+            if let Some(i) = BACKEND_STATES.iter().position(|s| *s == b.state) {
+                by_state[i] += 1;
+            }
+            let labels = [name, &*b.label];
             up.with_label_values(&labels)
-                .set(i64::from(state == BackendState::Ready));
-            ejected
+                .set(i64::from(b.state == "ready"));
+            ejected.with_label_values(&labels).set(i64::from(b.ejected));
+            backend_in_flight
                 .with_label_values(&labels)
-                .set(i64::from(b.is_ejected(now)));
-            backend_in_flight.with_label_values(&labels).set(as_i64(n));
-            ewma.with_label_values(&labels)
-                .set(b.latency_ns() as f64 / 1e9);
+                .set(as_i64(b.in_flight));
+            ewma.with_label_values(&labels).set(b.latency.as_secs_f64());
         }
-        for (state, n) in [
-            BackendState::Ready,
-            BackendState::Unhealthy,
-            BackendState::Draining,
-        ]
-        .into_iter()
-        .zip(by_state)
-        {
-            backends.with_label_values(&[name, state.as_str()]).set(n);
+        for (state, n) in BACKEND_STATES.into_iter().zip(by_state) {
+            backends.with_label_values(&[name, state]).set(n);
         }
         in_flight.with_label_values(&[name]).set(as_i64(flight));
         queue_depth
             .with_label_values(&[name])
-            .set(as_i64(u.queued()));
-        let admission = u.admission();
-        if let Some(rate) = admission.drain_rate {
+            .set(as_i64(u.waiting));
+        if let Some(rate) = u.drain_rate {
             drain_rate.with_label_values(&[name]).set(rate);
         }
-        if let Some(wait) = admission.expected_wait {
+        if let Some(wait) = u.expected_wait {
             expected_wait
                 .with_label_values(&[name])
                 .set(wait.as_secs_f64());
         }
         overloaded
             .with_label_values(&[name])
-            .set(i64::from(admission.overloaded));
-
-        let s = &u.stats;
-        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        reused += get(&s.pool_reused_retired);
-        opened += get(&s.pool_opened_retired);
-        pool.with_label_values(&[name, "reused"]).inc_by(reused);
-        pool.with_label_values(&[name, "new"]).inc_by(opened);
-        queued.with_label_values(&[name]).inc_by(get(&s.queued));
-        for (cause, c) in [
-            (Cause::UpstreamConnectRefused, &s.connect_refused),
-            (Cause::UpstreamConnectTimeout, &s.connect_timeout),
-            (Cause::UpstreamConnectFailed, &s.connect_failed),
-            (Cause::UpstreamTls, &s.tls_failed),
-            (Cause::UpstreamClosed, &s.closed_early),
-            (Cause::UpstreamProtocol, &s.bad_response),
-            (Cause::UpstreamResponseTimeout, &s.response_timeout),
-            (Cause::NoBackend, &s.no_backend),
-            (Cause::QueueFull, &s.queue_full),
-            (Cause::QueueTimeout, &s.queue_timeout),
-            (Cause::QueueDeadline, &s.queue_deadline),
-            (Cause::QueueOverload, &s.queue_overload),
-        ] {
-            errors
-                .with_label_values(&[name, cause.code()])
-                .inc_by(get(c));
-        }
-        for (reason, c) in [
-            ("full", &s.queue_full),
-            ("timeout", &s.queue_timeout),
-            ("deadline", &s.queue_deadline),
-            ("overload", &s.queue_overload),
-        ] {
-            rejections.with_label_values(&[name, reason]).inc_by(get(c));
+            .set(i64::from(u.overloaded));
+        pool.with_label_values(&[name, "reused"])
+            .inc_by(u.pool_reused);
+        pool.with_label_values(&[name, "new"]).inc_by(u.pool_opened);
+        queued.with_label_values(&[name]).inc_by(u.queued);
+        for &(cause, n) in &u.errors {
+            errors.with_label_values(&[name, cause.code()]).inc_by(n);
+            if let Some(reason) = rejection(cause) {
+                rejections.with_label_values(&[name, reason]).inc_by(n);
+            }
         }
         retries
             .with_label_values(&[name, "unsent"])
-            .inc_by(get(&s.retried_unsent));
+            .inc_by(u.retried_unsent);
         retries
             .with_label_values(&[name, "replayed"])
-            .inc_by(get(&s.retried_replayed));
+            .inc_by(u.retried_replayed);
         budget
             .with_label_values(&[name])
-            .inc_by(get(&s.retry_budget_exhausted));
-        ejections.with_label_values(&[name]).inc_by(get(&s.ejected));
-        failed_open
-            .with_label_values(&[name])
-            .inc_by(get(&s.failed_open));
+            .inc_by(u.retry_budget_exhausted);
+        ejections.with_label_values(&[name]).inc_by(u.ejected);
+        failed_open.with_label_values(&[name]).inc_by(u.failed_open);
     }
 
     let workers = gauge(
@@ -684,54 +643,42 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         "When the worker now in a slot started, in seconds since the Unix epoch.",
         &["upstream", "worker"],
     );
-    for (name, group) in &supervisors.groups() {
-        let name = name.as_str();
-        let views = group.workers();
+    for group in groups {
+        let name = group.upstream.as_str();
         let mut by_state = [0i64; 3];
-        for w in &views {
-            by_state[w.backend.state() as usize] += 1;
+        for w in &group.workers {
+            if let Some(i) = BACKEND_STATES.iter().position(|s| *s == w.state) {
+                by_state[i] += 1;
+            }
             let slot = w.slot.to_string();
             let labels = [name, slot.as_str()];
-            if let Some(bytes) = crate::workers::process::rss(w.pid) {
+            if let Some(bytes) = w.rss {
                 rss.with_label_values(&labels).set(as_i64(bytes));
             }
-            served
-                .with_label_values(&labels)
-                .inc_by(w.backend.served.load(Ordering::Relaxed));
+            served.with_label_values(&labels).inc_by(w.served);
             if let Ok(t) = w.started.duration_since(UNIX_EPOCH) {
                 started.with_label_values(&labels).set(t.as_secs_f64());
             }
         }
-        let count = group.desired.load(Ordering::Relaxed);
-        let draining = by_state[BackendState::Draining as usize];
-        let serving = views
+        let count = group.desired;
+        let draining = by_state[2];
+        let serving = group
+            .workers
             .len()
             .saturating_sub(usize::try_from(draining).unwrap_or(0));
         workers
             .with_label_values(&[name, "starting"])
             .set(as_i64(count.saturating_sub(serving)));
-        for (state, n) in [
-            BackendState::Ready,
-            BackendState::Unhealthy,
-            BackendState::Draining,
-        ]
-        .into_iter()
-        .zip(by_state)
-        {
-            workers.with_label_values(&[name, state.as_str()]).set(n);
+        for (state, n) in BACKEND_STATES.into_iter().zip(by_state) {
+            workers.with_label_values(&[name, state]).set(n);
         }
         desired.with_label_values(&[name]).set(as_i64(count));
         scaling
             .with_label_values(&[name, "up"])
-            .inc_by(group.scaling.ups.load(Ordering::Relaxed));
+            .inc_by(group.scaled_up);
         scaling
             .with_label_values(&[name, "down"])
-            .inc_by(group.scaling.downs.load(Ordering::Relaxed));
-        let by_reason = group
-            .restarts_by
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .inc_by(group.scaled_down);
         // The usual reasons show as 0 before they first happen.
         for reason in [
             "crash",
@@ -744,7 +691,7 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
         ] {
             restarts.with_label_values(&[name, reason]);
         }
-        for (reason, n) in by_reason {
+        for &(reason, n) in &group.restarts {
             restarts.with_label_values(&[name, reason]).inc_by(n);
         }
     }
@@ -782,6 +729,17 @@ fn scrape(snapshot: &Snapshot, supervisors: &Supervisors) -> Vec<MetricFamily> {
     .collect()
 }
 
+/// The queue's refusals by reason (`proxyd_queue_rejections_total`), from their causes.
+fn rejection(cause: Cause) -> Option<&'static str> {
+    match cause {
+        Cause::QueueFull => Some("full"),
+        Cause::QueueTimeout => Some("timeout"),
+        Cause::QueueDeadline => Some("deadline"),
+        Cause::QueueOverload => Some("overload"),
+        _ => None,
+    }
+}
+
 /// Access-log lines dropped because a log's buffer was full (or its file unwritable).
 fn access_log_dropped() -> IntCounterVec {
     let dropped = counter(
@@ -791,6 +749,6 @@ fn access_log_dropped() -> IntCounterVec {
     );
     dropped
         .with_label_values(&[] as &[&str])
-        .inc_by(crate::access_log::dropped());
+        .inc_by(super::access_log::dropped());
     dropped
 }

@@ -1,0 +1,90 @@
+//! What happened to one request, gathered as it moves through the pipeline (`Trace`) and
+//! completed when its response has been sent (`Outcome`), then handed to whoever observes
+//! requests: metrics and access logs. Plain data: names and labels, not the live objects.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, StatusCode, Version};
+
+use crate::error::Cause;
+
+/// Filled by the pipeline's phases.
+#[derive(Default)]
+pub struct Trace {
+    /// The route that matched, by its name (metrics label).
+    pub route: Option<Arc<str>>,
+    /// The upstream the route chose, by its name.
+    pub upstream: Option<Arc<str>>,
+    /// The backend that answered (or failed last), by its label (its address).
+    pub backend: Option<Arc<str>>,
+    /// Time spent waiting in the admission queue.
+    pub queued: Duration,
+    /// From sending to the backend to its response head (the last attempt).
+    pub upstream_time: Option<Duration>,
+    pub retries: u32,
+    /// Set when proxyd answered with an error.
+    pub cause: Option<Cause>,
+}
+
+/// One finished request.
+pub struct Outcome {
+    /// Wall-clock time the request arrived (for logs).
+    pub at: SystemTime,
+    pub method: Method,
+    /// Path and query as the client sent them.
+    pub target: String,
+    pub path_len: usize,
+    pub version: Version,
+    pub host: Option<HeaderValue>,
+    pub client: Option<IpAddr>,
+    pub forwarded_for: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    pub request_id: HeaderValue,
+    pub status: StatusCode,
+    /// Response body bytes sent to the client.
+    pub body_bytes: u64,
+    /// From the request's arrival to the end of its response.
+    pub duration: Duration,
+    pub trace: Trace,
+}
+
+impl Outcome {
+    /// The path without its query (`target` up to `?`).
+    pub fn path(&self) -> &str {
+        &self.target[..self.path_len]
+    }
+}
+
+/// Something that wants to know about every finished request.
+pub trait Observe: Send + Sync {
+    fn request_done(&self, outcome: &Outcome);
+}
+
+/// The observers of a server; cheap to clone. A config reload can replace the set (new
+/// access logs), and every clone sees the new one.
+#[derive(Clone, Default)]
+pub struct Observers(Arc<arc_swap::ArcSwap<Vec<Arc<dyn Observe>>>>);
+
+impl Observers {
+    pub fn new(list: Vec<Arc<dyn Observe>>) -> Observers {
+        Observers(Arc::new(arc_swap::ArcSwap::from_pointee(list)))
+    }
+
+    pub fn done(&self, outcome: &Outcome) {
+        for o in self.0.load().iter() {
+            o.request_done(outcome);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+
+    /// Swaps in a new set; the old observers go when the last request using them is done.
+    pub fn replace(&self, list: Vec<Arc<dyn Observe>>) {
+        self.0.store(Arc::new(list));
+    }
+}
