@@ -59,6 +59,6 @@ pub mod workers;
 /// What the fuzz targets (`fuzz/`) need that is not otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::obs::access_log::format::{combined, healthd, json};
     pub use crate::http1::stream::{Refusal, RequestStream};
+    pub use crate::obs::access_log::format::{combined, healthd, json};
 }
