@@ -105,7 +105,8 @@ pub fn check_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Frami
 
 /// Parses and checks the request head at the start of `buf`. Ok(None): more bytes are needed.
 /// On success the head's bytes are split off `buf`; what follows (body, pipelined requests)
-/// stays. The target and the header values are slices of the head's bytes.
+/// stays. The target and the header values are slices of the head's bytes. After an error
+/// `buf` may or may not have lost the head: the connection is not to be read on.
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, Cause> {
     let found = with_headers(limits.max_headers, |headers| {
         let buf: &[u8] = buf;
