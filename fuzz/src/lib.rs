@@ -25,12 +25,12 @@ use proxyd::config::load::expand_env;
 use proxyd::config::{load_str, Config};
 use proxyd::fuzzing::{combined, healthd, json, RequestStream};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
-use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{self, ClientSide};
 use proxyd::proxy::outcome::{Outcome, Trace};
 use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::server::head::{self, Verdict};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
+use proxyd::upstream::body::RequestBody;
 
 /// A target's body: takes the fuzzer's bytes, panics on a finding.
 pub type Target = fn(&[u8]);

@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Method, Uri, Version};
 
-use super::body::RequestBody;
 use super::error::{Cause, ProxyError};
 use crate::config::HashKey;
 use crate::upstream::backend::hash_str;
+use crate::upstream::body::RequestBody;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -26,8 +26,10 @@ use outcome::{Outcome, Trace};
 pub use snapshot::Snapshot;
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
+use crate::upstream::body::RequestBody;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
+use crate::upstream::transport;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
 
 /// What the pipeline knows about the client connection a request came on.
@@ -246,7 +248,7 @@ async fn proxy(
     // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
     // declared length goes the long way, where its limit is checked.
     let body = if incoming.is_end_stream() && declared.is_none() {
-        body::RequestBody::Empty
+        RequestBody::Empty
     } else {
         Box::pin(read_request_body(
             incoming,
@@ -427,7 +429,7 @@ struct Answer {
 /// worker cannot take down more than two.
 async fn pick_and_send(
     upstream: &Upstream,
-    req: Request<body::RequestBody>,
+    req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -442,7 +444,7 @@ async fn pick_and_send(
 
 async fn attempts(
     upstream: &Upstream,
-    mut req: Request<body::RequestBody>,
+    mut req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -492,7 +494,7 @@ async fn attempts(
             None
         };
         let started = tokio::time::Instant::now();
-        let sent = forward::send(
+        let sent = transport::send(
             &backend,
             req,
             &upstream.connector,
@@ -510,7 +512,7 @@ async fn attempts(
                         upstream.record(&backend, status.is_server_error());
                         return Ok(answer);
                     }
-                    Err(error) => forward::Failed {
+                    Err(error) => transport::Failed {
                         error,
                         request: None,
                     },
@@ -563,7 +565,7 @@ async fn attempts(
 /// `request_timeout` at a time. A server's body streams.
 async fn respond(
     upstream: &Upstream,
-    sent: forward::Sent,
+    sent: transport::Sent,
     flight: InFlight,
     started: tokio::time::Instant,
     buffer_response: u64,

@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::body::RequestBody;
 use super::tls;
 use crate::config::{self, BackendAddr, UpstreamProtocol};
 use crate::error::{Cause, ProxyError};
-use crate::proxy::body::RequestBody;
 
 /// A connection to a backend, ready for requests: HTTP/1.1 (one request at a time) or
 /// HTTP/2 (a clone per request, all sharing the connection).

@@ -15,10 +15,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1::SendRequest, http2};
 use tokio::time::Instant;
 
+use super::body::RequestBody;
 use super::connect::Sender;
 use super::InFlight;
 use crate::error::{Cause, ProxyError};
-use crate::proxy::body::RequestBody;
 
 /// Idle connections, most recently used last (reused first, so the rest can expire).
 pub struct Pool {

@@ -7,7 +7,7 @@ use http::Request;
 use http_body_util::BodyExt;
 
 use crate::config::BackendAddr;
-use crate::proxy::body::RequestBody;
+use crate::upstream::body::RequestBody;
 use crate::upstream::connect::connect;
 
 /// One probe, bounded by `timeout`.
