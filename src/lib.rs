@@ -3,6 +3,8 @@
 //! The module map, following one request:
 //!
 //! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
+//! - [`http1`]: proxyd's own HTTP/1.1, sans-I/O and strict: parsing and checking heads,
+//!   writing them, and framing bodies.
 //! - [`config`]: the YAML file's types and defaults, `${VAR}` expansion, validation with
 //!   file:line:column errors (`proxyd check`).
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
@@ -35,6 +37,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod http1;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
