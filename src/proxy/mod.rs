@@ -18,6 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
@@ -27,6 +28,7 @@ pub use snapshot::Snapshot;
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
 use crate::upstream::body::RequestBody;
+use crate::upstream::h1::Upgraded;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
 use crate::upstream::transport;
@@ -302,9 +304,12 @@ async fn proxy(
 
     // respond
     let mut head = answer.head;
+    let mut body = answer.body;
     if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(backend_upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade));
+        if let ResponseBody::Upstream(b) = &mut body {
+            if let Some(backend_upgrade) = b.take_upgrade() {
+                tokio::spawn(tunnel(client_upgrade, backend_upgrade));
+            }
         }
     }
     head.version = client_version;
@@ -318,7 +323,7 @@ async fn proxy(
             HeaderValue::from_static(if answer.reused { "1" } else { "0" }),
         );
     }
-    Ok(Response::from_parts(head, answer.body))
+    Ok(Response::from_parts(head, body))
 }
 
 /// What is known of a request when it arrives, kept for its outcome.
@@ -506,7 +511,7 @@ async fn attempts(
                 trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
-                let status = sent.response.status();
+                let status = sent.head.status;
                 match respond(upstream, sent, flight, started, attempt.buffer_response).await {
                     Ok(answer) => {
                         upstream.record(&backend, status.is_server_error());
@@ -571,9 +576,9 @@ async fn respond(
     buffer_response: u64,
 ) -> Result<Answer, ProxyError> {
     let backend = flight.backend().clone();
-    let reused = sent.conn.reused;
-    let (mut head, body) = sent.response.into_parts();
-    let body = UpstreamBody::new(body, flight, sent.conn.sender);
+    let reused = sent.reused;
+    let mut head = sent.head;
+    let body = UpstreamBody::new(sent.body, flight);
     let buffered = upstream.buffer_bodies
         && !body.is_end_stream()
         && head.status != StatusCode::SWITCHING_PROTOCOLS;
@@ -608,17 +613,26 @@ async fn respond(
 }
 
 /// Copies bytes both ways between an upgraded client and backend connection until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+/// side closes; what the backend sent right behind its 101 goes first.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Upgraded) {
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade did not complete");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
+    let Upgraded {
+        io: mut backend,
+        read_ahead,
+    } = backend;
+    if !read_ahead.is_empty() {
+        if let Err(e) = client.write_all(&read_ahead).await {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(error = %e, "tunnel ended with an error");
     }

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::spool::SpooledRequest;
+use crate::error::{Cause, ProxyError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -134,17 +135,26 @@ impl Streaming {
         let polled = Pin::new(&mut self.rest).poll_frame(cx);
         let Poll::Ready(next) = polled else {
             ready!(self.timer.as_mut().poll(cx));
-            return Poll::Ready(Some(Err("client request body timed out".into())));
+            return Poll::Ready(Some(Err(Box::new(ProxyError::new(
+                Cause::ClientBodyTimeout,
+                "client sent no body data in time",
+            )))));
         };
         self.timer.as_mut().reset(Instant::now() + self.timeout);
         Poll::Ready(match next {
             None => None,
-            Some(Err(e)) => Some(Err(e.into())),
+            Some(Err(e)) => Some(Err(Box::new(ProxyError::new(
+                Cause::BadRequest("bad-body"),
+                format_args!("request body: {e}"),
+            )))),
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > self.allowed {
-                        return Poll::Ready(Some(Err("request body over max_body".into())));
+                        return Poll::Ready(Some(Err(Box::new(ProxyError::new(
+                            Cause::BodyTooLarge,
+                            "request body over max_body",
+                        )))));
                     }
                     self.allowed -= n;
                 }

@@ -15,10 +15,12 @@ pub mod body;
 pub mod budget;
 pub mod clock;
 pub mod connect;
+pub mod h1;
 pub mod pool;
 pub mod queue;
 pub mod spool;
 pub mod stats;
+pub mod stream;
 pub mod tls;
 pub mod transport;
 

@@ -5,20 +5,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{header, Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http::{header, response, Request, Uri, Version};
+use hyper::client::conn::http2;
 
 use super::body::RequestBody;
-use super::connect::Connector;
-use super::pool::Conn;
+use super::connect::{Connector, Sender};
+use super::h1;
+use super::pool::{Conn, Received};
 use super::Backend;
 use crate::config::BackendAddr;
 use crate::error::{Cause, ProxyError};
 
-/// A backend's response head and the connection it came on.
+/// A backend's response head and its body, which holds the connection it came on.
 pub struct Sent {
-    pub response: Response<Incoming>,
-    pub conn: Conn,
+    pub head: response::Parts,
+    pub body: Received,
+    /// It came on a connection that served an earlier request.
+    pub reused: bool,
 }
 
 /// A failed attempt; `request` is handed back when none of it reached the backend.
@@ -38,6 +41,7 @@ impl Failed {
 
 /// Sends `req` to `backend`. A pooled connection found closed before the request was written
 /// is dropped and the request goes out on the next one (any method: the backend saw nothing).
+/// `response_timeout` bounds the wait for the response head, sending included.
 pub async fn send(
     backend: &Arc<Backend>,
     mut req: Request<RequestBody>,
@@ -45,40 +49,39 @@ pub async fn send(
     response_timeout: Duration,
 ) -> Result<Sent, Failed> {
     loop {
-        let mut conn = match checkout(backend, connector).await {
+        let conn = match checkout(backend, connector).await {
             Ok(c) => c,
             Err(e) => return Err(Failed::unsent(e, req)),
         };
-        if conn.sender.is_http2() {
-            to_http2(&mut req, &backend.addr);
-        }
-        let sent = tokio::time::timeout(response_timeout, conn.sender.try_send_request(req)).await;
+        let reused = conn.reused;
+        let sent = match conn.sender {
+            Sender::Http1(h1) => tokio::time::timeout(response_timeout, h1::send(h1, req))
+                .await
+                .map(|r| r.map(|(head, body)| (head, Received::H1(body)))),
+            Sender::Http2(sender) => {
+                to_http2(&mut req, &backend.addr);
+                let sending = send_h2(backend, sender, conn.shared, req);
+                tokio::time::timeout(response_timeout, sending).await
+            }
+        };
+        let labelled = |e: ProxyError| ProxyError {
+            detail: format!("{}: {}", backend.label, e.detail),
+            ..e
+        };
         match sent {
-            Ok(Ok(response)) => return Ok(Sent { response, conn }),
-            Ok(Err(mut e)) => {
-                // A shared HTTP/2 connection that is gone is replaced; a failed stream alone
-                // leaves it in service.
-                if let Some(id) = conn.shared {
-                    if e.message().is_some() || conn.sender.is_closed() {
-                        backend.pool.drop_shared(id).await;
-                    }
-                }
-                match e.take_message() {
-                    Some(back) if conn.reused => {
-                        tracing::debug!(backend = %backend.label, "pooled connection was closed; using another");
-                        req = back;
-                    }
-                    Some(back) => {
-                        let error = ProxyError::new(Cause::UpstreamClosed, e.error());
-                        return Err(Failed::unsent(error, back));
-                    }
-                    None => {
-                        return Err(Failed {
-                            error: response_error(e.error(), &backend.label),
-                            request: None,
-                        })
-                    }
-                }
+            Ok(Ok((head, body))) => return Ok(Sent { head, body, reused }),
+            Ok(Err(h1::SendError::Unsent(e, back))) if reused => {
+                tracing::debug!(backend = %backend.label, error = %e, "pooled connection was closed; using another");
+                req = *back;
+            }
+            Ok(Err(h1::SendError::Unsent(e, back))) => {
+                return Err(Failed::unsent(labelled(e), *back))
+            }
+            Ok(Err(h1::SendError::Failed(e))) => {
+                return Err(Failed {
+                    error: labelled(e),
+                    request: None,
+                })
             }
             Err(_) => {
                 let error = ProxyError::new(
@@ -92,6 +95,36 @@ pub async fn send(
                     error,
                     request: None,
                 });
+            }
+        }
+    }
+}
+
+/// Sends on a shared HTTP/2 connection; one that is gone is replaced (a failed stream alone
+/// leaves it in service).
+async fn send_h2(
+    backend: &Backend,
+    mut sender: http2::SendRequest<RequestBody>,
+    shared: Option<u64>,
+    req: Request<RequestBody>,
+) -> Result<(response::Parts, Received), h1::SendError> {
+    match sender.try_send_request(req).await {
+        Ok(response) => {
+            let (head, body) = response.into_parts();
+            Ok((head, Received::H2(body)))
+        }
+        Err(mut e) => {
+            if let Some(id) = shared {
+                if e.message().is_some() || sender.is_closed() {
+                    backend.pool.drop_shared(id).await;
+                }
+            }
+            match e.take_message() {
+                Some(back) => Err(h1::SendError::Unsent(
+                    ProxyError::new(Cause::UpstreamClosed, e.error()),
+                    Box::new(back),
+                )),
+                None => Err(h1::SendError::Failed(response_error(e.error()))),
             }
         }
     }
@@ -132,7 +165,7 @@ async fn checkout(backend: &Backend, connector: &Connector) -> Result<Conn, Prox
     if connector.multiplexed() {
         return Box::pin(backend.pool.shared(connector.connect(&backend.addr))).await;
     }
-    if let Some(c) = backend.pool.checkout().await {
+    if let Some(c) = backend.pool.checkout() {
         return Ok(c);
     }
     let sender = Box::pin(connector.connect(&backend.addr)).await?;
@@ -147,11 +180,11 @@ async fn checkout(backend: &Backend, connector: &Connector) -> Result<Conn, Prox
     })
 }
 
-fn response_error(e: &hyper::Error, backend: &str) -> ProxyError {
+fn response_error(e: &hyper::Error) -> ProxyError {
     let cause = if e.is_parse() || e.is_parse_status() {
         Cause::UpstreamProtocol
     } else {
         Cause::UpstreamClosed
     };
-    ProxyError::new(cause, format_args!("{backend}: {e}"))
+    ProxyError::new(cause, e)
 }
