@@ -12,7 +12,8 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, response, Method, Request, StatusCode};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{response, Method, Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 
@@ -74,6 +75,9 @@ pub async fn send(
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     let mut ex = Exchange::new(&mut conn.io, &mut buf, parts.method.clone(), framing);
     ex.out.push_back(Bytes::from(head));
+    if framing == Framing::Chunked && parts.headers.contains_key(header::TRAILER) {
+        ex.declared = declared_trailers(&parts.headers);
+    }
     let mut body = Some(body);
     match &body {
         Some(RequestBody::Empty) | None => {}
@@ -150,6 +154,34 @@ fn request_framing(req: &Request<RequestBody>) -> Framing {
     }
 }
 
+fn trailer_field_ok(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
+}
+
+/// The field names a `Trailer` header declares.
+fn declared_trailers(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// One request on the wire: what is still to be written, and the response as it comes.
 struct Exchange<'a> {
     io: &'a mut Stream,
@@ -163,6 +195,8 @@ struct Exchange<'a> {
     body: Option<RequestBody>,
     /// Content-Length framing: bytes of body still due.
     left: u64,
+    /// The trailer fields the request declared in `Trailer`: the only ones sent.
+    declared: Vec<HeaderName>,
     write_done: bool,
     eof: bool,
 }
@@ -182,13 +216,14 @@ impl<'a> Exchange<'a> {
             written: 0,
             body: None,
             left,
+            declared: Vec::new(),
             write_done: false,
             eof: false,
         }
     }
 
     /// Queues body data (and at the end, the trailers) in the request's framing.
-    fn push_data(&mut self, data: Bytes, trailers: &Option<http::HeaderMap>) {
+    fn push_data(&mut self, data: Bytes, trailers: &Option<HeaderMap>) {
         if self.framing != Framing::Chunked {
             self.left = self.left.saturating_sub(data.len() as u64);
             if !data.is_empty() {
@@ -203,9 +238,22 @@ impl<'a> Exchange<'a> {
             self.out.push_back(data);
             self.out.push_back(Bytes::from_static(b"\r\n"));
         }
+        let trailers = trailers.as_ref().and_then(|t| self.allowed(t));
         let mut last = Vec::new();
         http1::write_last_chunk(&mut last, trailers.as_ref());
         self.out.push_back(Bytes::from(last));
+    }
+
+    /// The trailer fields that may go: declared by the request's `Trailer` field, and none
+    /// that frames, routes or authorizes a message (hyper's client rule, kept).
+    fn allowed(&self, t: &HeaderMap) -> Option<HeaderMap> {
+        let mut kept = HeaderMap::new();
+        for (name, value) in t {
+            if self.declared.contains(name) && trailer_field_ok(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Writes what is queued, and flushes it (TLS holds records until flushed).
