@@ -52,5 +52,5 @@ pub mod workers;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::access_log::format::{combined, healthd, json};
-    pub use crate::server::framing::{Refusal, RequestStream};
+    pub use crate::http1::stream::{Refusal, RequestStream};
 }

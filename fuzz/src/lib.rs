@@ -24,13 +24,17 @@ use proxyd::config::balance::HashKey;
 use proxyd::config::load::expand_env;
 use proxyd::config::{load_str, Config};
 use proxyd::fuzzing::{combined, healthd, json, RequestStream};
+use proxyd::http1::{self, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
 use proxyd::proxy::headers::{self, ClientSide};
 use proxyd::proxy::outcome::{Outcome, Trace};
 use proxyd::proxy::route::{host_only, HostMatch, Router};
-use proxyd::server::head::{self, Verdict};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
 use proxyd::upstream::body::RequestBody;
+
+#[path = "http1_diff.rs"]
+mod http1_diff;
+pub use http1_diff::http1_diff;
 
 /// A target's body: takes the fuzzer's bytes, panics on a finding.
 pub type Target = fn(&[u8]);
@@ -40,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_loader", config_loader),
     ("request_head", request_head),
     ("pipelined", pipelined),
+    ("http1_diff", http1_diff),
     ("proxy_protocol", proxy_protocol),
     ("headers", headers),
     ("route", route),
@@ -120,24 +125,43 @@ pub fn config_loader(data: &[u8]) {
 }
 
 /// A client's byte stream (after a first byte choosing the limits and how the stream is cut
-/// into reads) through `server::head::check` and the pipelined-request tracker.
+/// into reads) through `http1::check_request`, `http1::parse_request` and the pipelined-request
+/// tracker.
 pub fn request_head(data: &[u8]) {
     let Some((&knobs, stream)) = data.split_first() else {
         return;
     };
     let max_bytes = [8192, 256, 65536, 64][usize::from(knobs & 3)];
     let max_headers = [100, 0, 1, 200][usize::from((knobs >> 2) & 3)];
-    match head::check(stream, max_bytes, max_headers) {
-        Verdict::Good(h) => {
-            assert!(h.len <= stream.len() && h.len <= max_bytes, "{h:?}");
+    let limits = Limits {
+        max_head_bytes: max_bytes,
+        max_headers,
+    };
+    let checked = http1::check_request(stream, &limits);
+    match checked {
+        Ok(Some((len, framing))) => {
+            assert!(len <= stream.len() && len <= max_bytes, "{len} {framing:?}");
             // A complete head is judged alike without what follows it.
             assert_eq!(
-                head::check(&stream[..h.len], max_bytes, max_headers),
-                Verdict::Good(h)
+                http1::check_request(&stream[..len], &limits),
+                Ok(Some((len, framing)))
             );
         }
-        Verdict::Partial => assert!(stream.len() <= max_bytes),
-        Verdict::Refuse(_) => {}
+        Ok(None) => assert!(stream.len() <= max_bytes),
+        Err(_) => {}
+    }
+    // parse_request applies the same rules, and the target and Host rules on top.
+    let mut buf = bytes::BytesMut::from(stream);
+    match (http1::parse_request(&mut buf, &limits), checked) {
+        (Ok(Some(head)), Ok(Some((len, framing)))) => {
+            assert_eq!(head.framing, framing);
+            assert_eq!(buf.len(), stream.len() - len, "the head is split off");
+            assert_eq!(http1::check_parts(&head.parts), Ok(()));
+        }
+        (Ok(None), Ok(None)) => assert_eq!(buf.len(), stream.len()),
+        (Err(e), Err(c)) => assert_eq!(e, c),
+        (Err(_), Ok(Some(_))) => {}
+        (parsed, checked) => panic!("parse_request: {parsed:?}, check_request: {checked:?}"),
     }
     let whole = RequestStream::new(max_bytes, max_headers).feed(stream);
     // However TCP cuts the stream into reads, the same head is refused.

@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::framing::RequestStream;
+use crate::http1::stream::RequestStream;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::error::{error_response_h1, Cause};
 use crate::proxy::outcome::Observers;

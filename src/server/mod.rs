@@ -3,8 +3,6 @@
 
 mod admit;
 pub mod conn;
-pub(crate) mod framing;
-pub mod head;
 pub mod listeners;
 pub mod proxy_protocol;
 pub mod reload;
@@ -330,7 +328,7 @@ pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        // Above the head limit: server::head answers oversize heads, with a proper 431.
+        // Above the head limit: http1::check_request answers oversize heads, with a proper 431.
         .max_buf_size(client.max_head_bytes.saturating_add(8192))
         .max_headers(client.max_headers)
         .keep_alive(true);
