@@ -31,12 +31,12 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Versi
 use proxyd::config::{AccessLogFormat, BackendAddr, Balance};
 use proxyd::obs::access_log::{AccessLogger, Destination};
 use proxyd::obs::{Observe, Outcome, Trace};
-use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{
     check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
 };
 use proxyd::state::route::{host_only, HostMatch, Router};
 use proxyd::upstream::balancer::{Choice, Policy};
+use proxyd::upstream::body::RequestBody;
 use proxyd::upstream::clock::now_ns;
 use proxyd::upstream::pool::Pool;
 use proxyd::upstream::{Backend, BackendSpec};

@@ -6,6 +6,7 @@
 pub mod route;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderName;
 
@@ -13,7 +14,6 @@ use crate::config::fingerprint::fingerprint;
 use crate::config::{addr, BackendAddr, ConfigError, Loaded};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
-use crate::proxy::body::BodyLimits;
 use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 use route::{HostMatch, Router};
@@ -158,4 +158,15 @@ impl Snapshot {
             rate,
         })
     }
+}
+
+/// Limits applied while reading a client's request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_body: u64,
+    pub buffer_body: u64,
+    /// Longest wait between two reads.
+    pub read_timeout: Duration,
+    /// Memory for a worker's response read ahead of its client; the rest goes to a file.
+    pub buffer_response: u64,
 }

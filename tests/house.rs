@@ -47,23 +47,7 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
 
 /// Forbidden arrows still there because another change is removing them now: (from, path
 /// prefix, who removes it). Delete an entry when the test says its arrow is gone.
-const PENDING: &[(&str, &str, &str)] = &[
-    (
-        "upstream",
-        "proxy::body",
-        "the request body type, moved out of proxy by the h1client branch",
-    ),
-    (
-        "workers",
-        "proxy::body",
-        "the request body type, moved out of proxy by the h1client branch",
-    ),
-    (
-        "state",
-        "proxy::body",
-        "BodyLimits: moves into state.rs once the h1client branch has rewritten proxy/body.rs",
-    ),
-];
+const PENDING: &[(&str, &str, &str)] = &[];
 
 /// One `crate::` path in the code.
 struct Arrow {

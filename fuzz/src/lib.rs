@@ -27,10 +27,10 @@ use proxyd::fuzzing::{combined, healthd, json, RequestStream};
 use proxyd::http1::{self, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
 use proxyd::obs::{Outcome, Trace};
-use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{self, ClientSide};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
 use proxyd::state::route::{host_only, HostMatch, Router};
+use proxyd::upstream::body::RequestBody;
 
 #[path = "http1_diff.rs"]
 mod http1_diff;

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, response, Uri, Version};
 
-use super::body::RequestBody;
 use super::error::ProxyError;
 use crate::config::HashKey;
 use crate::http1;
 use crate::upstream::backend::hash_str;
+use crate::upstream::body::RequestBody;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");

@@ -16,6 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use body::{read_request_body, ResponseBody};
 use error::{error_response, Cause, ProxyError};
@@ -25,8 +26,11 @@ use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
 pub use crate::state::route;
 use crate::state::Snapshot;
+use crate::upstream::body::RequestBody;
+use crate::upstream::h1::Upgraded;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
+use crate::upstream::transport;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
 
 /// What the pipeline knows about the client connection a request came on.
@@ -245,7 +249,7 @@ async fn proxy(
     // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
     // declared length goes the long way, where its limit is checked.
     let body = if incoming.is_end_stream() && declared.is_none() {
-        body::RequestBody::Empty
+        RequestBody::Empty
     } else {
         Box::pin(read_request_body(
             incoming,
@@ -299,9 +303,12 @@ async fn proxy(
 
     // respond
     let mut head = answer.head;
+    let mut body = answer.body;
     if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(backend_upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade));
+        if let ResponseBody::Upstream(b) = &mut body {
+            if let Some(backend_upgrade) = b.take_upgrade() {
+                tokio::spawn(tunnel(client_upgrade, backend_upgrade));
+            }
         }
     }
     head.version = client_version;
@@ -315,7 +322,7 @@ async fn proxy(
             HeaderValue::from_static(if answer.reused { "1" } else { "0" }),
         );
     }
-    Ok(Response::from_parts(head, answer.body))
+    Ok(Response::from_parts(head, body))
 }
 
 /// What is known of a request when it arrives, kept for its outcome.
@@ -426,7 +433,7 @@ struct Answer {
 /// worker cannot take down more than two.
 async fn pick_and_send(
     upstream: &Upstream,
-    req: Request<body::RequestBody>,
+    req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -441,7 +448,7 @@ async fn pick_and_send(
 
 async fn attempts(
     upstream: &Upstream,
-    mut req: Request<body::RequestBody>,
+    mut req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -491,7 +498,7 @@ async fn attempts(
             None
         };
         let started = tokio::time::Instant::now();
-        let sent = forward::send(
+        let sent = transport::send(
             &backend,
             req,
             &upstream.connector,
@@ -503,13 +510,13 @@ async fn attempts(
                 trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
-                let status = sent.response.status();
+                let status = sent.head.status;
                 match respond(upstream, sent, flight, started, attempt.buffer_response).await {
                     Ok(answer) => {
                         upstream.record(&backend, status.is_server_error());
                         return Ok(answer);
                     }
-                    Err(error) => forward::Failed {
+                    Err(error) => transport::Failed {
                         error,
                         request: None,
                     },
@@ -562,15 +569,15 @@ async fn attempts(
 /// `request_timeout` at a time. A server's body streams.
 async fn respond(
     upstream: &Upstream,
-    sent: forward::Sent,
+    sent: transport::Sent,
     flight: InFlight,
     started: tokio::time::Instant,
     buffer_response: u64,
 ) -> Result<Answer, ProxyError> {
     let backend = flight.backend().clone();
-    let reused = sent.conn.reused;
-    let (mut head, body) = sent.response.into_parts();
-    let body = UpstreamBody::new(body, flight, sent.conn.sender);
+    let reused = sent.reused;
+    let mut head = sent.head;
+    let body = UpstreamBody::new(sent.body, flight);
     let buffered = upstream.buffer_bodies
         && !body.is_end_stream()
         && head.status != StatusCode::SWITCHING_PROTOCOLS;
@@ -605,17 +612,26 @@ async fn respond(
 }
 
 /// Copies bytes both ways between an upgraded client and backend connection until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+/// side closes; what the backend sent right behind its 101 goes first.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Upgraded) {
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade did not complete");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
+    let Upgraded {
+        io: mut backend,
+        read_ahead,
+    } = backend;
+    if !read_ahead.is_empty() {
+        if let Err(e) = client.write_all(&read_ahead).await {
+            tracing::debug!(error = %e, "tunnel ended with an error");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         tracing::debug!(error = %e, "tunnel ended with an error");
     }
