@@ -32,7 +32,7 @@ mod response;
 mod write;
 
 pub use chunked::{Chunk, ChunkedDecoder};
-pub use fields::{connection_has, content_length, port_ok};
+pub use fields::{connection_has, content_length, has_token, port_ok};
 pub use request::{check_request, check_target_and_host, parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};
 pub use write::{

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::error::{Cause, ProxyError};
@@ -18,6 +18,18 @@ use super::spool::{RequestSpooler, SpooledRequest, SpooledResponse};
 use crate::upstream::pool::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client's request body of any protocol (proxyd's HTTP/1.1 body, hyper's h2 `Incoming`),
+/// boxed once it streams past `buffer_body`.
+pub type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a request body from a client must be: its frames are read by `read_request_body`.
+pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> FromClient for B where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
 
 /// Limits applied while reading a client's request body.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +58,7 @@ pub enum RequestBody {
 
 pub struct Streaming {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: ClientBody,
     /// Bytes still allowed before `max_body` is exceeded.
     allowed: u64,
     timeout: Duration,
@@ -90,8 +102,8 @@ impl RequestBody {
 /// one-request-at-a-time workers) is read whole into a temp file, so a slow upload holds no
 /// worker. Bodies declared or found larger than `max_body` are refused, malformed ones too,
 /// before anything goes upstream.
-pub async fn read_request_body(
-    mut body: Incoming,
+pub async fn read_request_body<B: FromClient>(
+    mut body: B,
     declared: Option<u64>,
     limits: &BodyLimits,
     spool: bool,
@@ -125,10 +137,11 @@ pub async fn read_request_body(
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
                 return Err(ProxyError::new(
                     Cause::BadRequest("bad-body"),
                     format!("request body: {e}"),
-                ))
+                ));
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -173,7 +186,7 @@ pub async fn read_request_body(
             }
             return Ok(RequestBody::Streaming(Box::new(Streaming {
                 prefix: Some(prefix),
-                rest: body,
+                rest: UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into)),
                 allowed: limits.max_body - total,
                 timeout: limits.read_timeout,
                 timer: Box::pin(sleep(limits.read_timeout)),

@@ -16,10 +16,8 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
-use body::{read_request_body, ResponseBody};
+use body::{read_request_body, FromClient, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
 use outcome::{Outcome, Trace};
@@ -102,9 +100,11 @@ impl ListenerSettings {
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
 /// Every response carries the request's id, so a client can quote it. The `Pending` outcome
-/// is completed by the server once the response body has been sent.
-pub async fn handle(
-    mut req: Request<Incoming>,
+/// is completed by the server once the response body has been sent. A 101 to an upgrade
+/// carries the backend's upgraded connection in its extensions (`hyper::upgrade::OnUpgrade`):
+/// the server joins it to the client's.
+pub async fn handle<B: FromClient>(
+    mut req: Request<B>,
     snap: Arc<Snapshot>,
     conn: &ConnInfo,
 ) -> (Response<ResponseBody>, Pending) {
@@ -157,7 +157,7 @@ pub async fn handle(
 
 /// A plain listener's answer when it only redirects: 308 to the same host and target over
 /// https, method and body kept by the client (308, not 301).
-fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
     let host = req
         .uri()
         .authority()
@@ -192,14 +192,13 @@ fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> 
     }
 }
 
-async fn proxy(
-    mut req: Request<Incoming>,
+async fn proxy<B: FromClient>(
+    req: Request<B>,
     snap: &Snapshot,
     conn: &ConnInfo,
     client: Option<std::net::IpAddr>,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
 
@@ -300,10 +299,8 @@ async fn proxy(
 
     // respond
     let mut head = answer.head;
-    if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(backend_upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() {
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade));
-        }
+    if !(upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS) {
+        head.extensions.remove::<hyper::upgrade::OnUpgrade>();
     }
     head.version = client_version;
     headers::prepare_response(&mut head);
@@ -335,8 +332,8 @@ struct Begun {
 }
 
 impl Begun {
-    fn of(
-        req: &Request<Incoming>,
+    fn of<B>(
+        req: &Request<B>,
         client: Option<std::net::IpAddr>,
         request_id: HeaderValue,
     ) -> Begun {
@@ -603,21 +600,4 @@ async fn respond(
         backend,
         reused,
     })
-}
-
-/// Copies bytes both ways between an upgraded client and backend connection until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %e, "tunnel ended with an error");
-    }
 }

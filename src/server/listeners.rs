@@ -7,14 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use super::drain::Drain as GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::conn::HeadLimits;
+use super::h1::HeadLimits;
 use super::{accept_loop, tls, Listener};
 use crate::proxy::outcome::Observers;
 use crate::proxy::{ListenerSettings, Snapshot};
@@ -22,7 +20,8 @@ use crate::proxy::{ListenerSettings, Snapshot};
 /// How new client connections are served (from `limits` and `timeouts`); a reload replaces it
 /// and connections already open keep theirs.
 pub struct ConnSetup {
-    pub builder: auto::Builder<TokioExecutor>,
+    /// hyper's h2 server, for h2 connections.
+    pub h2: super::h2::Builder,
     pub client: HeadLimits,
     /// Trusted proxies and the per-IP connection cap.
     pub clients: Arc<crate::limits::ClientPolicy>,
