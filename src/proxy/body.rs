@@ -26,10 +26,7 @@ pub type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
 /// What a request body from a client must be: its frames are read by `read_request_body`.
 pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
-impl<B> FromClient for B where
-    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
-{
-}
+impl<B> FromClient for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 /// Limits applied while reading a client's request body.
 #[derive(Debug, Clone, Copy)]

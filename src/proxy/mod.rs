@@ -332,11 +332,7 @@ struct Begun {
 }
 
 impl Begun {
-    fn of<B>(
-        req: &Request<B>,
-        client: Option<std::net::IpAddr>,
-        request_id: HeaderValue,
-    ) -> Begun {
+    fn of<B>(req: &Request<B>, client: Option<std::net::IpAddr>, request_id: HeaderValue) -> Begun {
         let h = req.headers();
         let target = req
             .uri()

@@ -5,19 +5,32 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+
+/// The signal: a flag, and a wake-up for the connections waiting on it. (A `Notify` wait is
+/// smaller than a `watch` one, and every idle connection carries one.)
+#[derive(Debug, Default)]
+struct Signal {
+    draining: AtomicBool,
+    notify: Notify,
+}
 
 /// Held by the server: starts the drain and waits for it.
 #[derive(Debug)]
 pub struct Drain {
-    tx: watch::Sender<bool>,
+    signal: Arc<Signal>,
+    /// Only counts the watchers (one per open connection) and tells when all are gone.
+    count: watch::Sender<()>,
 }
 
 /// Held by one connection for its whole life: `shutdown` waits until every watcher is gone.
 #[derive(Debug)]
 pub struct Watcher {
-    rx: watch::Receiver<bool>,
+    signal: Arc<Signal>,
+    _count: watch::Receiver<()>,
 }
 
 impl Default for Drain {
@@ -29,44 +42,55 @@ impl Default for Drain {
 impl Drain {
     pub fn new() -> Drain {
         Drain {
-            tx: watch::channel(false).0,
+            signal: Arc::default(),
+            count: watch::channel(()).0,
         }
     }
 
     /// A watcher for a connection accepted now (before the drain starts, it is drained).
     pub fn watcher(&self) -> Watcher {
         Watcher {
-            rx: self.tx.subscribe(),
+            signal: self.signal.clone(),
+            _count: self.count.subscribe(),
         }
     }
 
     /// Connections still open.
     pub fn count(&self) -> usize {
-        self.tx.receiver_count()
+        self.count.receiver_count()
     }
 
     /// Tells every connection to finish, then waits until all have closed.
     pub async fn shutdown(self) {
-        let _ = self.tx.send(true);
-        self.tx.closed().await;
+        self.signal.draining.store(true, Ordering::SeqCst);
+        self.signal.notify.notify_waiters();
+        self.count.closed().await;
     }
 }
 
 impl Watcher {
     /// True once the drain has started.
     pub fn draining(&self) -> bool {
-        *self.rx.borrow()
+        self.signal.draining.load(Ordering::SeqCst)
     }
 
     /// Completes when the drain starts (at once if it has).
     pub async fn signaled(&mut self) {
-        let _ = self.rx.wait_for(|d| *d).await;
+        // Made before the flag is read: a drain that starts in between still wakes it.
+        let woken = self.signal.notify.notified();
+        if self.draining() {
+            return;
+        }
+        woken.await;
     }
 
     /// Runs a hyper connection (h2) to its end, asking it to shut down gracefully when the
     /// drain starts.
-    pub async fn watch_hyper<C, E>(mut self, mut conn: Pin<&mut C>, shutdown: fn(Pin<&mut C>))
-    -> Result<(), E>
+    pub async fn watch_hyper<C, E>(
+        mut self,
+        mut conn: Pin<&mut C>,
+        shutdown: fn(Pin<&mut C>),
+    ) -> Result<(), E>
     where
         C: Future<Output = Result<(), E>>,
     {
@@ -75,5 +99,28 @@ impl Watcher {
             _ = self.signaled() => shutdown(conn.as_mut()),
         }
         conn.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_drain_wakes_its_watchers_and_waits_for_them() {
+        let drain = Drain::new();
+        let mut early = drain.watcher();
+        let waiting = tokio::spawn(async move {
+            early.signaled().await;
+            assert!(early.draining());
+        });
+        let late = drain.watcher();
+        assert_eq!(drain.count(), 2);
+        let finished = tokio::spawn(drain.shutdown());
+        waiting.await.unwrap();
+        assert!(late.draining());
+        assert!(!finished.is_finished());
+        drop(late);
+        finished.await.unwrap();
     }
 }

@@ -21,8 +21,8 @@ use tokio::time::{Instant, Sleep};
 use super::drain::Watcher;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::outcome::Observers;
-use crate::proxy::{self, ConnInfo, Pending};
 use crate::proxy::Snapshot;
+use crate::proxy::{self, ConnInfo, Pending};
 
 pub type Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
 

@@ -238,3 +238,58 @@ pub fn skip_buffered(back: &mut Back<impl Sized>) -> bool {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    /// A body read to its end hands the read side back with what follows it (a pipelined
+    /// head); once that is consumed too, the connection lets go of its buffer.
+    #[tokio::test]
+    async fn the_read_side_comes_back_and_its_buffer_is_released_when_empty() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (read, _write) = tokio::io::split(server);
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(b"3\r\nabc\r\n");
+        let reader = Reader::new(read, buf);
+        let shared = Shared::new();
+        let body = RequestBody::new(reader, Framing::Chunked, shared.clone(), false);
+        let mut client = client;
+        client.write_all(b"0\r\nx-t: 1\r\n\r\nGET /").await.unwrap();
+        let got = body.collect().await.unwrap();
+        assert_eq!(got.trailers().and_then(|t| t.get("x-t")).unwrap(), "1");
+        assert_eq!(got.to_bytes(), "abc");
+        let mut back = shared.take_back().expect("the read side");
+        assert!(back.left.is_none());
+        assert_eq!(&back.reader.buf[..], b"GET /");
+        back.reader.release();
+        assert!(back.reader.buf.capacity() > 0, "pipelined bytes are kept");
+        back.reader.buf.clear();
+        back.reader.release();
+        assert_eq!(back.reader.buf.capacity(), 0);
+    }
+
+    /// Dropped unread: what is left is skipped when it is all buffered, else the connection
+    /// cannot go on.
+    #[test]
+    fn an_unread_body_is_skipped_only_when_buffered() {
+        let (_client, server) = tokio::io::duplex(64);
+        let (read, _write) = tokio::io::split(server);
+        let shared = Shared::new();
+        let reader = Reader::new(read, BytesMut::from(&b"helloGET"[..]));
+        drop(RequestBody::new(
+            reader,
+            Framing::Length(5),
+            shared.clone(),
+            false,
+        ));
+        let mut back = shared.take_back().expect("the read side");
+        assert!(skip_buffered(&mut back));
+        assert_eq!(&back.reader.buf[..], b"GET");
+        back.left = Some(Left::Length(10));
+        assert!(!skip_buffered(&mut back));
+    }
+}

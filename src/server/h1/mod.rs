@@ -77,20 +77,24 @@ where
     };
     let mut first = Some(started);
     loop {
-        let head = match next_head(&mut reader, &limits, &ctx.limits, first.take(), &mut ctx.watcher)
-            .await
-        {
+        let next = next_head(
+            &mut reader,
+            &limits,
+            &ctx.limits,
+            first.take(),
+            &mut ctx.watcher,
+        );
+        let head = match next.await {
             Next::Head(h) => h,
             Next::Close => break,
             Next::Refuse(cause) => {
-                tracing::debug!(code = cause.code(), "refused request head");
-                let msg = error_response_h1(cause);
-                let _ = writer.write_all(&mut [IoSlice::new(&msg)]).await;
-                let _ = writer.flush().await;
+                Box::pin(refuse(&mut writer, cause)).await;
                 break;
             }
         };
-        match exchange(head, reader, &mut writer, &ctx).await {
+        // Boxed: a request's future is large, and the task is as large as its largest state
+        // for as long as the connection lives, idle or not.
+        match Box::pin(exchange(head, reader, &mut writer, &ctx)).await {
             Some(back) => reader = back,
             None => break,
         }
@@ -98,8 +102,17 @@ where
     let _ = writer.io.shutdown().await;
 }
 
+/// Answers a head proxyd refuses (the connection closes after).
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, cause: Cause) {
+    tracing::debug!(code = cause.code(), "refused request head");
+    let msg = error_response_h1(cause);
+    let _ = writer.write_all(&mut [IoSlice::new(&msg)]).await;
+    let _ = writer.flush().await;
+}
+
 enum Next {
-    Head(RequestHead),
+    /// Boxed: the head is large and the connection's idle state holds room for this.
+    Head(Box<RequestHead>),
     /// End quietly: the client closed, went idle too long, or the drain began while idle.
     Close,
     Refuse(Cause),
@@ -120,7 +133,7 @@ async fn next_head<R: AsyncRead + Unpin>(
             match http1::parse_request(&mut reader.buf, limits) {
                 Ok(Some(head)) => {
                     reader.release();
-                    return Next::Head(head);
+                    return Next::Head(Box::new(head));
                 }
                 Ok(None) => {}
                 Err(cause) => return Next::Refuse(cause),
@@ -152,7 +165,7 @@ async fn next_head<R: AsyncRead + Unpin>(
 /// Runs one request and writes its response; the read side back when the connection may
 /// carry another request.
 async fn exchange<T>(
-    head: RequestHead,
+    head: Box<RequestHead>,
     reader: Reader<ReadHalf<T>>,
     writer: &mut Writer<WriteHalf<T>>,
     ctx: &Ctx,
@@ -166,7 +179,7 @@ where
         keep_alive,
         expect_continue,
         upgrade: _,
-    } = head;
+    } = *head;
     let asked = Asked {
         head: write::is_head(&parts.method),
         version: parts.version,
@@ -211,9 +224,9 @@ where
     // The read side, if the body gave it back (and any of it left unread was buffered).
     let back = match shared {
         None => kept,
-        Some(shared) => shared.take_back().and_then(|mut back: Back<_>| {
-            body::skip_buffered(&mut back).then_some(back.reader)
-        }),
+        Some(shared) => shared
+            .take_back()
+            .and_then(|mut back: Back<_>| body::skip_buffered(&mut back).then_some(back.reader)),
     };
     let (mut parts, body) = resp.into_parts();
     let status = parts.status;
@@ -330,5 +343,23 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Joined<'_, R, W> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut *self.write).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's task holds the future of `serve`, as large as its largest state
+    /// (a request's is boxed): it must stay small.
+    #[test]
+    fn an_idle_connection_is_small() {
+        let size = future_size(serve::<tokio::net::TcpStream>);
+        println!("serve future: {size} bytes");
+        assert!(size <= 1024, "{size}");
     }
 }

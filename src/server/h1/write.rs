@@ -33,7 +33,10 @@ pub struct Asked {
 /// else chunked, or close-delimited for an HTTP/1.0 client.
 pub fn framing(parts: &mut response::Parts, body: &ResponseBody, asked: &Asked) -> Framing {
     let s = parts.status;
-    if asked.head || s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
+    if asked.head
+        || s.is_informational()
+        || s == StatusCode::NO_CONTENT
+        || s == StatusCode::NOT_MODIFIED
     {
         if !asked.head {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -59,7 +62,10 @@ pub fn connection(parts: &mut response::Parts, asked: &Asked, keep: bool) {
         if keep && !http1::connection_has(h, "keep-alive") {
             h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
-    } else if !keep && !http1::connection_has(h, "close") && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+    } else if !keep
+        && !http1::connection_has(h, "close")
+        && parts.status != StatusCode::SWITCHING_PROTOCOLS
+    {
         h.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
