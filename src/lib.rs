@@ -52,5 +52,4 @@ pub mod workers;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::access_log::format::{combined, healthd, json};
-    pub use crate::server::framing::{Refusal, RequestStream};
 }

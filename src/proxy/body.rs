@@ -261,7 +261,7 @@ impl Streaming {
         self.timer.as_mut().reset(Instant::now() + self.timeout);
         Poll::Ready(match next {
             None => None,
-            Some(Err(e)) => Some(Err(e.into())),
+            Some(Err(e)) => Some(Err(e)),
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;

@@ -70,8 +70,8 @@ pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     {
         return Err(bad("bad-host", "userinfo in the request target"));
     }
-    // Content-Length/Transfer-Encoding clashes are refused in server::head, before hyper
-    // merges them away; what is left to see here is a coding list hyper let through.
+    // Content-Length/Transfer-Encoding clashes are refused by `http1`'s parse (HTTP/1.1) and
+    // by hyper (h2); what is left to see here is a coding list an h2 request carried.
     let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
         if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {

@@ -3,10 +3,8 @@
 
 mod admit;
 pub mod drain;
-pub(crate) mod framing;
 pub mod h1;
 mod h2;
-pub mod head;
 pub mod listeners;
 pub mod proxy_protocol;
 pub mod reload;
