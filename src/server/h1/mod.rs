@@ -191,7 +191,7 @@ where
             .any(|v| http1::has_token(v.as_bytes(), "trailers")),
     };
     // The read side goes with a body and comes back when it is read.
-    let (body, kept, shared) = match framing {
+    let (body, mut kept, shared) = match framing {
         Framing::None | Framing::Length(0) => (RequestBody::empty(), Some(reader), None),
         _ => {
             let shared = Shared::new();
@@ -218,7 +218,25 @@ where
                 }
             }
         }
-        _ => (&mut handling).await,
+        // As hyper does: a client that closes its connection while its request runs (and
+        // sent nothing more) is gone; the request is dropped, and with it its place in a
+        // queue or its backend. Pipelined bytes end the watch (they wait in the buffer).
+        _ => match kept.as_mut().filter(|r| r.buf.is_empty()) {
+            Some(watch) => {
+                tokio::select! {
+                    biased;
+                    r = &mut handling => r,
+                    read = watch.fill() => match read {
+                        Ok(n) if n > 0 => (&mut handling).await,
+                        _ => {
+                            tracing::debug!("client closed the connection with its request in flight");
+                            return None;
+                        }
+                    },
+                }
+            }
+            None => (&mut handling).await,
+        },
     };
     drop(handling);
     // The read side, if the body gave it back (and any of it left unread was buffered).
