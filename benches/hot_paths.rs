@@ -30,13 +30,13 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Versi
 
 use proxyd::access_log::{AccessLogger, Destination};
 use proxyd::config::{AccessLogFormat, BackendAddr, Balance};
-use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{
     check_request, ensure_request_id, prepare_request, prepare_response, ClientSide,
 };
 use proxyd::proxy::outcome::{Observe, Outcome, Trace};
 use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::upstream::balancer::{Choice, Policy};
+use proxyd::upstream::body::RequestBody;
 use proxyd::upstream::clock::now_ns;
 use proxyd::upstream::pool::Pool;
 use proxyd::upstream::{Backend, BackendSpec};

@@ -26,11 +26,15 @@ use proxyd::config::{load_str, Config};
 use proxyd::fuzzing::{combined, healthd, json};
 use proxyd::http1::{self, Framing, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
-use proxyd::proxy::body::RequestBody;
 use proxyd::proxy::headers::{self, ClientSide};
 use proxyd::proxy::outcome::{Outcome, Trace};
 use proxyd::proxy::route::{host_only, HostMatch, Router};
 use proxyd::server::proxy_protocol::{self, Header, Parsed};
+use proxyd::upstream::body::RequestBody;
+
+#[path = "http1_diff.rs"]
+mod http1_diff;
+pub use http1_diff::http1_diff;
 
 /// A target's body: takes the fuzzer's bytes, panics on a finding.
 pub type Target = fn(&[u8]);
@@ -40,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_loader", config_loader),
     ("request_head", request_head),
     ("pipelined", pipelined),
+    ("http1_diff", http1_diff),
     ("proxy_protocol", proxy_protocol),
     ("headers", headers),
     ("route", route),
@@ -119,39 +124,43 @@ pub fn config_loader(data: &[u8]) {
     }
 }
 
-/// A client's byte stream (after a first byte choosing the limits) through `http1`'s request
-/// parser: the slice check and the parse agree, a complete head is judged alike without what
-/// follows it, and the parse leaves exactly the bytes after the head.
+/// A client's byte stream (after a first byte choosing the limits and how the stream is cut
+/// into reads) through `http1::check_request` and `http1::parse_request`.
 pub fn request_head(data: &[u8]) {
     let Some((&knobs, stream)) = data.split_first() else {
         return;
     };
+    let max_bytes = [8192, 256, 65536, 64][usize::from(knobs & 3)];
+    let max_headers = [100, 0, 1, 200][usize::from((knobs >> 2) & 3)];
     let limits = Limits {
-        max_head_bytes: [8192, 256, 65536, 64][usize::from(knobs & 3)],
-        max_headers: [100, 0, 1, 200][usize::from((knobs >> 2) & 3)],
+        max_head_bytes: max_bytes,
+        max_headers,
     };
     let checked = http1::check_request(stream, &limits);
-    match &checked {
+    match checked {
         Ok(Some((len, framing))) => {
-            assert!(*len <= stream.len() && *len <= limits.max_head_bytes);
+            assert!(len <= stream.len() && len <= max_bytes, "{len} {framing:?}");
+            // A complete head is judged alike without what follows it.
             assert_eq!(
-                http1::check_request(&stream[..*len], &limits),
-                Ok(Some((*len, *framing)))
+                http1::check_request(&stream[..len], &limits),
+                Ok(Some((len, framing)))
             );
         }
-        Ok(None) => assert!(stream.len() <= limits.max_head_bytes),
+        Ok(None) => assert!(stream.len() <= max_bytes),
         Err(_) => {}
     }
+    // parse_request applies the same rules, and the target and Host rules on top.
     let mut buf = bytes::BytesMut::from(stream);
     match (http1::parse_request(&mut buf, &limits), checked) {
         (Ok(Some(head)), Ok(Some((len, framing)))) => {
             assert_eq!(head.framing, framing);
-            assert_eq!(&buf[..], &stream[len..]);
+            assert_eq!(buf.len(), stream.len() - len, "the head is split off");
+            assert_eq!(http1::check_parts(&head.parts), Ok(()));
         }
-        (Ok(None), Ok(None)) => assert_eq!(&buf[..], stream),
-        // The parse adds the target and Host rules to the slice check's.
-        (Err(_), Ok(Some(_)) | Err(_)) => {}
-        (parsed, checked) => panic!("parse {parsed:?}, check {checked:?}"),
+        (Ok(None), Ok(None)) => assert_eq!(buf.len(), stream.len()),
+        (Err(e), Err(c)) => assert_eq!(e, c),
+        (Err(_), Ok(Some(_))) => {}
+        (parsed, checked) => panic!("parse_request: {parsed:?}, check_request: {checked:?}"),
     }
 }
 

@@ -8,8 +8,8 @@ use http::HeaderMap;
 use super::fields;
 use crate::error::Cause;
 
-/// Chunk extensions are bounded over a whole body, as hyper bounds them: each one costs a
-/// scan, and they carry nothing proxyd passes on.
+/// Chunk extensions are bounded over a whole body (their bytes after each `;`), as hyper
+/// bounds them: they cost a scan and carry nothing proxyd passes on.
 const MAX_EXTENSION_BYTES: u64 = 16 * 1024;
 
 /// Fields in a trailer section.
@@ -117,7 +117,7 @@ impl ChunkedDecoder {
             }
             (State::Size { digits: 0, .. }, _) => return Err(BAD),
             (State::Size { n, .. } | State::Ws(n), b' ' | b'\t') => State::Ws(n),
-            (State::Size { n, .. } | State::Ws(n), b';') => self.extension(n)?,
+            (State::Size { n, .. } | State::Ws(n), b';') => State::Ext(n),
             (State::Size { n, .. } | State::Ws(n), b'\r') => State::SizeLf(n),
             (State::Ext(n), b'\r') => State::SizeLf(n),
             // A bare LF or a control byte in an extension.
@@ -133,7 +133,7 @@ impl ChunkedDecoder {
 
     fn extension(&mut self, n: u64) -> Result<State, Cause> {
         self.extension_bytes += 1;
-        if self.extension_bytes > MAX_EXTENSION_BYTES {
+        if self.extension_bytes >= MAX_EXTENSION_BYTES {
             return Err(BAD);
         }
         Ok(State::Ext(n))

@@ -61,9 +61,6 @@ pub struct Scan {
     pub chunked_only: bool,
     pub close: bool,
     pub keep_alive: bool,
-    pub connection_upgrade: bool,
-    pub upgrade: bool,
-    pub upgrade_h2c: bool,
     pub expect_continue: bool,
     pub hosts: usize,
 }
@@ -88,18 +85,12 @@ impl Scan {
                             s.close = true;
                         } else if t.eq_ignore_ascii_case(b"keep-alive") {
                             s.keep_alive = true;
-                        } else if t.eq_ignore_ascii_case(b"upgrade") {
-                            s.connection_upgrade = true;
                         }
                     }
                 }
                 Some(b't') if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                     s.transfer_encodings += 1;
                     s.chunked_only = h.value.eq_ignore_ascii_case(b"chunked");
-                }
-                Some(b'u') if name.eq_ignore_ascii_case(b"upgrade") => {
-                    s.upgrade = true;
-                    s.upgrade_h2c |= has_token(h.value, "h2c");
                 }
                 Some(b'e') if name.eq_ignore_ascii_case(b"expect") => {
                     s.expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");

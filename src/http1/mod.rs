@@ -13,7 +13,7 @@
 //! - A request target with a fragment, or one `http::Uri` does not take, is refused; so are
 //!   authority-form targets (CONNECT: proxyd is not a forward proxy), non-http(s) schemes,
 //!   `*` on anything but OPTIONS, userinfo, ports out of range, several Host fields, a missing
-//!   Host on HTTP/1.1 and an invalid one ([`check_target_and_host`], also used for h2).
+//!   Host on HTTP/1.1 and an invalid one ([`check_parts`], also used for h2).
 //! - A response with a bare LF, obs-fold, a space before a colon, Content-Length beside
 //!   Transfer-Encoding, several Content-Length fields, a coding other than `chunked`, or
 //!   Transfer-Encoding on HTTP/1.0 is refused (`Cause::UpstreamProtocol`); httparse takes
@@ -33,7 +33,7 @@ mod write;
 
 pub use chunked::{Chunk, ChunkedDecoder};
 pub use fields::{connection_has, content_length, has_token, port_ok};
-pub use request::{check_request, check_target_and_host, parse_request, RequestHead};
+pub use request::{check_parts, check_request, is_upgrade, parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};
 pub use write::{
     write_chunk_end, write_chunk_header, write_last_chunk, write_request_head, write_response_head,

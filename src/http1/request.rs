@@ -96,7 +96,7 @@ fn with_headers<'b, R>(max: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -
 
 /// The slice-only check the stream walker uses: the head's length and its body's framing, by
 /// the same syntax and framing rules as [`parse_request`] (not the target and Host rules,
-/// which [`check_target_and_host`] applies to a parsed head). Ok(None): more bytes needed.
+/// which [`check_parts`] applies to a parsed head). Ok(None): more bytes needed.
 pub fn check_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Framing)>, Cause> {
     with_headers(limits.max_headers, |headers| {
         Ok(check(buf, limits, headers)?.map(|c| (c.len, c.framing)))
@@ -123,10 +123,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
             framing: c.framing,
             keep_alive: c.scan.keep_alive(version),
             expect_continue: version == 1 && c.scan.expect_continue,
-            upgrade: version == 1
-                && c.scan.upgrade
-                && c.scan.connection_upgrade
-                && !c.scan.upgrade_h2c,
+            upgrade: false,
         };
         Ok(Some((c.len, method, path, version, spans, head)))
     })?;
@@ -142,14 +139,32 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
         Version::HTTP_11
     };
     head.parts.headers = fields::header_map(&bytes, spans).ok_or(bad("bad-header-value"))?;
-    check_target_and_host(&head.parts)?;
+    check_parts(&head.parts)?;
+    head.upgrade = is_upgrade(&head.parts);
     Ok(Some(head))
 }
 
-/// The target and Host rules, for a request of any version (h2's too): refuses a target or
-/// Host a backend could route differently than proxyd.
-pub fn check_target_and_host(parts: &request::Parts) -> Result<(), Cause> {
-    use http::header::HOST;
+/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+/// Never `h2c` (RFC 7540 3.2, gone from RFC 9113): a backend that switched would take HTTP/2
+/// straight from the client, past every rule proxyd applies per request; such a request goes
+/// on without its Upgrade.
+pub fn is_upgrade(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(http::header::UPGRADE)
+        && fields::connection_has(&parts.headers, "upgrade")
+        && !parts
+            .headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|v| fields::has_token(v.as_bytes(), "h2c"))
+}
+
+/// The rules on a parsed request head of any version (h2's too): refuses a target or Host a
+/// backend could route differently than proxyd, and a Transfer-Encoding other than one
+/// `chunked` (which an HTTP/1.1 head cannot carry past [`check_request`]; h2 forbids the
+/// field).
+pub fn check_parts(parts: &request::Parts) -> Result<(), Cause> {
+    use http::header::{HOST, TRANSFER_ENCODING};
     if parts.method == Method::CONNECT {
         return Err(bad("connect-not-supported"));
     }
@@ -182,6 +197,12 @@ pub fn check_target_and_host(parts: &request::Parts) -> Result<(), Cause> {
     }
     if authority.is_some_and(|a| a.as_str().contains('@')) {
         return Err(bad("bad-host"));
+    }
+    let mut te = h.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(bad("bad-transfer-encoding"));
+        }
     }
     Ok(())
 }
@@ -241,6 +262,8 @@ fn request_line_code(buf: &[u8]) -> Option<&'static str> {
         i += 1;
     }
     match buf.get(i) {
+        // httparse hands the target on as text: it refuses one that is not UTF-8 (as a token).
+        Some(b' ') if std::str::from_utf8(&buf[start..i]).is_err() => return Some("bad-target"),
         Some(b' ') if i > start => {}
         // `GET /` and the line ends: HTTP/0.9.
         Some(b'\r' | b'\n') if i > start => return Some("bad-version"),

@@ -468,3 +468,32 @@ fn writes_heads_and_chunks() {
     write_last_chunk(&mut out, None);
     assert_eq!(out, b"0\r\n\r\n");
 }
+
+#[test]
+fn the_same_code_however_the_head_is_cut() {
+    let heads: &[&[u8]] = &[
+        b"POST /\xffx HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+        b"GET / HTTP/1.1x\r\n\r\n",
+        b"G(T / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA : b\r\n\r\n",
+    ];
+    for head in heads {
+        let whole = check_request(head, &LIMITS);
+        assert!(whole.is_err(), "{head:?}");
+        for step in 1..head.len() {
+            let mut verdict = Ok(None);
+            for end in (step..head.len() + step).step_by(step) {
+                verdict = check_request(&head[..end.min(head.len())], &LIMITS);
+                if verdict != Ok(None) {
+                    break;
+                }
+            }
+            assert_eq!(verdict, whole, "{head:?} in reads of {step}");
+        }
+    }
+    assert_eq!(
+        check_request(b"GET /\xff HTTP/1.1\r\n\r\n", &LIMITS),
+        Err(bad("bad-target"))
+    );
+}

@@ -4,12 +4,13 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, response, Method, Uri, Version};
+use http::{request, response, Uri, Version};
 
-use super::body::RequestBody;
-use super::error::{Cause, ProxyError};
+use super::error::ProxyError;
 use crate::config::HashKey;
+use crate::http1;
 use crate::upstream::backend::hash_str;
+use crate::upstream::body::RequestBody;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -17,141 +18,21 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-fn bad(code: &'static str, detail: &str) -> ProxyError {
-    ProxyError::new(Cause::BadRequest(code), detail)
-}
-
-/// Refuses requests whose framing or target a backend could read differently than proxyd.
+/// Refuses requests whose target or Host a backend could read differently than proxyd: the
+/// rules of `http1::check_parts`, which an HTTP/1.1 head has passed already in `http1`'s
+/// parse (with the framing rules) and an h2 request meets here.
 pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
-    let h = &parts.headers;
-    if parts.method == Method::CONNECT {
-        return Err(bad(
-            "connect-not-supported",
-            "CONNECT is not supported: proxyd is not a forward proxy",
-        ));
-    }
-    check_target(parts)?;
-    if h.get_all(header::HOST).iter().count() > 1 {
-        return Err(bad("duplicate-host", "more than one Host header"));
-    }
-    if parts.version == Version::HTTP_11
-        && parts.uri.authority().is_none()
-        && !h.contains_key(header::HOST)
-    {
-        return Err(bad("missing-host", "HTTP/1.1 request without Host"));
-    }
-    if let (Some(auth), Some(host)) = (parts.uri.authority(), h.get(header::HOST)) {
-        // Absolute-form: the URI's authority wins (RFC 9112, 3.2.2); a Host that is not even a
-        // valid authority is still refused.
-        if host
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-            .is_none()
-        {
-            return Err(bad(
-                "bad-host",
-                &format!("invalid Host beside authority {auth}"),
-            ));
-        }
-    } else if let Some(host) = h.get(header::HOST) {
-        let valid = host
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok());
-        if valid.is_none_or(|a| a.as_str().contains('@') || !port_ok(&a)) {
-            return Err(bad("bad-host", "invalid Host header"));
-        }
-    }
-    if parts
-        .uri
-        .authority()
-        .is_some_and(|a| a.as_str().contains('@'))
-    {
-        return Err(bad("bad-host", "userinfo in the request target"));
-    }
-    // Content-Length/Transfer-Encoding clashes are refused by `http1`'s parse (HTTP/1.1) and
-    // by hyper (h2); what is left to see here is a coding list an h2 request carried.
-    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = te.next() {
-        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err(bad(
-                "bad-transfer-encoding",
-                "Transfer-Encoding other than a single chunked",
-            ));
-        }
-    }
-    Ok(())
+    http1::check_parts(parts).map_err(|cause| {
+        ProxyError::new(
+            cause,
+            format_args!("{} {} refused: {}", parts.method, parts.uri, cause.code()),
+        )
+    })
 }
 
-/// The request target: origin-form, absolute-form with an http(s) scheme, or `*` for OPTIONS
-/// (CONNECT's authority-form is refused before this). A backend must not be handed a target
-/// proxyd did not route by, or one it would turn into an absolute-form request line.
-fn check_target(parts: &request::Parts) -> Result<(), ProxyError> {
-    let uri = &parts.uri;
-    match (uri.scheme(), uri.authority()) {
-        (None, Some(a)) => {
-            return Err(bad(
-                "bad-target",
-                &format!("authority-form target {a} on {}", parts.method),
-            ))
-        }
-        (Some(s), _) if *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS => {
-            return Err(bad("bad-target", &format!("{s} target")));
-        }
-        _ => {}
-    }
-    if uri.authority().is_some_and(|a| !port_ok(a)) {
-        return Err(bad("bad-target", "port out of range"));
-    }
-    if uri.path() == "*" && parts.method != Method::OPTIONS {
-        return Err(bad(
-            "bad-target",
-            &format!("asterisk-form target on {}", parts.method),
-        ));
-    }
-    Ok(())
-}
-
-/// An authority's port, when it has one, is a port number (`Authority::port` says None for
-/// `host:99999` as for `host`).
-fn port_ok(a: &http::uri::Authority) -> bool {
-    let s = a.as_str();
-    let s = s.rsplit_once('@').map_or(s, |(_, hostport)| hostport);
-    let port = match s.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map(|(_, rest)| rest),
-        None => Some(s.rsplit_once(':').map_or("", |(_, p)| p)),
-    };
-    match port {
-        Some("") => !s.ends_with(':'),
-        Some(p) => p.strip_prefix(':').unwrap_or(p).parse::<u16>().is_ok(),
-        None => false,
-    }
-}
-
-/// True for an HTTP/1.1 request asking to switch protocols (WebSocket and the like).
-/// Never `h2c` (RFC 7540 3.2, gone from RFC 9113): a backend that switched would take HTTP/2
-/// straight from the client, past every rule proxyd applies per request; such a request goes
-/// on without its Upgrade.
+/// True for an HTTP/1.1 request asking to switch protocols (see `http1::is_upgrade`).
 pub fn is_upgrade(parts: &request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
-        && connection_has(&parts.headers, "upgrade")
-        && !parts
-            .headers
-            .get_all(header::UPGRADE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
-}
-
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    http1::is_upgrade(parts)
 }
 
 /// Removes hop-by-hop headers: the fixed set and every header named in `Connection`.
@@ -486,6 +367,7 @@ fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Cause;
     use http::Request;
 
     fn parts(req: Request<()>) -> request::Parts {

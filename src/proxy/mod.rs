@@ -24,8 +24,10 @@ use outcome::{Outcome, Trace};
 pub use snapshot::Snapshot;
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
+use crate::upstream::body::RequestBody;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
+use crate::upstream::transport;
 use crate::upstream::{Backend, InFlight, Upstream, WorkerEvent};
 
 /// What the pipeline knows about the client connection a request came on.
@@ -101,8 +103,8 @@ impl ListenerSettings {
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
 /// Every response carries the request's id, so a client can quote it. The `Pending` outcome
 /// is completed by the server once the response body has been sent. A 101 to an upgrade
-/// carries the backend's upgraded connection in its extensions (`hyper::upgrade::OnUpgrade`):
-/// the server joins it to the client's.
+/// carries the backend's switched connection in its body (`UpstreamBody::take_upgrade`): the
+/// server joins it to the client's.
 pub async fn handle<B: FromClient>(
     mut req: Request<B>,
     snap: Arc<Snapshot>,
@@ -245,7 +247,7 @@ async fn proxy<B: FromClient>(
     // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
     // declared length goes the long way, where its limit is checked.
     let body = if incoming.is_end_stream() && declared.is_none() {
-        body::RequestBody::Empty
+        RequestBody::Empty
     } else {
         Box::pin(read_request_body(
             incoming,
@@ -299,9 +301,9 @@ async fn proxy<B: FromClient>(
 
     // respond
     let mut head = answer.head;
-    if !(upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS) {
-        head.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    }
+    // A 101's body holds the backend's switched connection: the server joins it to the
+    // client's (`UpstreamBody::take_upgrade`).
+    let body = answer.body;
     head.version = client_version;
     headers::prepare_response(&mut head);
     if snap.debug_headers {
@@ -313,7 +315,7 @@ async fn proxy<B: FromClient>(
             HeaderValue::from_static(if answer.reused { "1" } else { "0" }),
         );
     }
-    Ok(Response::from_parts(head, answer.body))
+    Ok(Response::from_parts(head, body))
 }
 
 /// What is known of a request when it arrives, kept for its outcome.
@@ -420,7 +422,7 @@ struct Answer {
 /// worker cannot take down more than two.
 async fn pick_and_send(
     upstream: &Upstream,
-    req: Request<body::RequestBody>,
+    req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -435,7 +437,7 @@ async fn pick_and_send(
 
 async fn attempts(
     upstream: &Upstream,
-    mut req: Request<body::RequestBody>,
+    mut req: Request<RequestBody>,
     attempt: Attempt,
     trace: &mut Trace,
 ) -> Result<Answer, ProxyError> {
@@ -485,7 +487,7 @@ async fn attempts(
             None
         };
         let started = tokio::time::Instant::now();
-        let sent = forward::send(
+        let sent = transport::send(
             &backend,
             req,
             &upstream.connector,
@@ -497,13 +499,13 @@ async fn attempts(
                 trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
-                let status = sent.response.status();
+                let status = sent.head.status;
                 match respond(upstream, sent, flight, started, attempt.buffer_response).await {
                     Ok(answer) => {
                         upstream.record(&backend, status.is_server_error());
                         return Ok(answer);
                     }
-                    Err(error) => forward::Failed {
+                    Err(error) => transport::Failed {
                         error,
                         request: None,
                     },
@@ -556,15 +558,15 @@ async fn attempts(
 /// `request_timeout` at a time. A server's body streams.
 async fn respond(
     upstream: &Upstream,
-    sent: forward::Sent,
+    sent: transport::Sent,
     flight: InFlight,
     started: tokio::time::Instant,
     buffer_response: u64,
 ) -> Result<Answer, ProxyError> {
     let backend = flight.backend().clone();
-    let reused = sent.conn.reused;
-    let (mut head, body) = sent.response.into_parts();
-    let body = UpstreamBody::new(body, flight, sent.conn.sender);
+    let reused = sent.reused;
+    let mut head = sent.head;
+    let body = UpstreamBody::new(sent.body, flight);
     let buffered = upstream.buffer_bodies
         && !body.is_end_stream()
         && head.status != StatusCode::SWITCHING_PROTOCOLS;

@@ -1,56 +1,37 @@
 //! Opening a new connection to a backend: TCP or a unix socket, TLS for `https://` servers,
-//! then the HTTP/1.1 or HTTP/2 handshake. `Sender` is either kind of connection.
+//! then for HTTP/2 the handshake. `Sender` is either kind of connection.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::body::RequestBody;
+use super::h1::H1Conn;
+use super::stream::Stream;
 use super::tls;
 use crate::config::{self, BackendAddr, UpstreamProtocol};
 use crate::error::{Cause, ProxyError};
-use crate::proxy::body::RequestBody;
 
-/// A connection to a backend, ready for requests: HTTP/1.1 (one request at a time) or
-/// HTTP/2 (a clone per request, all sharing the connection).
+/// A connection to a backend, ready for requests: HTTP/1.1 (proxyd's own, one request at a
+/// time) or HTTP/2 (hyper's; a clone per request, all sharing the connection).
 pub enum Sender {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(H1Conn),
     Http2(http2::SendRequest<RequestBody>),
 }
 
 impl Sender {
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Sender::Http1(s) => s.is_closed(),
-            Sender::Http2(s) => s.is_closed(),
-        }
-    }
-
     pub fn is_http2(&self) -> bool {
         matches!(self, Sender::Http2(_))
-    }
-
-    /// Sends `req`; the error hands the request back when none of it was written.
-    pub async fn try_send_request(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        match self {
-            Sender::Http1(s) => s.try_send_request(req).await,
-            Sender::Http2(s) => s.try_send_request(req).await,
-        }
     }
 }
 
@@ -109,19 +90,20 @@ impl Connector {
         self.protocol != UpstreamProtocol::Http1
     }
 
-    /// Connects within the connect time-out (TLS handshake included) and performs the HTTP
-    /// handshake of the upstream's protocol.
+    /// Connects within the connect time-out (TLS handshake included); HTTP/2 also performs
+    /// its handshake.
     pub async fn connect(&self, addr: &BackendAddr) -> Result<Sender, ProxyError> {
         let deadline = Instant::now() + self.timeout;
-        let h2 = self.multiplexed();
-        match (open(addr, self.timeout).await?, addr) {
-            (Io::Tcp(s), BackendAddr::Tls { host, .. }) => {
-                let s = self.tls_handshake(s, addr, host, deadline).await?;
-                handshake(s, h2).await
+        let stream = match (open(addr, self.timeout).await?, addr) {
+            (Stream::Tcp(s), BackendAddr::Tls { host, .. }) => {
+                Stream::Tls(Box::new(self.tls_handshake(s, addr, host, deadline).await?))
             }
-            (Io::Tcp(s), _) => handshake(s, h2).await,
-            (Io::Unix(s), _) => handshake(s, h2).await,
+            (stream, _) => stream,
+        };
+        if self.multiplexed() {
+            return h2_handshake(stream).await;
         }
+        Ok(Sender::Http1(H1Conn::new(stream)))
     }
 
     async fn tls_handshake(
@@ -167,23 +149,12 @@ impl Connector {
 }
 
 /// A plain HTTP/1.1 connection within `timeout` (health probes of workers).
-pub async fn connect(
-    addr: &BackendAddr,
-    timeout: Duration,
-) -> Result<http1::SendRequest<RequestBody>, ProxyError> {
-    match open(addr, timeout).await? {
-        Io::Tcp(s) => http1_handshake(s).await,
-        Io::Unix(s) => http1_handshake(s).await,
-    }
-}
-
-enum Io {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+pub async fn connect(addr: &BackendAddr, timeout: Duration) -> Result<H1Conn, ProxyError> {
+    Ok(H1Conn::new(open(addr, timeout).await?))
 }
 
 /// The transport: a TCP connection (also under TLS) or a unix socket, within `timeout`.
-async fn open(addr: &BackendAddr, timeout: Duration) -> Result<Io, ProxyError> {
+async fn open(addr: &BackendAddr, timeout: Duration) -> Result<Stream, ProxyError> {
     let result = match addr {
         BackendAddr::Tcp(a) | BackendAddr::Tls { addr: a, .. } => {
             tokio::time::timeout(timeout, TcpStream::connect(a))
@@ -193,12 +164,12 @@ async fn open(addr: &BackendAddr, timeout: Duration) -> Result<Io, ProxyError> {
                         // Requests are written whole; Nagle would only add latency.
                         let _ = s.set_nodelay(true);
                     })
-                    .map(Io::Tcp)
+                    .map(Stream::Tcp)
                 })
         }
         BackendAddr::Unix(p) => tokio::time::timeout(timeout, UnixStream::connect(p))
             .await
-            .map(|r| r.map(Io::Unix)),
+            .map(|r| r.map(Stream::Unix)),
     };
     match result {
         Err(_) => Err(ProxyError::new(
@@ -220,13 +191,7 @@ fn connect_error(addr: &BackendAddr, e: &io::Error) -> ProxyError {
     ProxyError::new(cause, format_args!("connect to {addr}: {e}")).nothing_sent()
 }
 
-async fn handshake<T>(io: T, h2: bool) -> Result<Sender, ProxyError>
-where
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    if !h2 {
-        return http1_handshake(io).await.map(Sender::Http1);
-    }
+async fn h2_handshake(io: Stream) -> Result<Sender, ProxyError> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(io))
@@ -238,20 +203,4 @@ where
         }
     });
     Ok(Sender::Http2(sender))
-}
-
-async fn http1_handshake<T>(io: T) -> Result<http1::SendRequest<RequestBody>, ProxyError>
-where
-    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ProxyError::new(Cause::UpstreamConnectFailed, e).nothing_sent())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
 }

@@ -1,7 +1,8 @@
 //! Upstream groups and their backends: the backend (`backend`), balancing policies
 //! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
-//! (`stats`), new connections (`connect`, with TLS from `tls`) and the keepalive pool
-//! (`pool`).
+//! (`stats`), new connections (`connect`, with TLS from `tls`), the keepalive pool (`pool`),
+//! and the transport (`transport`) that sends a request (`body`, spooled by `spool`) and reads
+//! its response.
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
@@ -10,13 +11,18 @@
 
 pub mod backend;
 pub mod balancer;
+pub mod body;
 pub mod budget;
 pub mod clock;
 pub mod connect;
+pub mod h1;
 pub mod pool;
 pub mod queue;
+pub mod spool;
 pub mod stats;
+pub mod stream;
 pub mod tls;
+pub mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard, Weak};

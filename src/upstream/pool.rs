@@ -12,13 +12,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1::SendRequest, http2};
+use hyper::client::conn::http2;
 use tokio::time::Instant;
 
+use super::body::{BoxError, RequestBody};
 use super::connect::Sender;
+use super::h1::{H1Body, H1Conn, Upgraded};
 use super::InFlight;
 use crate::error::{Cause, ProxyError};
-use crate::proxy::body::RequestBody;
 
 /// Idle connections, most recently used last (reused first, so the rest can expire).
 pub struct Pool {
@@ -33,7 +34,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -77,33 +78,26 @@ impl Pool {
     }
 
     /// An idle connection that is still open and younger than `idle_timeout`, if any.
-    pub async fn checkout(&self) -> Option<Conn> {
+    pub fn checkout(&self) -> Option<Conn> {
         loop {
-            let idle = self.lock().pop()?;
-            if idle.since.elapsed() >= self.idle_timeout || idle.sender.is_closed() {
-                continue;
-            }
-            let mut sender = idle.sender;
-            // The previous response ended; the connection turns ready as soon as its task
-            // has seen that, or reports that it closed.
-            if !sender.is_ready() && sender.ready().await.is_err() {
+            let mut idle = self.lock().pop()?;
+            // Expired below the backend's own keep-alive time-out, so it is not closed under
+            // a request; a readable idle connection was closed by the backend (or is broken).
+            if idle.since.elapsed() >= self.idle_timeout || idle.conn.is_stale() {
                 continue;
             }
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Some(Conn {
-                sender: Sender::Http1(sender),
+                sender: Sender::Http1(idle.conn),
                 reused: true,
                 shared: None,
             });
         }
     }
 
-    /// Puts an HTTP/1.1 connection back in the idle list (an HTTP/2 one stays shared).
-    pub fn checkin(&self, sender: Sender) {
-        let Sender::Http1(sender) = sender else {
-            return;
-        };
-        if sender.is_closed() || self.max_idle == 0 {
+    /// Puts an HTTP/1.1 connection back in the idle list.
+    pub fn checkin(&self, conn: H1Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.lock();
@@ -112,7 +106,7 @@ impl Pool {
             idle.remove(0);
         }
         idle.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -187,62 +181,80 @@ impl Pool {
     }
 }
 
-/// A backend's response body. Read to its end, it puts its connection back in the pool;
-/// dropped early, the connection closes (its remaining bytes are unknown).
+/// A response body as it comes from the connection: proxyd's HTTP/1.1 or hyper's HTTP/2.
+pub enum Received {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+/// A backend's response body. Read to its clean end, an HTTP/1.1 body puts its connection
+/// back in the pool; dropped early, the connection closes (its remaining bytes are unknown).
 /// It also holds the request's in-flight slot on the backend until the body ends.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Received,
     flight: InFlight,
-    sender: Option<Sender>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, flight: InFlight, sender: Sender) -> Self {
-        UpstreamBody {
-            inner,
-            flight,
-            sender: Some(sender),
+    pub fn new(inner: Received, flight: InFlight) -> Self {
+        UpstreamBody { inner, flight }
+    }
+
+    /// After a 101: the backend's side of the tunnel.
+    pub fn take_upgrade(&mut self) -> Option<Upgraded> {
+        match &mut self.inner {
+            Received::H1(b) => b.take_upgrade(),
+            Received::H2(_) => None,
         }
     }
 
     fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.flight.backend().pool.checkin(sender);
+        if let Received::H1(b) = &mut self.inner {
+            if let Some(conn) = b.take_reusable() {
+                self.flight.backend().pool.checkin(conn);
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.sender = None,
-            _ => {}
+        match &mut this.inner {
+            Received::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::H1(b) => {
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                if polled.is_ready() && b.is_end_stream() {
+                    this.release();
+                }
+                polled
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Received::H1(b) => b.is_end_stream(),
+            Received::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Received::H1(b) => b.size_hint(),
+            Received::H2(b) => b.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        self.release();
     }
 }

@@ -7,8 +7,9 @@ use http::Request;
 use http_body_util::BodyExt;
 
 use crate::config::BackendAddr;
-use crate::proxy::body::RequestBody;
+use crate::upstream::body::RequestBody;
 use crate::upstream::connect::connect;
+use crate::upstream::h1;
 
 /// One probe, bounded by `timeout`.
 pub async fn probe(
@@ -23,7 +24,7 @@ pub async fn probe(
 }
 
 async fn run(addr: &BackendAddr, path: Option<&str>, timeout: Duration) -> Result<(), String> {
-    let mut sender = connect(addr, timeout).await.map_err(|e| e.to_string())?;
+    let conn = connect(addr, timeout).await.map_err(|e| e.to_string())?;
     let Some(path) = path else {
         return Ok(());
     };
@@ -32,10 +33,13 @@ async fn run(addr: &BackendAddr, path: Option<&str>, timeout: Duration) -> Resul
         .header(http::header::USER_AGENT, "proxyd-health")
         .body(RequestBody::Empty)
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
+    let (head, body) = match h1::send(conn, req).await {
+        Ok(r) => r,
+        Err(h1::SendError::Unsent(e, _) | h1::SendError::Failed(e)) => return Err(e.to_string()),
+    };
+    let status = head.status;
     // Read the body so the worker is not left writing to a closed socket.
-    let _ = resp.into_body().collect().await;
+    let _ = body.collect().await;
     if status.is_success() {
         Ok(())
     } else {

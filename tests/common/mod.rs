@@ -200,6 +200,89 @@ impl RawBackend {
     }
 }
 
+/// A raw TCP backend scripted per request: `answer` gets each request's head (its body, by
+/// Content-Length, is read and dropped) and returns the bytes to send back and whether to
+/// close the connection after them. Each close is announced to `wait_closed`.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+type Script = Arc<dyn Fn(&str) -> (Vec<u8>, bool) + Send + Sync>;
+
+impl ScriptedBackend {
+    pub async fn start(
+        answer: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static,
+    ) -> ScriptedBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (tell, closed) = tokio::sync::mpsc::unbounded_channel();
+        let answer: Script = Arc::new(answer);
+        let conns = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (answer, tell) = (answer.clone(), tell.clone());
+                tokio::spawn(async move {
+                    scripted_connection(stream, answer).await;
+                    let _ = tell.send(());
+                });
+            }
+        });
+        ScriptedBackend {
+            addr,
+            connections,
+            closed,
+        }
+    }
+
+    /// Waits until the backend closed one more connection.
+    pub async fn wait_closed(&mut self) {
+        tokio::time::timeout(Duration::from_secs(10), self.closed.recv())
+            .await
+            .expect("the backend closed no connection within 10 s");
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection of a `ScriptedBackend`; returns once it is closed (dropped).
+async fn scripted_connection(mut stream: TcpStream, answer: Script) {
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Some(end) = find(&pending, b"\r\n\r\n") else {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while pending.len() < end + 4 + length {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+        pending.drain(..end + 4 + length);
+        let (reply, close) = answer(&head);
+        if stream.write_all(&reply).await.is_err() || close {
+            return;
+        }
+    }
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -24,9 +24,11 @@ use tokio::time::Instant;
 use super::drain::Watcher;
 use crate::error::Cause;
 use crate::http1::{self, Framing, RequestHead};
+use crate::proxy::body::ResponseBody;
 use crate::proxy::error::error_response_h1;
 use crate::proxy::outcome::Observers;
 use crate::proxy::{self, ConnInfo, Snapshot};
+use crate::upstream::h1::Upgraded;
 pub use body::RequestBody;
 use body::{Back, Shared};
 use read::Reader;
@@ -178,7 +180,7 @@ where
         framing,
         keep_alive,
         expect_continue,
-        upgrade: _,
+        upgrade: asked_upgrade,
     } = *head;
     let asked = Asked {
         head: write::is_head(&parts.method),
@@ -246,12 +248,15 @@ where
             .take_back()
             .and_then(|mut back: Back<_>| body::skip_buffered(&mut back).then_some(back.reader)),
     };
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
     let framing = write::framing(&mut parts, &body, &asked);
-    let upgrade = (status == StatusCode::SWITCHING_PROTOCOLS)
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-        .flatten();
+    let upgrade = match &mut body {
+        ResponseBody::Upstream(b) if asked_upgrade && status == StatusCode::SWITCHING_PROTOCOLS => {
+            b.take_upgrade()
+        }
+        _ => None,
+    };
     let keep = asked.keep_alive
         && back.is_some()
         && framing != Framing::Close
@@ -295,27 +300,32 @@ where
 }
 
 /// After a 101: the client's connection (with what it sent past the head) and the backend's
-/// upgraded one are joined until either side closes.
+/// switched one (with what it sent past its 101) are joined until either side closes.
 async fn tunnel<T>(
     reader: Reader<ReadHalf<T>>,
     writer: &mut Writer<WriteHalf<T>>,
-    backend: hyper::upgrade::OnUpgrade,
+    backend: Upgraded,
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let backend = match backend.await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut backend = hyper_util::rt::TokioIo::new(backend);
+    let Upgraded {
+        io: mut backend,
+        read_ahead,
+    } = backend;
     let early = reader.buf;
     if !early.is_empty() && backend.write_all(&early).await.is_err() {
         return;
     }
     drop(early);
+    if !read_ahead.is_empty()
+        && writer
+            .write_all(&mut [IoSlice::new(&read_ahead)])
+            .await
+            .is_err()
+    {
+        return;
+    }
+    drop(read_ahead);
     // The write half stays with the connection, which shuts it down after.
     let mut client = Joined {
         read: reader.io,
