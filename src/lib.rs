@@ -14,8 +14,8 @@
 //!   runtime state) and locates its errors in the file the same way.
 //! - [`server`]: listeners, the accept loop with its connection cap, the client connection's
 //!   time-outs (408 for a slow head, idle keep-alive, stalled writes), the PROXY protocol
-//!   header (`server::proxy_protocol`), HTTP/1.1 and h2c via hyper-util's auto
-//!   server, and the graceful drain on shutdown.
+//!   header (`server::proxy_protocol`), one task per client connection serving HTTP/1.1 with
+//!   [`http1`] (`server::h1`; h2 and h2c by hyper, `server::h2`), and the graceful drain.
 //! - [`state`]: the runtime [`state::Snapshot`] built from a config (routes and their router,
 //!   upstreams, rate limiters, settings), behind an `ArcSwap`; a reload swaps in a new one.
 //! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
@@ -59,6 +59,5 @@ pub mod workers;
 /// What the fuzz targets (`fuzz/`) need that is not otherwise public. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::http1::stream::{Refusal, RequestStream};
     pub use crate::obs::access_log::format::{combined, healthd, json};
 }

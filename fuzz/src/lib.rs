@@ -23,8 +23,8 @@ use proxyd::config::addr::{parse_listen, parse_server, parse_server_entry, Backe
 use proxyd::config::balance::HashKey;
 use proxyd::config::load::expand_env;
 use proxyd::config::{load_str, Config};
-use proxyd::fuzzing::{combined, healthd, json, RequestStream};
-use proxyd::http1::{self, Limits};
+use proxyd::fuzzing::{combined, healthd, json};
+use proxyd::http1::{self, Framing, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
 use proxyd::obs::{Outcome, Trace};
 use proxyd::proxy::headers::{self, ClientSide};
@@ -125,8 +125,7 @@ pub fn config_loader(data: &[u8]) {
 }
 
 /// A client's byte stream (after a first byte choosing the limits and how the stream is cut
-/// into reads) through `http1::check_request`, `http1::parse_request` and the pipelined-request
-/// tracker.
+/// into reads) through `http1::check_request` and `http1::parse_request`.
 pub fn request_head(data: &[u8]) {
     let Some((&knobs, stream)) = data.split_first() else {
         return;
@@ -163,115 +162,83 @@ pub fn request_head(data: &[u8]) {
         (Err(_), Ok(Some(_))) => {}
         (parsed, checked) => panic!("parse_request: {parsed:?}, check_request: {checked:?}"),
     }
-    let whole = RequestStream::new(max_bytes, max_headers).feed(stream);
-    // However TCP cuts the stream into reads, the same head is refused.
-    let step = usize::from(knobs >> 4) + 1;
-    let mut pieces = RequestStream::new(max_bytes, max_headers);
-    let cut = stream.chunks(step).find_map(|c| pieces.feed(c));
-    assert_eq!(
-        whole.map(|r| r.index),
-        cut.map(|r| r.index),
-        "read whole: {whole:?}, in reads of {step}: {cut:?}"
-    );
 }
 
-/// A client's byte stream (after a first byte choosing the head limits) both through the
-/// pipelined-request tracker and through hyper's HTTP/1.1 server, configured as proxyd
-/// configures it: hyper must never parse a request head the tracker did not judge (one it
-/// found good, or the one it refused, which proxyd answers 400 with `connection: close` in
-/// its turn, ending the connection). A tracker that lost its place in the stream (a body's
-/// end where hyper sees none) would let a smuggled head reach hyper unchecked.
+/// The heads a client's stream holds, as proxyd's HTTP/1.1 server walks it: each head
+/// parsed, its body skipped by its framing, then the next; stops at the first refusal
+/// (its index and cause) or where the bytes run out.
+fn walk(pieces: &[&[u8]], limits: &Limits) -> (Vec<String>, Option<(usize, String)>) {
+    let mut buf = bytes::BytesMut::new();
+    let mut heads = Vec::new();
+    let mut body: Option<Result<u64, http1::ChunkedDecoder>> = None;
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match &mut body {
+                Some(Ok(left)) => {
+                    let n = (*left).min(buf.len() as u64);
+                    let _ = buf.split_to(n as usize);
+                    *left -= n;
+                    if *left > 0 {
+                        break;
+                    }
+                    body = None;
+                }
+                Some(Err(dec)) => match dec.decode(&buf) {
+                    Ok((used, http1::Chunk::End(_))) => {
+                        let _ = buf.split_to(used);
+                        body = None;
+                    }
+                    Ok((used, _)) => {
+                        let _ = buf.split_to(used);
+                        if buf.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => return (heads.clone(), Some((heads.len(), format!("{e:?}")))),
+                },
+                None => {
+                    if buf.is_empty() {
+                        break;
+                    }
+                    match http1::parse_request(&mut buf, limits) {
+                        Ok(Some(h)) => {
+                            heads.push(format!("{} {}", h.parts.method, h.parts.uri));
+                            body = match h.framing {
+                                Framing::Length(n) => Some(Ok(n)),
+                                Framing::Chunked => {
+                                    Some(Err(http1::ChunkedDecoder::new(16 * 1024)))
+                                }
+                                Framing::None | Framing::Close => None,
+                            };
+                        }
+                        Ok(None) => break,
+                        Err(e) => return (heads.clone(), Some((heads.len(), format!("{e:?}")))),
+                    }
+                }
+            }
+        }
+    }
+    (heads, None)
+}
+
+/// A client's byte stream (after a first byte choosing the head limits and how the stream is
+/// cut into reads) walked head to body to head: however TCP cuts it, the same requests are
+/// found and the same head is refused. A walker that lost its place in the stream (a body's
+/// end seen elsewhere) would take a smuggled head for a body or a body for a head.
 pub fn pipelined(data: &[u8]) {
     let Some((&knobs, stream)) = data.split_first() else {
         return;
     };
-    let max_bytes = [8192, 16384][usize::from(knobs & 1)];
-    let max_headers = [100, 4][usize::from((knobs >> 1) & 1)];
-    let mut tracker = RequestStream::new(max_bytes, max_headers);
-    let refusal = tracker.feed(stream);
-    let judged = tracker.heads + usize::from(refusal.is_some());
-    let refused_at = refusal.map(|r| r.index);
-    // proxyd answers some requests without reading their bodies (404, 413, 429): hyper then
-    // drains or closes, and must not take the body for the next head either.
-    let read_bodies = knobs & 4 == 0;
-    let parsed = hyper_heads(stream, max_bytes, max_headers, refused_at, read_bodies);
-    let Some(parsed) = runtime().block_on(parsed) else {
-        return;
+    let limits = Limits {
+        max_head_bytes: [8192, 16384][usize::from(knobs & 1)],
+        max_headers: [100, 4][usize::from((knobs >> 1) & 1)],
     };
-    assert!(
-        parsed.len() <= judged,
-        "hyper parsed {} requests ({parsed:?}), the tracker judged {} heads (refused: {refusal:?})",
-        parsed.len(),
-        tracker.heads
-    );
-}
-
-/// The requests hyper's server parses from `stream` (method and target), each answered 404
-/// (after reading its body whole when `read_bodies`), but the `refused_at`th, answered 400
-/// with `connection: close` as proxyd answers a refused head; None when the connection did
-/// not end within a few seconds.
-async fn hyper_heads(
-    stream: &[u8],
-    max_bytes: usize,
-    max_headers: usize,
-    refused_at: Option<usize>,
-    read_bodies: bool,
-) -> Option<Vec<String>> {
-    use http_body_util::BodyExt;
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let log = seen.clone();
-    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let log = log.clone();
-        async move {
-            let index = match log.lock() {
-                Ok(mut seen) => {
-                    seen.push(format!("{} {}", req.method(), req.uri()));
-                    seen.len() - 1
-                }
-                Err(_) => usize::MAX,
-            };
-            let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
-            if Some(index) == refused_at {
-                *resp.status_mut() = StatusCode::BAD_REQUEST;
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            } else {
-                if read_bodies {
-                    let _ = req.into_body().collect().await;
-                }
-                *resp.status_mut() = StatusCode::NOT_FOUND;
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
-    // As `server::conn_setup` builds it.
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(max_bytes.saturating_add(8192))
-        .max_headers(max_headers)
-        .keep_alive(true)
-        .serve_connection(hyper_util::rt::TokioIo::new(server), service);
-    let (mut rd, mut wr) = tokio::io::split(client);
-    let write = async {
-        let _ = wr.write_all(stream).await;
-        let _ = wr.shutdown().await;
-    };
-    let read = async {
-        let mut sink = Vec::new();
-        let _ = rd.read_to_end(&mut sink).await;
-    };
-    let all = async { tokio::join!(conn, write, read) };
-    // The connection's own error (a head hyper refused, the stream ending mid-body) is fine.
-    let (_conn, (), ()) = tokio::time::timeout(Duration::from_secs(5), all)
-        .await
-        .ok()?;
-    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    Some(seen)
+    let whole = walk(&[stream], &limits);
+    let step = usize::from(knobs >> 2) + 1;
+    let pieces: Vec<&[u8]> = stream.chunks(step).collect();
+    let cut = walk(&pieces, &limits);
+    assert_eq!(whole, cut, "read whole vs in reads of {step}");
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {

@@ -29,7 +29,6 @@ mod chunked;
 mod fields;
 mod request;
 mod response;
-pub mod stream;
 mod write;
 
 pub use chunked::{Chunk, ChunkedDecoder};

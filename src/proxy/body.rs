@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
 
 use super::error::{Cause, ProxyError};
 use super::spool::SpooledResponse;
@@ -16,14 +16,19 @@ use crate::upstream::body::{RequestBody, Streaming};
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::spool::RequestSpooler;
 
-pub use crate::upstream::body::BoxError;
+pub use crate::upstream::body::{BoxError, ClientBody};
+
+/// What a request body from a client must be: its frames are read by `read_request_body`.
+pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> FromClient for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 /// Reads `body` up to `limits.buffer_body`; past that the rest streams, or with `spool` (for
 /// one-request-at-a-time workers) is read whole into a temp file, so a slow upload holds no
 /// worker. Bodies declared or found larger than `max_body` are refused, malformed ones too,
 /// before anything goes upstream.
-pub async fn read_request_body(
-    mut body: Incoming,
+pub async fn read_request_body<B: FromClient>(
+    mut body: B,
     declared: Option<u64>,
     limits: &BodyLimits,
     spool: bool,
@@ -57,10 +62,11 @@ pub async fn read_request_body(
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
+                let e: BoxError = e.into();
                 return Err(ProxyError::new(
                     Cause::BadRequest("bad-body"),
                     format!("request body: {e}"),
-                ))
+                ));
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -105,7 +111,7 @@ pub async fn read_request_body(
             }
             return Ok(RequestBody::Streaming(Box::new(Streaming::new(
                 prefix,
-                body,
+                UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into)),
                 limits.max_body - total,
                 limits.read_timeout,
             ))));

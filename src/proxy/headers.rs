@@ -19,8 +19,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Refuses requests whose target or Host a backend could read differently than proxyd: the
-/// rules of `http1::check_parts`, which an HTTP/1.1 head has passed already (the
-/// framing rules too, before hyper parsed it) and an h2 request meets here.
+/// rules of `http1::check_parts`, which an HTTP/1.1 head has passed already in `http1`'s
+/// parse (with the framing rules) and an h2 request meets here.
 pub fn check_request(parts: &request::Parts) -> Result<(), ProxyError> {
     http1::check_parts(parts).map_err(|cause| {
         ProxyError::new(

@@ -5,7 +5,6 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod outcome;
 pub mod spool;
 
 use std::net::SocketAddr;
@@ -14,20 +13,16 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 
-use body::{read_request_body, ResponseBody};
+use crate::obs::{Outcome, Trace};
+use body::{read_request_body, FromClient, ResponseBody};
 use error::{error_response, Cause, ProxyError};
 use headers::ClientSide;
-use outcome::{Outcome, Trace};
 use spool::{BodyTimer, OnTimeout, SpooledResponse};
 
 pub use crate::state::route;
 use crate::state::Snapshot;
 use crate::upstream::body::RequestBody;
-use crate::upstream::h1::Upgraded;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::stats::Stats;
 use crate::upstream::transport;
@@ -105,9 +100,11 @@ impl ListenerSettings {
 
 /// Runs the pipeline for one request; never fails: errors become proxyd's error responses.
 /// Every response carries the request's id, so a client can quote it. The `Pending` outcome
-/// is completed by the server once the response body has been sent.
-pub async fn handle(
-    mut req: Request<Incoming>,
+/// is completed by the server once the response body has been sent. A 101 to an upgrade
+/// carries the backend's switched connection in its body (`UpstreamBody::take_upgrade`): the
+/// server joins it to the client's.
+pub async fn handle<B: FromClient>(
+    mut req: Request<B>,
     snap: Arc<Snapshot>,
     conn: &ConnInfo,
 ) -> (Response<ResponseBody>, Pending) {
@@ -160,7 +157,7 @@ pub async fn handle(
 
 /// A plain listener's answer when it only redirects: 308 to the same host and target over
 /// https, method and body kept by the client (308, not 301).
-fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
     let host = req
         .uri()
         .authority()
@@ -195,14 +192,13 @@ fn redirect_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> 
     }
 }
 
-async fn proxy(
-    mut req: Request<Incoming>,
+async fn proxy<B: FromClient>(
+    req: Request<B>,
     snap: &Snapshot,
     conn: &ConnInfo,
     client: Option<std::net::IpAddr>,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
     let client_version = parts.version;
 
@@ -303,14 +299,9 @@ async fn proxy(
 
     // respond
     let mut head = answer.head;
-    let mut body = answer.body;
-    if upgrade && head.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let ResponseBody::Upstream(b) = &mut body {
-            if let Some(backend_upgrade) = b.take_upgrade() {
-                tokio::spawn(tunnel(client_upgrade, backend_upgrade));
-            }
-        }
-    }
+    // A 101's body holds the backend's switched connection: the server joins it to the
+    // client's (`UpstreamBody::take_upgrade`).
+    let body = answer.body;
     head.version = client_version;
     headers::prepare_response(&mut head);
     if snap.debug_headers {
@@ -341,11 +332,7 @@ struct Begun {
 }
 
 impl Begun {
-    fn of(
-        req: &Request<Incoming>,
-        client: Option<std::net::IpAddr>,
-        request_id: HeaderValue,
-    ) -> Begun {
+    fn of<B>(req: &Request<B>, client: Option<std::net::IpAddr>, request_id: HeaderValue) -> Begun {
         let h = req.headers();
         let target = req
             .uri()
@@ -609,30 +596,4 @@ async fn respond(
         backend,
         reused,
     })
-}
-
-/// Copies bytes both ways between an upgraded client and backend connection until either
-/// side closes; what the backend sent right behind its 101 goes first.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, backend: Upgraded) {
-    let client = match client.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let Upgraded {
-        io: mut backend,
-        read_ahead,
-    } = backend;
-    if !read_ahead.is_empty() {
-        if let Err(e) = client.write_all(&read_ahead).await {
-            tracing::debug!(error = %e, "tunnel ended with an error");
-            return;
-        }
-    }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %e, "tunnel ended with an error");
-    }
 }

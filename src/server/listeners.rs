@@ -6,15 +6,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::drain::Drain as GracefulShutdown;
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::conn::HeadLimits;
+use super::h1::HeadLimits;
 use super::{accept_loop, tls, Listener};
 use crate::obs::Observers;
 use crate::proxy::ListenerSettings;
@@ -23,7 +21,8 @@ use crate::state::Snapshot;
 /// How new client connections are served (from `limits` and `timeouts`); a reload replaces it
 /// and connections already open keep theirs.
 pub struct ConnSetup {
-    pub builder: auto::Builder<TokioExecutor>,
+    /// hyper's h2 server, for h2 connections.
+    pub h2: super::h2::Builder,
     pub client: HeadLimits,
     /// Trusted proxies and the per-IP connection cap.
     pub clients: Arc<crate::limits::ClientPolicy>,

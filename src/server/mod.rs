@@ -2,13 +2,14 @@
 //! graceful drain on shutdown.
 
 mod admit;
-pub mod conn;
+pub mod drain;
+pub mod h1;
+mod h2;
 pub mod listeners;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,21 +18,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use bytes::BytesMut;
+use drain::{Drain as GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::obs::Observers;
-use crate::proxy::error::{error_response, ProxyError};
-use crate::proxy::{self, ConnInfo, ListenerSettings};
+use crate::proxy::{ConnInfo, ListenerSettings};
 use crate::state::Snapshot;
 use crate::upgrade::{Inherited, Role, Upgrader};
 use crate::workers::Supervisors;
-use conn::{Activity, ClientIo, HeadLimits, ServerBody};
+use h1::HeadLimits;
 pub use listeners::{ConnSetup, Serving};
 
 pub struct Listener {
@@ -334,22 +333,12 @@ pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
         max_head_bytes: usize::try_from(cfg.limits.max_header_bytes).unwrap_or(usize::MAX),
         max_headers: cfg.limits.max_headers,
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        // Above the head limit: http1::check_request answers oversize heads, with a proper 431.
-        .max_buf_size(client.max_head_bytes.saturating_add(8192))
-        .max_headers(client.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = h2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(cfg.limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(client.max_head_bytes).unwrap_or(u32::MAX));
     ConnSetup {
-        builder,
+        h2,
         client,
         clients: Arc::new(crate::limits::ClientPolicy::from_config(cfg)),
     }
@@ -461,7 +450,7 @@ impl Conn {
             None => {
                 let mut info = ConnInfo::new(peer, &self.listener, None);
                 info.trusted = trusted;
-                self.serve(stream, info).await
+                self.serve(stream, info, false).await
             }
             Some(t) => {
                 Box::pin(async move {
@@ -473,7 +462,8 @@ impl Conn {
                             let subject = tls::peer_subject(tls_stream.get_ref().1);
                             let mut info = ConnInfo::new(peer, &self.listener, subject);
                             info.trusted = trusted;
-                            self.serve(tls_stream, info).await;
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            self.serve(tls_stream, info, h2).await;
                         }
                         Ok(Err(e)) => {
                             metrics.tls_handshake(false);
@@ -490,65 +480,75 @@ impl Conn {
         }
     }
 
-    /// Serves HTTP/1.1 or h2 on `stream` until it closes.
-    async fn serve<T>(self, stream: T, info: ConnInfo)
+    /// Serves HTTP/1.1 or h2 on `stream` until it closes: h2 when TLS negotiated it or the
+    /// first bytes are its preface, HTTP/1.1 otherwise.
+    async fn serve<T>(self, mut stream: T, info: ConnInfo, alpn_h2: bool)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let peer = info.peer;
-        let activity = Arc::new(Activity::default());
-        let io = ClientIo::new(stream, activity.clone(), self.setup.client);
-        let info = Arc::new(info);
-        let state = self.state.clone();
-        let observers = self.observers.clone();
-        let closing = self.closing.clone();
-        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let (guard, refused) = activity.begin();
-            let snap = state.load_full();
-            let info = info.clone();
-            let observers = observers.clone();
-            let closing = closing.clone();
-            let http1 = req.version() <= hyper::Version::HTTP_11;
-            async move {
-                let (mut resp, pending) = match refused {
-                    // A pipelined head that conn refused: answered in turn, never proxied.
-                    Some(cause) => {
-                        tracing::debug!(code = cause.code(), "refused pipelined request head");
-                        let e = ProxyError::new(cause, "pipelined request head");
-                        (error_response(&e), None)
-                    }
-                    None => {
-                        // Boxed: hyper moves the service's future into place, and the
-                        // pipeline's is several KiB.
-                        let (resp, pending) = Box::pin(proxy::handle(req, snap, &info)).await;
-                        (resp, Some(pending))
-                    }
-                };
-                if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-                    guard.switching_protocols();
-                } else if http1 && closing.load(Ordering::Relaxed) {
-                    // A new proxyd serves now: this client's next request goes there.
-                    resp.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, Infallible>(resp.map(|body| ServerBody {
-                    body,
-                    _guard: guard,
-                    pending,
-                    observers,
-                    sent: 0,
-                }))
+        let started = tokio::time::Instant::now();
+        let limits = self.setup.client;
+        let mut buf = BytesMut::new();
+        let h2 = alpn_h2 || {
+            match sniff(&mut stream, &mut buf, started + limits.header_timeout).await {
+                Some(h2) => h2,
+                None => return,
             }
-        });
-        let conn = self
-            .setup
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(?peer, error = %e, "client connection ended with an error");
+        };
+        if h2 {
+            let clocks = h2::Clocks {
+                idle: limits.idle_timeout,
+                send: limits.send_timeout,
+            };
+            let stream = proxy_protocol::Prefixed::new(buf.to_vec(), stream);
+            Box::pin(h2::serve(
+                stream,
+                info,
+                &self.setup.h2,
+                clocks,
+                self.state,
+                self.observers,
+                self.watcher,
+            ))
+            .await;
+            return;
+        }
+        let ctx = h1::Ctx {
+            state: self.state,
+            info,
+            observers: self.observers,
+            closing: self.closing,
+            limits,
+            watcher: self.watcher,
+        };
+        h1::serve(stream, buf, started, ctx).await;
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Reads until the first bytes tell h2's preface from anything else (HTTP/1.1); None when
+/// the client closed or sent nothing before `deadline`. What was read stays in `buf`.
+async fn sniff<T: tokio::io::AsyncRead + Unpin>(
+    stream: &mut T,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Option<bool> {
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        let fill = std::future::poll_fn(|cx| h1::read::poll_fill(stream, buf, cx));
+        match tokio::time::timeout_at(deadline, fill).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            // Part of a head and then nothing: HTTP/1.1's 408 applies.
+            Err(_) if !buf.is_empty() => return Some(false),
+            Err(_) => return None,
         }
     }
 }

@@ -274,6 +274,15 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// `inner`, with `prefix` read from it already.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

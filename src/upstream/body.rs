@@ -9,13 +9,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::{sleep, Instant, Sleep};
 
 use super::spool::SpooledRequest;
 use crate::error::{Cause, ProxyError};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client's request body of any protocol (proxyd's HTTP/1.1 body, hyper's h2 `Incoming`),
+/// boxed once it streams past `buffer_body`.
+pub type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The request body proxyd sends upstream.
 pub enum RequestBody {
@@ -33,7 +37,7 @@ pub enum RequestBody {
 
 pub struct Streaming {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: ClientBody,
     /// Bytes still allowed before `max_body` is exceeded.
     allowed: u64,
     timeout: Duration,
@@ -43,7 +47,7 @@ pub struct Streaming {
 impl Streaming {
     /// `prefix` was read already; `rest` follows, at most `allowed` more bytes, each read
     /// within `timeout` of the previous one.
-    pub fn new(prefix: Bytes, rest: Incoming, allowed: u64, timeout: Duration) -> Streaming {
+    pub fn new(prefix: Bytes, rest: ClientBody, allowed: u64, timeout: Duration) -> Streaming {
         Streaming {
             prefix: Some(prefix),
             rest,
