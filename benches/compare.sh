@@ -24,7 +24,9 @@
 #   h2          HTTP/2 over TLS (ALPN h2) with h2load -c H2_CLIENTS(10) -m H2_STREAMS(100)
 #   idle        IDLE_CONNS (10000) client connections, each after one keep-alive GET, held
 #               open (benches/compare/idle_conns.py): front-end RSS per connection
-#   scaling     proxyd with threads 1 and 2, not pinned, keepalive load
+#   scaling     proxyd with threads 1, and threads 2 in both runtime shapes (per_thread,
+#               multi_thread; SCALING_ROUNDS=2 runs of each in ABBA order), not pinned,
+#               keepalive load
 #   instructions  each front end under valgrind's callgrind: user-space instructions per
 #               proxied keep-alive GET (INSTR_REQUESTS=5000 after INSTR_WARM=1000, h2load
 #               --h1 -c16), the one figure a busy machine cannot blur; needs valgrind
@@ -98,7 +100,7 @@ elif ! build; then
 fi
 
 cmd="benches/compare.sh"
-for v in DURATION WARMUP CONNS VARIANTS FRONTENDS IDLE_CONNS H2_CLIENTS H2_STREAMS; do
+for v in DURATION WARMUP CONNS VARIANTS FRONTENDS IDLE_CONNS H2_CLIENTS H2_STREAMS SCALING_ROUNDS; do
   [ -n "${!v:-}" ] && cmd="$v=\"${!v}\" $cmd"
 done
 COMPARE_COMMAND=$cmd exec python3 benches/compare/compare.py

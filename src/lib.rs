@@ -3,7 +3,8 @@
 //! The module map, following one request. The modules stand on floors (DESIGN.md's house;
 //! `tests/house.rs` fails on an import against them): ground (`error`, `config`, `http1`, `notify`,
 //! `logging`), parts (`limits`, `upstream`, `workers`, `obs`, `state`), pipeline (`proxy`),
-//! edge (`server`, `admin`, `upgrade`, `control`); each imports its own floor and those below.
+//! edge (`server`, `admin`, `upgrade`, `control`), top (`app`, `main`); each imports its own
+//! floor and those below.
 //!
 //! - [`error`]: the ground floor: `Side`, `Cause` and `ProxyError`, usable by every module.
 //! - [`http1`]: proxyd's own HTTP/1.1, sans-I/O and strict: parsing and checking heads,
@@ -26,7 +27,11 @@
 //! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
 //! - [`workers`]: the supervisor of app workers: spawn, readiness, restart with back-off,
 //!   recycling, rolling restarts, and an adaptive count that follows the queue.
-//! - [`admin`]: the admin listener (`/healthz`, `/readyz`).
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`, reload,
+//!   restart, upgrade), given what it answers from as one [`admin::Admin`].
+//! - [`app`]: the wiring: [`app::App::start`] binds, opens the logs, builds the state and
+//!   starts the workers, then makes the listener set, reload, upgrade and admin from them in
+//!   that order; [`app::App::run`] runs [`server::Server::run`] until shutdown.
 //! - [`logging`]: tracing to stderr.
 //! - [`obs`]: the leaves fed a finished request's [`obs::Outcome`] record (plain data) and the
 //!   live figures their owners read out: [`obs::metrics`] (the Prometheus registry and every
@@ -34,13 +39,15 @@
 //!   Elastic Beanstalk healthd, written off the request path).
 //! - [`notify`]: systemd's `sd_notify` readiness protocol (READY, RELOADING, STOPPING).
 //! - [`upgrade`]: the zero-downtime binary upgrade (SIGUSR2): the listening sockets passed to
-//!   a new proxyd, which says when it is ready; the old one then drains and exits.
+//!   a new proxyd, which says when it is ready; the old one then drains and exits
+//!   ([`server::upgrade::Upgrader`] runs one with the running listeners).
 //! - [`control`]: `proxyd upgrade` and `proxyd reload`, which reach the running proxyd by its
 //!   admin API or by a signal to the pid in its `pid_file`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod control;
 pub mod error;

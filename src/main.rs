@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
-use proxyd::config::{load_file_with, Checks};
-use proxyd::server::Server;
+use proxyd::app::{App, Start};
+use proxyd::config::{load_file_with, Checks, RuntimeShape};
+use proxyd::server::Shape;
 
 #[derive(Parser)]
 #[command(
@@ -164,15 +165,7 @@ fn main() -> ExitCode {
         .config
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // One thread: a current-thread runtime, with no cross-thread hand-offs per request.
-    let mut builder = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match Runtime::new(threads, loaded.config.runtime) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("proxyd: cannot start the runtime: {e}");
@@ -184,7 +177,14 @@ fn main() -> ExitCode {
         .pid_file
         .as_ref()
         .map(|p| loaded.dir.join(&p.value));
-    let result = runtime.block_on(serve(loaded, notifier, inherited));
+    let start = Start {
+        inherited,
+        notifier,
+        shape: runtime.shape(),
+    };
+    let result = runtime.main.block_on(serve(loaded, start));
+    // The accept threads end once the drain is over.
+    runtime.stop();
     if let Some(path) = &pid_file {
         // Unless a new proxyd (an upgrade) wrote its own pid there.
         proxyd::upgrade::remove_pid_file(path);
@@ -232,23 +232,103 @@ fn report(result: Result<String, String>) -> ExitCode {
     }
 }
 
-async fn serve(
-    loaded: proxyd::config::Loaded,
-    notifier: proxyd::notify::Notifier,
-    mut inherited: proxyd::upgrade::Inherited,
-) -> anyhow::Result<()> {
+/// The runtimes: `main` runs the control plane (and, unless `runtime: per_thread` with
+/// `threads` > 1, the connections too); `accept` are the per-thread runtimes' threads.
+struct Runtime {
+    main: tokio::runtime::Runtime,
+    accept: Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>,
+    /// Ends the accept threads' runtimes.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Runtime {
+    /// One thread: a current-thread runtime, with no cross-thread hand-offs per request.
+    /// More: tokio's multi-thread runtime, or (`per_thread`) a current-thread runtime on each
+    /// of `threads` threads running the accept loops and their connections, beside the main
+    /// thread's runtime for the control plane.
+    fn new(threads: usize, shape: RuntimeShape) -> std::io::Result<Runtime> {
+        let current = || {
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            b.enable_all();
+            b
+        };
+        if threads <= 1 {
+            return Ok(Runtime {
+                main: current().build()?,
+                accept: Vec::new(),
+                stop: None,
+            });
+        }
+        if shape == RuntimeShape::MultiThread {
+            let main = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?;
+            return Ok(Runtime {
+                main,
+                accept: Vec::new(),
+                stop: None,
+            });
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut accept = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let rt = current().build()?;
+            let handle = rt.handle().clone();
+            let mut stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxyd-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                })?;
+            accept.push((handle, thread));
+        }
+        Ok(Runtime {
+            main: current().build()?,
+            accept,
+            stop: Some(stop),
+        })
+    }
+
+    /// Where the accept loops run.
+    fn shape(&self) -> Shape {
+        if self.accept.is_empty() {
+            Shape::Here
+        } else {
+            Shape::Threads(self.accept.iter().map(|(h, _)| h.clone()).collect())
+        }
+    }
+
+    /// Ends the accept threads (what is left on them is dropped) and waits for them.
+    fn stop(self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.send(true);
+        }
+        for (_, thread) in self.accept {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(loaded: proxyd::config::Loaded, mut start: Start) -> anyhow::Result<()> {
     // Before the first worker starts: what its orphans leave behind is reaped from then on.
     if let Err(e) = proxyd::workers::reaper::start() {
         tracing::warn!("cannot reap orphaned worker processes (they may stay zombies): {e}");
     }
-    let server = Server::bind_inheriting(&loaded, &mut inherited).await?;
+    let app = App::start(&loaded, &mut start)?;
+    let Start {
+        mut inherited,
+        notifier,
+        ..
+    } = start;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
-    let upgrader = server.upgrader();
-    upgrader.set_notifier(notifier.clone());
+    let upgrader = app.upgrader();
     let pid_file = loaded
         .config
         .pid_file
@@ -258,8 +338,7 @@ async fn serve(
         // Started by an upgrade: the old proxyd serves until this one says it is ready, and
         // this one is ready once its workers are (it accepts nothing before, so if it fails
         // here nobody was served by it).
-        server
-            .supervisors()
+        app.supervisors()
             .wait_ready()
             .await
             .map_err(anyhow::Error::msg)?;
@@ -310,8 +389,8 @@ async fn serve(
             proxyd::obs::access_log::reopen();
         }
     });
-    let supervisors = server.supervisors();
-    let reloader = server.reloader();
+    let supervisors = app.supervisors();
+    let reloader = app.reloader();
     let on_hup = notifier.clone();
     // SIGHUP: reload the config (certificates included; a bad file keeps the old one serving),
     // then replace every worker, one at a time (gunicorn's HUP).
@@ -328,13 +407,12 @@ async fn serve(
             });
         }
     });
-    server
-        .run(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-            notifier.stopping();
-        })
-        .await
+    app.run(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        notifier.stopping();
+    })
+    .await
 }

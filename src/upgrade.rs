@@ -2,7 +2,7 @@
 //! or `proxyd upgrade -c FILE` makes the running proxyd start a new proxyd binary as its
 //! child, handing it the listening sockets.
 //!
-//! The old process (the [`Upgrader`]):
+//! The old process (`server::upgrade::Upgrader`, which calls [`launch`]):
 //!
 //! 1. runs the binary (`upgrade.binary`, else the file it was started from, as that path is
 //!    on disk now: the build installed over it) with `-c <its config file>`, in a session of
@@ -36,20 +36,16 @@
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::notify::Notifier;
-use crate::server::listeners::ListenerSet;
-use crate::server::reload::Reloader;
 
 /// The listening sockets a new proxyd inherits: `role/configured-address=fd`, comma-separated.
 pub const INHERIT_FDS: &str = "PROXYD_INHERIT_FDS";
@@ -154,8 +150,12 @@ impl Inherited {
     }
 
     /// The inherited listening socket with this role and configured address (the first one
-    /// not taken yet), ready for the runtime. None when there is none.
-    pub fn take(&mut self, role: Role, configured: SocketAddr) -> Option<io::Result<TcpListener>> {
+    /// not taken yet), non-blocking. None when there is none.
+    pub fn take(
+        &mut self,
+        role: Role,
+        configured: SocketAddr,
+    ) -> Option<io::Result<std::net::TcpListener>> {
         let s = self
             .sockets
             .iter_mut()
@@ -241,7 +241,7 @@ fn claim(fd: RawFd, seen: &mut Vec<RawFd>) -> Result<OwnedFd, String> {
 }
 
 /// A listening TCP socket from an inherited descriptor.
-fn listener_from(fd: OwnedFd) -> io::Result<TcpListener> {
+fn listener_from(fd: OwnedFd) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::from(fd);
     if socket.r#type()? != socket2::Type::STREAM || socket.local_addr()?.as_socket().is_none() {
         return Err(io::Error::other("not a TCP socket"));
@@ -249,273 +249,99 @@ fn listener_from(fd: OwnedFd) -> io::Result<TcpListener> {
     // Already listening: this only sets the backlog again (and fails on anything else).
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// How a hand-over ended well.
-#[derive(Debug, Clone, Copy)]
-pub struct Handover {
-    pub old_pid: u32,
-    pub new_pid: u32,
+/// How the new proxyd is started: its binary and arguments, the sockets it inherits and how
+/// long it has to get ready.
+pub struct Launch {
+    pub binary: PathBuf,
+    pub args: Vec<OsString>,
+    /// (role, configured address, descriptor): held open by the caller until `launch` returns.
+    pub inherit: Vec<(Role, SocketAddr, RawFd)>,
+    pub timeout: Duration,
 }
 
-/// Why there was no hand-over.
-#[derive(Debug, Clone)]
-pub enum UpgradeError {
-    /// Another upgrade runs, the hand-over is done, or proxyd is stopping.
-    Busy(String),
-    /// The new binary did not start or did not get ready; the old process keeps serving.
-    Failed(String),
-}
-
-impl std::fmt::Display for UpgradeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpgradeError::Busy(m) | UpgradeError::Failed(m) => f.write_str(m),
+/// Runs the new proxyd and waits until it says it is ready: Ok(its pid), after telling
+/// systemd it is the main process now. Err with why when it exits first, is not ready within
+/// `timeout`, or `cancel` turns true meanwhile; the child is then killed and reaped.
+pub async fn launch(
+    how: Launch,
+    notifier: &Notifier,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<u32, String> {
+    let Launch {
+        binary,
+        args,
+        inherit,
+        timeout,
+    } = how;
+    let (ready_rx, ready_tx) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make a pipe: {e}"))?;
+    tracing::info!(binary = %binary.display(), "upgrade: starting the new proxyd");
+    let spawned = spawn(
+        &binary,
+        &args,
+        &inherit,
+        ready_tx.as_raw_fd(),
+        notifier.socket_env(),
+    );
+    // Our copy of the write end: the pipe reads as closed once the child's copy is gone.
+    drop(ready_tx);
+    let mut child = spawned.map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(
+        pid,
+        "upgrade: the new proxyd started; waiting until it is ready"
+    );
+    let outcome = tokio::select! {
+        r = read_ready(ready_rx) => match r {
+            Ok(Some(new_pid)) => Ok(new_pid),
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(format!("reading its ready pipe: {e}"))),
+        },
+        _ = tokio::time::sleep(timeout) => Err(Some(format!(
+            "it was not ready within upgrade.timeout ({})",
+            humantime::format_duration(timeout)
+        ))),
+        _ = cancel.wait_for(|c| *c) => Err(Some("proxyd is stopping".to_string())),
+    };
+    let who = format!("the new proxyd (pid {pid}, {})", binary.display());
+    match outcome {
+        Ok(new_pid) if !*cancel.borrow() => {
+            // Before this process exits: systemd follows the new main process (NotifyAccess=
+            // main accepts this from us; the new process has said the same itself).
+            notifier.notify(&format!("MAINPID={new_pid}"));
+            Ok(new_pid)
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    Starting,
-    HandedOver(u32),
-    Stopping,
-}
-
-/// The old side of an upgrade: starts the new binary and waits for it.
-pub struct Upgrader {
-    reloader: Arc<Reloader>,
-    /// The file this proxyd was started from.
-    exe: Option<PathBuf>,
-    notifier: OnceLock<Notifier>,
-    listeners: OnceLock<Arc<ListenerSet>>,
-    /// The admin listener: its configured address and a descriptor of its socket.
-    admin: Option<(SocketAddr, OwnedFd)>,
-    phase: Mutex<Phase>,
-    /// The new proxyd's pid, once it is ready.
-    handed_over: watch::Sender<Option<u32>>,
-    /// Set when proxyd is stopping: an upgrade under way is called off.
-    cancel: watch::Sender<bool>,
-}
-
-impl Upgrader {
-    /// `admin`: the admin listener's configured address and socket, when there is one.
-    pub fn new(
-        reloader: Arc<Reloader>,
-        admin: Option<(SocketAddr, &TcpListener)>,
-    ) -> io::Result<Upgrader> {
-        let admin = match admin {
-            Some((configured, l)) => Some((configured, l.as_fd().try_clone_to_owned()?)),
-            None => None,
-        };
-        Ok(Upgrader {
-            reloader,
-            exe: current_exe(),
-            notifier: OnceLock::new(),
-            listeners: OnceLock::new(),
-            admin,
-            phase: Mutex::new(Phase::Idle),
-            handed_over: watch::channel(None).0,
-            cancel: watch::channel(false).0,
-        })
-    }
-
-    /// The systemd notifier: the new process gets its socket, and the old one tells systemd
-    /// the new main pid.
-    pub fn set_notifier(&self, notifier: Notifier) {
-        let _ = self.notifier.set(notifier);
-    }
-
-    /// The running listeners (from `Server::run`).
-    pub fn attach_listeners(&self, set: Arc<ListenerSet>) {
-        let _ = self.listeners.set(set);
-    }
-
-    /// Completes once a new proxyd has taken over; returns its pid.
-    pub async fn handed_over(&self) -> u32 {
-        let mut rx = self.handed_over.subscribe();
-        let pid = match rx.wait_for(Option::is_some).await {
-            Ok(pid) => *pid,
-            // The sender lives in self: not dropped while we borrow it.
-            Err(_) => None,
-        };
-        match pid {
-            Some(pid) => pid,
-            None => std::future::pending().await,
+        Ok(new_pid) => {
+            // Ready as proxyd began to stop: it serves already, so it drains too.
+            tracing::warn!(
+                new_pid,
+                "{who} got ready as proxyd was stopping; SIGTERM to it"
+            );
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            reap(&mut child, Duration::from_secs(5)).await;
+            Err(format!("{who}: called off, proxyd is stopping"))
         }
-    }
-
-    /// Whether a new proxyd has taken over.
-    pub fn is_handed_over(&self) -> bool {
-        self.handed_over.borrow().is_some()
-    }
-
-    /// proxyd is stopping: an upgrade under way is called off (its child killed) and no
-    /// new one starts.
-    pub fn stop(&self) {
-        let mut phase = self.lock();
-        if !matches!(*phase, Phase::HandedOver(_)) {
-            *phase = Phase::Stopping;
-        }
-        drop(phase);
-        self.cancel.send_replace(true);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs the new binary and waits until it is ready (then this process drains and exits)
-    /// or has failed (then this process keeps serving). Logs the outcome either way.
-    pub async fn upgrade(&self) -> Result<Handover, UpgradeError> {
-        {
-            let mut phase = self.lock();
-            let busy = match *phase {
-                Phase::Idle => None,
-                Phase::Starting => Some("an upgrade is already under way".to_string()),
-                Phase::HandedOver(pid) => Some(format!(
-                    "already handed over to proxyd pid {pid}; this one is draining"
-                )),
-                Phase::Stopping => Some("proxyd is stopping".to_string()),
-            };
-            if let Some(why) = busy {
-                tracing::warn!("upgrade refused: {why}");
-                return Err(UpgradeError::Busy(why));
-            }
-            *phase = Phase::Starting;
-        }
-        let result = self.run_upgrade().await;
-        let mut phase = self.lock();
-        match &result {
-            Ok(h) => {
-                *phase = Phase::HandedOver(h.new_pid);
-                drop(phase);
-                tracing::info!(
-                    new_pid = h.new_pid,
-                    "upgrade: the new proxyd is ready and serving; this one stops accepting, drains and exits"
-                );
-                self.handed_over.send_replace(Some(h.new_pid));
-            }
-            Err(e) => {
-                if *phase == Phase::Starting {
-                    *phase = Phase::Idle;
-                }
-                tracing::error!("upgrade failed, this proxyd keeps serving: {e}");
-            }
-        }
-        result
-    }
-
-    async fn run_upgrade(&self) -> Result<Handover, UpgradeError> {
-        let failed = UpgradeError::Failed;
-        let current = self.reloader.current();
-        let binary = current
-            .config
-            .upgrade
-            .binary_path(&current.dir)
-            .or_else(|| self.exe.clone())
-            .ok_or_else(|| {
-                failed(
-                    "cannot tell which file this proxyd was started from: set upgrade.binary"
-                        .into(),
+        Err(None) => {
+            // The pipe closed: the child exited (or closed it) without saying it was ready.
+            let status = reap(&mut child, Duration::from_secs(5)).await;
+            Err(format!(
+                "{who} exited before it was ready ({}); its log lines above say why",
+                status.map_or(
+                    "still running; killed".into(),
+                    crate::workers::process::describe
                 )
-            })?;
-        let timeout = current.config.upgrade.timeout;
-        let listeners = self
-            .listeners
-            .get()
-            .ok_or_else(|| failed("proxyd is not serving yet".into()))?
-            .sockets();
-        let mut inherit: Vec<(Role, SocketAddr, RawFd)> = listeners
-            .iter()
-            .map(|(configured, l)| (Role::Listen, *configured, l.as_raw_fd()))
-            .collect();
-        if let Some((configured, fd)) = &self.admin {
-            inherit.push((Role::Admin, *configured, fd.as_raw_fd()));
+            ))
         }
-        let (ready_rx, ready_tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| failed(format!("cannot make a pipe: {e}")))?;
-        let notify_socket = self.notifier.get().and_then(Notifier::socket_env);
-        tracing::info!(binary = %binary.display(), "upgrade: starting the new proxyd");
-        let args = match &current.args {
-            Some(args) => args.clone(),
-            None => vec!["-c".into(), current.file.clone().into()],
-        };
-        let spawned = spawn(
-            &binary,
-            &args,
-            &inherit,
-            ready_tx.as_raw_fd(),
-            notify_socket,
-        );
-        // Our copy of the write end: the pipe reads as closed once the child's copy is gone.
-        drop(ready_tx);
-        // The child has its own copies of the sockets now.
-        drop(listeners);
-        let mut child =
-            spawned.map_err(|e| failed(format!("cannot run {}: {e}", binary.display())))?;
-        let pid = child.id().unwrap_or(0);
-        tracing::info!(
-            pid,
-            "upgrade: the new proxyd started; waiting until it is ready"
-        );
-        let mut cancel = self.cancel.subscribe();
-        let outcome = tokio::select! {
-            r = read_ready(ready_rx) => match r {
-                Ok(Some(new_pid)) => Ok(new_pid),
-                Ok(None) => Err(None),
-                Err(e) => Err(Some(format!("reading its ready pipe: {e}"))),
-            },
-            _ = tokio::time::sleep(timeout) => Err(Some(format!(
-                "it was not ready within upgrade.timeout ({})",
-                humantime::format_duration(timeout)
-            ))),
-            _ = cancel.wait_for(|c| *c) => Err(Some("proxyd is stopping".to_string())),
-        };
-        let who = format!("the new proxyd (pid {pid}, {})", binary.display());
-        match outcome {
-            Ok(new_pid) if !*self.cancel.borrow() => {
-                // Before this process exits: systemd follows the new main process (NotifyAccess=
-                // main accepts this from us; the new process has said the same itself).
-                if let Some(n) = self.notifier.get() {
-                    n.notify(&format!("MAINPID={new_pid}"));
-                }
-                Ok(Handover {
-                    old_pid: std::process::id(),
-                    new_pid,
-                })
-            }
-            Ok(new_pid) => {
-                // Ready as proxyd began to stop: it serves already, so it drains too.
-                tracing::warn!(
-                    new_pid,
-                    "{who} got ready as proxyd was stopping; SIGTERM to it"
-                );
-                signal(pid, nix::sys::signal::Signal::SIGTERM);
-                reap(&mut child, Duration::from_secs(5)).await;
-                Err(failed(format!("{who}: called off, proxyd is stopping")))
-            }
-            Err(None) => {
-                // The pipe closed: the child exited (or closed it) without saying it was ready.
-                let status = reap(&mut child, Duration::from_secs(5)).await;
-                Err(failed(format!(
-                    "{who} exited before it was ready ({}); its log lines above say why",
-                    status.map_or(
-                        "still running; killed".into(),
-                        crate::workers::process::describe
-                    )
-                )))
-            }
-            Err(Some(why)) => {
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
-                let status = reap(&mut child, Duration::from_secs(5)).await;
-                Err(failed(format!(
-                    "{who}: {why}; killed it ({})",
-                    status.map_or("not reaped".into(), crate::workers::process::describe)
-                )))
-            }
+        Err(Some(why)) => {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            let status = reap(&mut child, Duration::from_secs(5)).await;
+            Err(format!(
+                "{who}: {why}; killed it ({})",
+                status.map_or("not reaped".into(), crate::workers::process::describe)
+            ))
         }
     }
 }
@@ -617,7 +443,7 @@ async fn reap(child: &mut tokio::process::Child, patience: Duration) -> Option<E
 }
 
 /// The file this process was started from, by the path it had then.
-fn current_exe() -> Option<PathBuf> {
+pub fn current_exe() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     // Linux names a replaced (unlinked) file "PATH (deleted)".
     let text = exe.to_str()?;
@@ -710,6 +536,7 @@ pub fn signal_by_pid_file(pid_file: &Path, patience: Duration) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn parses_the_inherited_sockets() {

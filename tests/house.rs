@@ -13,7 +13,7 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("parts", &["limits", "upstream", "workers", "obs", "state"]),
     ("pipeline", &["proxy"]),
     ("edge", &["server", "admin", "upgrade", "control"]),
-    ("top", &["main", "lib"]),
+    ("top", &["main", "lib", "app"]),
 ];
 
 /// Arrows that must never exist, beyond the floors: (from, to: a module or a path prefix,

@@ -401,8 +401,9 @@ class Front:
         return tree(self.proc.pid)
 
 
-def start_front(name, threads=1, pinned=True, wrap=(), wait=15):
-    """`wrap` goes before the front end's command (valgrind for the instructions variant)."""
+def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thread"):
+    """`wrap` goes before the front end's command (valgrind for the instructions variant);
+    `runtime` is proxyd's runtime shape when threads > 1."""
     port, tls_port = free_ports(2)
     cpu = FRONT_CPU if pinned else None
     wrap = list(wrap)
@@ -422,9 +423,9 @@ def start_front(name, threads=1, pinned=True, wrap=(), wait=15):
                       PEM=f"{CERTS}/ec-combined.pem", MAXCONN=IDLE_CONNS + 500)
         p = start("haproxy", wrap + ["haproxy", "-db", "-f", conf], cpu)
     elif name == "proxyd":
-        conf = render("proxyd.yaml", os.path.join(DIR, f"proxyd-t{threads}.yaml"), PORT=port,
+        conf = render("proxyd.yaml", os.path.join(DIR, f"proxyd-t{threads}-{runtime}.yaml"), PORT=port,
                       TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
-                      KEY=f"{CERTS}/ec.key", THREADS=threads)
+                      KEY=f"{CERTS}/ec.key", THREADS=threads, RUNTIME=runtime)
         p = start("proxyd", wrap + [PROXYD, "-c", conf], cpu)
     else:
         raise ValueError(name)
@@ -592,13 +593,29 @@ def run_variant(variant):
             stop(f.proc)
 
 
+SHAPES = ("per_thread", "multi_thread")
+# Rounds of the two threads-2 shapes, in ABBA order (per, multi, multi, per, ...): a drift in
+# the machine's load hits both alike, and the spread between a shape's runs shows the noise.
+SCALING_ROUNDS = int(os.environ.get("SCALING_ROUNDS", "2"))
+
+
+def scaling_runs():
+    """(label, threads, runtime) of the scaling variant, in the order they run."""
+    runs = [("proxyd-t1", 1, "per_thread")]
+    for r in range(SCALING_ROUNDS):
+        for shape in (SHAPES if r % 2 == 0 else SHAPES[::-1]):
+            runs.append((f"proxyd-t2-{shape}-{r + 1}", 2, shape))
+    return runs
+
+
 def run_scaling():
-    say(f"== {t()} scaling: proxyd keepalive (as the keepalive variant) with threads 1 and 2, "
-        "NOT pinned (wrk and the backend stay on core %d)" % LOAD_CPU)
-    for threads in (1, 2):
-        f = start_front("proxyd", threads=threads, pinned=False)
+    say(f"== {t()} scaling: proxyd keepalive (as the keepalive variant) with threads 1, and threads 2 "
+        f"in both runtime shapes ({SCALING_ROUNDS} runs each, ABBA), NOT pinned (wrk and the backend "
+        f"stay on core {LOAD_CPU})")
+    for label, threads, runtime in scaling_runs():
+        f = start_front("proxyd", threads=threads, pinned=False, runtime=runtime)
         try:
-            measure("scaling", f, "wrk", f"http://127.0.0.1:{f.port}/", label=f"proxyd-t{threads}")
+            measure("scaling", f, "wrk", f"http://127.0.0.1:{f.port}/", label=label)
         finally:
             stop(f.proc)
 
@@ -758,17 +775,32 @@ def report(header):
         add(f"Scaling: proxyd, keepalive load as above, not pinned (wrk and the backend pinned to core {LOAD_CPU}; "
             f"{NCPU} cores in all, so a second proxyd thread competes with them).")
         add("")
-        add("| proxyd threads | req/s | p50 ms | p99 ms | errors | CPU µs/req | RSS MiB | proxyd CPU % of a core |")
+        add("| proxyd threads, runtime, run | req/s | p50 ms | p99 ms | errors | CPU µs/req | RSS MiB | proxyd CPU % of a core |")
         add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for th in (1, 2):
-            r = RESULTS.get(("scaling", f"proxyd-t{th}"))
+        for label, th, shape in scaling_runs():
+            r = RESULTS.get(("scaling", label))
             if r:
-                add(f"| {th} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {r['errors']} | "
+                name = "1" if th == 1 else f"2, {shape}, run {label.rsplit('-', 1)[1]}"
+                add(f"| {name} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {r['errors']} | "
                     f"{fmt(r['cpu_us'], 1)} | {fmt(r['rss'], 1)} | {fmt(r['busy'], 0)} |")
-        a, b = RESULTS.get(("scaling", "proxyd-t1")), RESULTS.get(("scaling", "proxyd-t2"))
-        if a and b and a["rps"]:
-            add("")
-            add(f"threads 2 ÷ threads 1: req/s {b['rps'] / a['rps']:.2f}")
+
+        def mean(shape, field):
+            vals = [RESULTS[("scaling", lb)][field] for lb, th, sh in scaling_runs()
+                    if th == 2 and sh == shape and ("scaling", lb) in RESULTS
+                    and RESULTS[("scaling", lb)][field] is not None]
+            return (sum(vals) / len(vals), min(vals), max(vals)) if vals else None
+
+        one = RESULTS.get(("scaling", "proxyd-t1"))
+        add("")
+        for shape in SHAPES:
+            m, c = mean(shape, "rps"), mean(shape, "cpu_us")
+            if m:
+                vs1 = f"; ÷ threads 1: {m[0] / one['rps']:.2f}" if one and one["rps"] else ""
+                cpu = f"; CPU µs/req mean {c[0]:.1f}" if c else ""
+                add(f"- threads 2, {shape}: req/s mean {m[0]:.0f} (runs {m[1]:.0f} to {m[2]:.0f}){cpu}{vs1}")
+        p, q = mean("per_thread", "rps"), mean("multi_thread", "rps")
+        if p and q and q[0]:
+            add(f"- per_thread ÷ multi_thread: req/s {p[0] / q[0]:.2f}")
     if IDLE:
         add("")
         add(f"Idle connections: {IDLE_CONNS} client connections, each after one keep-alive GET, held open; "

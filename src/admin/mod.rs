@@ -27,55 +27,44 @@ use tokio::sync::watch;
 
 use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
+use crate::server::upgrade::{UpgradeError, Upgrader};
 use crate::state::Snapshot;
-use crate::upgrade::{UpgradeError, Upgrader};
 use crate::workers::Supervisors;
-pub use status::ListenerInfo;
 
 /// The status page, built into the binary: no files to deploy, nothing fetched from elsewhere.
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// What the admin answers from.
-struct Admin {
-    stop: watch::Receiver<bool>,
-    state: Arc<ArcSwap<Snapshot>>,
-    supervisors: Arc<Supervisors>,
-    reloader: Arc<Reloader>,
+pub struct Admin {
+    /// Turns true once shutdown has begun (`/readyz` says 503 then).
+    pub stop: watch::Receiver<bool>,
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub supervisors: Arc<Supervisors>,
+    pub reloader: Arc<Reloader>,
     /// The proxy listeners, for /status.
-    listeners: Arc<ListenerSet>,
+    pub listeners: Arc<ListenerSet>,
     /// `admin.token`: required on POSTs when set.
-    token: Option<String>,
-    started: std::time::SystemTime,
-    metrics: Arc<crate::obs::metrics::Metrics>,
-    upgrader: Arc<Upgrader>,
+    pub token: Option<String>,
+    /// When proxyd started, for /status.
+    pub started: std::time::SystemTime,
+    pub metrics: Arc<crate::obs::metrics::Metrics>,
+    pub upgrader: Arc<Upgrader>,
 }
 
-/// Serves until the task is aborted; it keeps answering through the drain. After a hand-over
-/// to a new proxyd (an upgrade) it stops accepting (the new one answers on the same socket),
-/// finishes the requests it has and returns.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
-    listener: TcpListener,
-    stop: watch::Receiver<bool>,
-    state: Arc<ArcSwap<Snapshot>>,
-    supervisors: Arc<Supervisors>,
-    reloader: Arc<Reloader>,
-    listeners: Arc<ListenerSet>,
-    token: Option<String>,
-    metrics: Arc<crate::obs::metrics::Metrics>,
-    upgrader: Arc<Upgrader>,
-) {
-    let admin = Arc::new(Admin {
-        stop,
-        state,
-        supervisors,
-        reloader,
-        listeners,
-        token,
-        started: std::time::SystemTime::now(),
-        metrics,
-        upgrader: upgrader.clone(),
-    });
+/// Serves `admin` on `listener` until the task is aborted; it keeps answering through the
+/// drain. After a hand-over to a new proxyd (an upgrade) it stops accepting (the new one
+/// answers on the same socket), finishes the requests it has and returns.
+pub async fn serve(listener: std::net::TcpListener, admin: Admin) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the admin listener");
+            return;
+        }
+    };
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin listening");
+    let upgrader = admin.upgrader.clone();
+    let admin = Arc::new(admin);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

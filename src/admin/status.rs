@@ -1,7 +1,6 @@
 //! The `/status` report: listeners, upstreams with their counters, backends and workers, as
 //! JSON (serde_json). The status page and `proxyd status` both read it.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,18 +8,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{BackendAddr, Balance};
+use crate::server::listeners::ListenerInfo;
 use crate::state::Snapshot;
 use crate::upstream::clock::now_ns;
 use crate::upstream::{Backend, Upstream};
 use crate::workers::slot::{Group, WorkerView};
 use crate::workers::{process, Supervisors};
-
-/// A proxy listener as the admin reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ListenerInfo {
-    pub addr: SocketAddr,
-    pub tls: bool,
-}
 
 #[derive(Serialize)]
 pub struct Status {

@@ -43,6 +43,11 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub threads: Option<usize>,
+    /// How `threads` > 1 run: one current-thread runtime per thread, each accepting on every
+    /// listener (`per_thread`, nginx's shared-nothing shape), or tokio's work-stealing
+    /// `multi_thread` runtime.
+    #[serde(default)]
+    pub runtime: RuntimeShape,
     /// Address ranges of the proxies in front (load balancers): from them, the client IP is
     /// taken from `X-Forwarded-For` (the right-most untrusted address), and only they may
     /// send a PROXY protocol header when a listener takes one.
@@ -449,6 +454,18 @@ impl Default for Log {
             format: LogFormat::default(),
         }
     }
+}
+
+/// `runtime:` (docs/configuration.md, `threads`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeShape {
+    /// One current-thread runtime per thread; a connection stays on the thread that
+    /// accepted it; the control plane (admin, workers, signals, reload) on the main thread.
+    #[default]
+    PerThread,
+    /// tokio's multi-thread runtime: tasks move between threads (work stealing).
+    MultiThread,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

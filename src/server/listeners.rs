@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::h1::HeadLimits;
-use super::{accept_loop, tls, Listener};
+use super::{accept_loop, tls, AcceptLoop, Listener};
 use crate::obs::Observers;
 use crate::proxy::ListenerSettings;
 use crate::state::Snapshot;
@@ -26,6 +26,13 @@ pub struct ConnSetup {
     pub client: HeadLimits,
     /// Trusted proxies and the per-IP connection cap.
     pub clients: Arc<crate::limits::ClientPolicy>,
+}
+
+/// A running proxy listener as the admin's /status reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerInfo {
+    pub addr: SocketAddr,
+    pub tls: bool,
 }
 
 /// What a reload may change on a listener that keeps its address.
@@ -47,7 +54,20 @@ pub struct Live {
     pub limit: Arc<Semaphore>,
 }
 
+/// Where the accept loops run (`threads`, docs/configuration.md).
+#[derive(Clone, Default)]
+pub enum Shape {
+    /// On the runtime that adds the listener: one accept loop per listener.
+    #[default]
+    Here,
+    /// On each of these runtimes (one current-thread runtime per OS thread, nginx's
+    /// shared-nothing shape): every listener's socket is accepted from all of them, and a
+    /// connection lives on the thread that accepted it.
+    Threads(Vec<tokio::runtime::Handle>),
+}
+
 /// What every accept loop shares.
+#[derive(Clone)]
 pub struct Spawner {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub setup: Arc<ArcSwap<ConnSetup>>,
@@ -56,17 +76,18 @@ pub struct Spawner {
     pub metrics: Arc<crate::obs::metrics::Metrics>,
     /// Set when a new proxyd has taken over: HTTP/1 responses say `Connection: close`.
     pub closing: Arc<AtomicBool>,
+    pub shape: Shape,
 }
 
 struct Running {
     /// The address as configured (port 0 stays 0), which is how a reload names it.
     configured: SocketAddr,
     bound: SocketAddr,
-    /// Shared with the accept loop; handed to a new proxyd by an upgrade.
-    socket: Arc<TcpListener>,
+    /// Handed to a new proxyd by an upgrade; each accept loop has its own descriptor of it.
+    socket: Arc<std::net::TcpListener>,
     live: Arc<Live>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -83,7 +104,8 @@ impl ListenerSet {
         }
     }
 
-    /// Starts accepting on `l`; Err once shutdown has begun.
+    /// Starts accepting on `l`; Err once shutdown has begun or the socket cannot be shared
+    /// with a runtime.
     pub fn add(&self, l: Listener) -> Result<SocketAddr, String> {
         let spawner = self.spawner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(s) = spawner.as_ref() else {
@@ -95,26 +117,37 @@ impl ListenerSet {
             limit: Arc::new(Semaphore::new(l.serving.max_connections)),
             serving: ArcSwap::from_pointee(l.serving),
         });
+        let runtimes = match &s.shape {
+            Shape::Here => vec![tokio::runtime::Handle::current()],
+            Shape::Threads(handles) => handles.clone(),
+        };
+        let mut tasks = Vec::with_capacity(runtimes.len());
+        for rt in runtimes {
+            // Registered with the runtime that accepts on it.
+            let socket = l
+                .socket
+                .try_clone()
+                .and_then(|std| {
+                    let _in = rt.enter();
+                    TcpListener::from_std(std)
+                })
+                .map_err(|e| format!("cannot accept on {bound}: {e}"))?;
+            let accept = AcceptLoop {
+                socket,
+                live: live.clone(),
+                shared: s.clone(),
+                stop: stopped.clone(),
+            };
+            tasks.push(rt.spawn(accept_loop(accept)));
+        }
         tracing::info!(addr = %bound, "listening");
-        let socket = Arc::new(l.socket);
-        let task = tokio::spawn(accept_loop(
-            socket.clone(),
-            live.clone(),
-            s.state.clone(),
-            s.setup.clone(),
-            s.graceful.clone(),
-            stopped,
-            s.observers.clone(),
-            s.metrics.clone(),
-            s.closing.clone(),
-        ));
         self.lock().push(Running {
             configured,
             bound,
-            socket,
+            socket: Arc::new(l.socket),
             live,
             stop,
-            task,
+            tasks,
         });
         Ok(bound)
     }
@@ -166,6 +199,18 @@ impl ListenerSet {
         Some(r.bound)
     }
 
+    /// A new proxyd has taken over: HTTP/1 responses say `Connection: close` from now on.
+    pub fn closing(&self) {
+        if let Some(s) = self
+            .spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            s.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// The configured addresses of the running listeners.
     pub fn configured(&self) -> Vec<SocketAddr> {
         self.lock().iter().map(|r| r.configured).collect()
@@ -173,7 +218,7 @@ impl ListenerSet {
 
     /// The running listeners' configured addresses and sockets, in the order they started
     /// (for an upgrade, which hands the sockets to the new proxyd).
-    pub fn sockets(&self) -> Vec<(SocketAddr, Arc<TcpListener>)> {
+    pub fn sockets(&self) -> Vec<(SocketAddr, Arc<std::net::TcpListener>)> {
         self.lock()
             .iter()
             .map(|r| (r.configured, r.socket.clone()))
@@ -181,10 +226,10 @@ impl ListenerSet {
     }
 
     /// The running listeners, for /status.
-    pub fn info(&self) -> Vec<crate::admin::ListenerInfo> {
+    pub fn info(&self) -> Vec<ListenerInfo> {
         self.lock()
             .iter()
-            .map(|r| crate::admin::ListenerInfo {
+            .map(|r| ListenerInfo {
                 addr: r.bound,
                 tls: r.live.serving.load().tls.is_some(),
             })
@@ -245,7 +290,9 @@ impl ListenerSet {
             let _ = r.stop.send(true);
         }
         for r in running {
-            let _ = r.task.await;
+            for t in r.tasks {
+                let _ = t.await;
+            }
         }
         spawner.and_then(|s| Arc::try_unwrap(s.graceful).ok())
     }

@@ -9,226 +9,97 @@ pub mod listeners;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod tls;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
-use drain::{Drain as GracefulShutdown, Watcher};
+use drain::Watcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{addr::parse_listen, Loaded};
 use crate::obs::Observers;
 use crate::proxy::{ConnInfo, ListenerSettings};
 use crate::state::Snapshot;
-use crate::upgrade::{Inherited, Role, Upgrader};
-use crate::workers::Supervisors;
+use crate::upgrade::{Inherited, Role};
 use h1::HeadLimits;
-pub use listeners::{ConnSetup, Serving};
+pub use listeners::{ConnSetup, ListenerSet, Serving, Shape, Spawner};
 
+/// A bound proxy listener, not accepting yet: [`Server::run`] or a reload starts it.
 pub struct Listener {
-    socket: TcpListener,
+    /// Not registered with any runtime: each accept loop registers a descriptor of its own.
+    socket: std::net::TcpListener,
     addr: SocketAddr,
     /// As written in the config (port 0 stays 0): how a reload recognises it.
     configured: SocketAddr,
     serving: Serving,
 }
 
-/// Bound listeners and the state they serve. `run` serves until shutdown.
+impl Listener {
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Why serving stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, SIGINT, or whatever the caller's shutdown was.
+    Shutdown,
+    /// A new proxyd (an upgrade, this pid) has taken over the sockets.
+    HandedOver(u32),
+}
+
+/// The proxy listeners' accept loops and the drain that ends them. It starts no processes
+/// and opens nothing: it serves what it is given.
 pub struct Server {
-    listeners: Vec<Listener>,
-    admin: Option<TcpListener>,
-    /// `admin.token`: the admin's POSTs need it.
-    admin_token: Option<String>,
-    state: Arc<ArcSwap<Snapshot>>,
-    supervisors: Arc<Supervisors>,
-    setup: ConnSetup,
-    grace: Duration,
-    /// Told about every finished request (metrics, access logs).
-    observers: Observers,
-    /// Prometheus metrics: an observer, the accept loop's counts, the admin's `/metrics`.
-    metrics: Arc<crate::obs::metrics::Metrics>,
-    reloader: Arc<reload::Reloader>,
-    /// Hands the listening sockets to a new binary (SIGUSR2, `POST /upgrade`).
-    upgrader: Arc<Upgrader>,
+    /// The running listeners, shared with the reload (which adds and removes some), the
+    /// upgrade (which hands their sockets over) and the admin (which lists them).
+    pub listeners: Arc<ListenerSet>,
+    /// `timeouts.shutdown_grace`.
+    pub grace: Duration,
 }
 
 impl Server {
-    /// Binds every listener of a validated config (port 0 picks a free port) and starts the
-    /// workers of upstreams that have them; they join the rotation as they become ready.
-    pub async fn bind(loaded: &Loaded) -> anyhow::Result<Server> {
-        Server::bind_inheriting(loaded, &mut Inherited::none()).await
-    }
-
-    /// Like `bind`, but a listener whose configured address matches a socket inherited from
-    /// an old proxyd (an upgrade) takes that socket instead of binding; inherited sockets
-    /// the config does not use are closed.
-    pub async fn bind_inheriting(
-        loaded: &Loaded,
-        inherited: &mut Inherited,
-    ) -> anyhow::Result<Server> {
-        let cfg = &loaded.config;
-        let snapshot = Snapshot::build(loaded)?;
-        let mut listeners = Vec::with_capacity(cfg.listen.len());
-        for l in &cfg.listen {
-            listeners.push(open_listener_inheriting(l, loaded, inherited)?);
+    /// Accepts on `bound` until `stop` completes, then stops accepting and gives open
+    /// connections up to the grace period to finish their requests. After a hand-over to a
+    /// new proxyd, idle keep-alive connections first get a short while to send one more
+    /// request, answered with `Connection: close`.
+    pub async fn run(
+        self,
+        bound: Vec<Listener>,
+        stop: impl Future<Output = Stop>,
+    ) -> anyhow::Result<()> {
+        for l in bound {
+            self.listeners.add(l).map_err(anyhow::Error::msg)?;
         }
-        let admin = match &cfg.admin {
-            Some(a) => {
-                let addr = parse_listen(&a.addr.value).map_err(anyhow::Error::msg)?;
-                let socket = match inherited.take(Role::Admin, addr) {
-                    Some(s) => s.with_context(|| {
-                        format!("cannot take over the inherited admin listener {addr}")
-                    })?,
-                    None => {
-                        bind(addr).with_context(|| format!("cannot listen on {addr} (admin)"))?
-                    }
-                };
-                Some((addr, socket))
-            }
-            None => None,
-        };
-        inherited.close_unused();
-        // Before the workers start: a log that cannot be opened stops startup.
-        let access_logs = crate::obs::access_log::open(loaded)?;
-        let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
-        let metrics = Arc::new(crate::obs::metrics::Metrics::new());
-        snapshot.prepare_metrics(&metrics);
-        let observers = Observers::new(
-            [metrics.clone() as Arc<dyn crate::obs::Observe>]
-                .into_iter()
-                .chain(access_logs)
-                .collect(),
-        );
-        let state = Arc::new(ArcSwap::from_pointee(snapshot));
-        let reloader = Arc::new(reload::Reloader::new(
-            loaded,
-            state.clone(),
-            supervisors.clone(),
-            reload::Logging {
-                observers: observers.clone(),
-                metrics: metrics.clone(),
-            },
-        ));
-        let upgrader = Arc::new(
-            Upgrader::new(reloader.clone(), admin.as_ref().map(|(a, l)| (*a, l)))
-                .context("cannot keep the admin listener for upgrades")?,
-        );
-        Ok(Server {
-            reloader,
-            upgrader,
-            listeners,
-            admin: admin.map(|(_, l)| l),
-            admin_token: cfg
-                .admin
-                .as_ref()
-                .and_then(|a| a.token.as_ref())
-                .map(|t| t.value.clone()),
-            supervisors,
-            state,
-            setup: conn_setup(cfg),
-            observers,
-            metrics,
-            grace: cfg.timeouts.shutdown_grace,
-        })
-    }
-
-    /// The proxy listeners' bound addresses, in config order.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.addr).collect()
-    }
-
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
-    }
-
-    /// The runtime state requests are served from (upstreams, their backends and queues).
-    pub fn state(&self) -> Arc<ArcSwap<Snapshot>> {
-        self.state.clone()
-    }
-
-    /// Reloads the whole config (SIGHUP, `POST /reload`).
-    pub fn reloader(&self) -> Arc<reload::Reloader> {
-        self.reloader.clone()
-    }
-
-    /// The worker supervisors, for rolling restarts (SIGHUP, the admin API).
-    pub fn supervisors(&self) -> Arc<Supervisors> {
-        self.supervisors.clone()
-    }
-
-    /// Starts a new binary on this server's sockets (SIGUSR2, `POST /upgrade`).
-    pub fn upgrader(&self) -> Arc<Upgrader> {
-        self.upgrader.clone()
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting and gives open connections up to
-    /// the grace period to finish their requests. Also stops once a new proxyd has taken
-    /// over (an upgrade): then idle keep-alive connections get a short while to send one more
-    /// request, answered with `Connection: close`, before the drain.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
-        let closing = Arc::new(AtomicBool::new(false));
-        let set = Arc::new(listeners::ListenerSet::new(listeners::Spawner {
-            state: self.state.clone(),
-            setup: Arc::new(ArcSwap::from_pointee(self.setup)),
-            graceful,
-            observers: self.observers.clone(),
-            metrics: self.metrics.clone(),
-            closing: closing.clone(),
-        }));
-        for l in self.listeners {
-            set.add(l).map_err(anyhow::Error::msg)?;
-        }
-        self.reloader.attach_listeners(set.clone());
-        self.upgrader.attach_listeners(set.clone());
-        let watcher = tokio::spawn(set.clone().watch_certificates());
-        let admin = self.admin.map(|admin| {
-            tracing::info!(addr = ?admin.local_addr().ok(), "admin listening");
-            tokio::spawn(crate::admin::serve(
-                admin,
-                stop_rx.clone(),
-                self.state.clone(),
-                self.supervisors.clone(),
-                self.reloader.clone(),
-                set.clone(),
-                self.admin_token.clone(),
-                self.metrics.clone(),
-                self.upgrader.clone(),
-            ))
-        });
-
-        let handed_over = tokio::select! {
-            _ = shutdown => {
-                // An upgrade under way is called off: its new process is killed.
-                self.upgrader.stop();
-                None
-            }
-            pid = self.upgrader.handed_over() => Some(pid),
-        };
-        match handed_over {
-            Some(pid) => tracing::info!(
+        let watcher = tokio::spawn(self.listeners.clone().watch_certificates());
+        let stop = stop.await;
+        let handed_over = stop != Stop::Shutdown;
+        match stop {
+            Stop::HandedOver(pid) => tracing::info!(
                 new_pid = pid, grace = ?self.grace,
                 "handed over to the new proxyd: no new connections here, draining"
             ),
-            None => {
+            Stop::Shutdown => {
                 tracing::info!(grace = ?self.grace, "shutting down: no new connections, draining")
             }
         }
-        let _ = stop_tx.send(true);
-        if handed_over.is_some() {
-            closing.store(true, Ordering::SeqCst);
+        if handed_over {
+            self.listeners.closing();
         }
-        let graceful = set.shutdown().await.unwrap_or_default();
-        if handed_over.is_some() {
+        let graceful = self.listeners.shutdown().await.unwrap_or_default();
+        watcher.abort();
+        if handed_over {
             // Busy keep-alive clients send their next request within the window, get it
             // answered with `Connection: close` and reconnect (to the new proxyd) instead of
             // racing the close of an idle connection.
@@ -244,18 +115,6 @@ impl Server {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
-        // Workers go last: the requests drained above needed them.
-        self.supervisors.shutdown().await;
-        if let Some(admin) = admin {
-            if handed_over.is_some() {
-                // It stopped accepting at the hand-over and finishes what it was answering
-                // (the `POST /upgrade` that asked for it, say).
-                let _ = tokio::time::timeout(self.grace, admin).await;
-            } else {
-                admin.abort();
-            }
-        }
-        watcher.abort();
         Ok(())
     }
 }
@@ -282,12 +141,7 @@ pub fn open_listener_inheriting(
 ) -> anyhow::Result<Listener> {
     let configured = parse_listen(&l.addr.value).map_err(anyhow::Error::msg)?;
     let serving = serving(l, loaded)?;
-    let socket = match inherited.take(Role::Listen, configured) {
-        Some(s) => {
-            s.with_context(|| format!("cannot take over the inherited listener {configured}"))?
-        }
-        None => bind(configured).with_context(|| format!("cannot listen on {configured}"))?,
-    };
+    let socket = take_or_bind(Role::Listen, configured, inherited)?;
     Ok(Listener {
         addr: socket.local_addr()?,
         configured,
@@ -344,29 +198,62 @@ pub fn conn_setup(cfg: &crate::config::Config) -> ConnSetup {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+/// The socket inherited for `role` at `configured` (an upgrade), else a new one bound there.
+pub fn take_or_bind(
+    role: Role,
+    configured: SocketAddr,
+    inherited: &mut Inherited,
+) -> anyhow::Result<std::net::TcpListener> {
+    let what = match role {
+        Role::Listen => "",
+        Role::Admin => " (admin)",
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    match inherited.take(role, configured) {
+        Some(s) => {
+            s.with_context(|| format!("cannot take over the inherited listener {configured}{what}"))
+        }
+        None => bind(configured).with_context(|| format!("cannot listen on {configured}{what}")),
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn accept_loop(
-    socket: Arc<TcpListener>,
+/// A non-blocking listening socket on `addr`, registered with no runtime yet.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One accept loop: a listener's socket on one runtime, and what its connections share.
+pub(crate) struct AcceptLoop {
+    socket: TcpListener,
     live: Arc<listeners::Live>,
-    state: Arc<ArcSwap<Snapshot>>,
-    setup: Arc<ArcSwap<ConnSetup>>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-    observers: Observers,
-    metrics: Arc<crate::obs::metrics::Metrics>,
-    closing: Arc<AtomicBool>,
-) {
+    shared: listeners::Spawner,
+    stop: watch::Receiver<bool>,
+}
+
+pub(crate) async fn accept_loop(accept: AcceptLoop) {
+    let AcceptLoop {
+        socket,
+        live,
+        shared,
+        mut stop,
+    } = accept;
+    let listeners::Spawner {
+        state,
+        setup,
+        graceful,
+        observers,
+        metrics,
+        closing,
+        ..
+    } = shared;
     loop {
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog.
         let permit = tokio::select! {

@@ -34,8 +34,8 @@ pub struct Reloader {
     supervisors: Arc<Supervisors>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
-    /// The running listeners, once the server runs.
-    listeners: std::sync::OnceLock<Arc<ListenerSet>>,
+    /// The running listeners: a reload adds, changes and removes them.
+    listeners: Arc<ListenerSet>,
 }
 
 impl Reloader {
@@ -43,6 +43,7 @@ impl Reloader {
         loaded: &Loaded,
         state: Arc<ArcSwap<Snapshot>>,
         supervisors: Arc<Supervisors>,
+        listeners: Arc<ListenerSet>,
         logging: Logging,
     ) -> Reloader {
         Reloader {
@@ -52,12 +53,8 @@ impl Reloader {
             state,
             supervisors,
             running: tokio::sync::Mutex::new(()),
-            listeners: std::sync::OnceLock::new(),
+            listeners,
         }
-    }
-
-    pub fn attach_listeners(&self, set: Arc<ListenerSet>) {
-        let _ = self.listeners.set(set);
     }
 
     /// The config in force (the last one loaded).
@@ -88,11 +85,7 @@ impl Reloader {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // Listeners to open are bound first: a port that cannot be had calls the reload off.
-        let running = self
-            .listeners
-            .get()
-            .map(|l| l.configured())
-            .unwrap_or_default();
+        let running = self.listeners.configured();
         let wanted = listen_addrs(&new);
         // Kept listeners whose settings changed get theirs ready here too (certificates that
         // do not load call the reload off).
@@ -102,9 +95,7 @@ impl Reloader {
             let Some(addr) = *addr else { continue };
             let result = if !running.contains(&addr) {
                 open_listener(l, &new).map(|x| opened.push(x))
-            } else if self.listeners.get().and_then(|s| s.fingerprint(addr))
-                != Some(listener_fingerprint(l, &new))
-            {
+            } else if self.listeners.fingerprint(addr) != Some(listener_fingerprint(l, &new)) {
                 serving(l, &new).map(|x| changed.push((addr, x)))
             } else {
                 Ok(())
@@ -209,7 +200,8 @@ impl Reloader {
                 .replace(std::iter::once(metrics).chain(logs).collect());
             summary.push_str("; access logs reopened with the new settings");
         }
-        if let Some(set) = self.listeners.get() {
+        {
+            let set = &self.listeners;
             for l in opened {
                 match set.add(l) {
                     Ok(bound) => summary.push_str(&format!("; listening on {bound}")),
@@ -230,11 +222,7 @@ impl Reloader {
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         self.supervisors.replace_groups(groups).await;
-        let cert_errors = self
-            .listeners
-            .get()
-            .map(|s| s.reload_certificates())
-            .unwrap_or_default();
+        let cert_errors = self.listeners.reload_certificates();
         tracing::info!("{summary}");
         if cert_errors.is_empty() {
             Ok(summary)

@@ -313,12 +313,12 @@ impl TestProxy {
         std::fs::write(&path, yaml).unwrap();
         let loaded = proxyd::config::load_file(&path)
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"));
-        let server = proxyd::server::Server::bind(&loaded).await.unwrap();
-        let addr = server.local_addrs()[0];
-        let admin = server.admin_addr();
-        let state = server.state();
+        let app = proxyd::app::App::start(&loaded, &mut Default::default()).unwrap();
+        let addr = app.local_addrs()[0];
+        let admin = app.admin_addr();
+        let state = app.state();
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server.run(async move {
+        let done = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
         TestProxy {
