@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::server::drain::Drain;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -18,6 +17,7 @@ use crate::admin::Admin;
 use crate::config::{addr::parse_listen, Loaded};
 use crate::notify::Notifier;
 use crate::obs::Observers;
+use crate::server::drain::Drain;
 use crate::server::reload::{Logging, Reloader};
 use crate::server::upgrade::Upgrader;
 use crate::server::{

@@ -53,8 +53,10 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
-        let mut stack = [0u8; STACK_READ];
-        let mut rb = ReadBuf::new(&mut stack);
+        // Uninitialised: zeroing 4 KiB on every poll of an idle connection was a fifth of
+        // the instructions per request (callgrind).
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut rb = ReadBuf::uninit(&mut stack);
         ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
