@@ -222,6 +222,17 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// Queues one chunk of a chunked body (nothing for empty data: an empty chunk would end it).
+    fn push_chunk(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            let mut size = Vec::with_capacity(12);
+            http1::write_chunk_header(&mut size, data.len());
+            self.out.push_back(Bytes::from(size));
+            self.out.push_back(data);
+            self.out.push_back(Bytes::from_static(b"\r\n"));
+        }
+    }
+
     /// Queues body data (and at the end, the trailers) in the request's framing.
     fn push_data(&mut self, data: Bytes, trailers: &Option<HeaderMap>) {
         if self.framing != Framing::Chunked {
@@ -231,13 +242,7 @@ impl<'a> Exchange<'a> {
             }
             return;
         }
-        if !data.is_empty() {
-            let mut size = Vec::with_capacity(12);
-            http1::write_chunk_header(&mut size, data.len());
-            self.out.push_back(Bytes::from(size));
-            self.out.push_back(data);
-            self.out.push_back(Bytes::from_static(b"\r\n"));
-        }
+        self.push_chunk(data);
         let trailers = trailers.as_ref().and_then(|t| self.allowed(t));
         let mut last = Vec::new();
         http1::write_last_chunk(&mut last, trailers.as_ref());
@@ -310,15 +315,7 @@ impl<'a> Exchange<'a> {
                 }
                 Some(Err(e)) => return Poll::Ready(Err(body_error(e))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if self.framing == Framing::Chunked => {
-                        if !data.is_empty() {
-                            let mut size = Vec::with_capacity(12);
-                            http1::write_chunk_header(&mut size, data.len());
-                            self.out.push_back(Bytes::from(size));
-                            self.out.push_back(data);
-                            self.out.push_back(Bytes::from_static(b"\r\n"));
-                        }
-                    }
+                    Ok(data) if self.framing == Framing::Chunked => self.push_chunk(data),
                     Ok(data) => {
                         if data.len() as u64 > self.left {
                             return Poll::Ready(Err(ProxyError::new(
