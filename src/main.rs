@@ -17,6 +17,10 @@ use proxyd::app::{App, Start};
 use proxyd::config::{load_file_with, Checks, RuntimeShape};
 use proxyd::server::Shape;
 
+/// mimalloc: per-thread free lists instead of glibc's bins; see docs/performance.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "proxyd",
