@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{full, Got, ProxydProcess, TestBackend, TestProxy, H1};
+use common::{full, get, raw, Got, ProxydProcess, TestBackend, TestProxy, H1};
 use http::Request;
 use regex::Regex;
 
@@ -169,6 +169,144 @@ async fn combined_json_and_healthd_field_by_field() {
     check_combined(&reqs, &combined, start, end);
     check_json(&reqs, &json, start, end, app.addr, dead);
     check_healthd(&reqs, &healthd, start, end);
+    proxy.shutdown().await;
+}
+
+/// A raw response's status, `proxyd-error` and body length.
+fn raw_parts(resp: &str) -> (&str, String, usize) {
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp, ""));
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("proxyd-error: "))
+        .unwrap_or_default()
+        .to_string();
+    (&resp[9..12], error, body.len())
+}
+
+/// The value of the one `name` sample carrying every label of `labels`, if there is one.
+fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A request head proxyd refuses before any route runs (malformed, or too slow to arrive) is
+/// answered by the server itself; it is logged and counted like every other request, with
+/// what nginx logs for a bad request: the request line as far as it was read.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_request_heads_are_logged_and_counted() {
+    let app = TestBackend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let yaml = format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\n\
+         admin: {{ addr: \"127.0.0.1:0\" }}\n\
+         timeouts: {{ client_header: \"300ms\" }}\n\
+         upstreams:\n  app:\n    servers: [\"{}\"]\n\
+         access_log:\n  - {{ format: combined, path: \"{d}/access.log\" }}\n\
+         \x20 - {{ format: json, path: \"{d}/access.json\" }}\n",
+        app.addr
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let admin = proxy.admin.unwrap();
+    let start = SystemTime::now();
+
+    // A space in a header name.
+    let bad_name = raw(
+        proxy.addr,
+        b"GET /space?in=name HTTP/1.1\r\nHost: logs.test\r\nBad Header: 1\r\n\r\n",
+    )
+    .await;
+    // Not HTTP at all (a TLS hello on a plain port, say).
+    let garbage = raw(proxy.addr, b"\x16\x03\x01\x00\x05hello\r\n\r\n").await;
+    // Half a head, then nothing.
+    let slow = raw(proxy.addr, b"GET /slow HTTP/1.1\r\nHost: logs.test\r\n").await;
+    let (bad_name, garbage, slow) = (raw_parts(&bad_name), raw_parts(&garbage), raw_parts(&slow));
+    assert_eq!(bad_name.0, "400", "{bad_name:?}");
+    assert_eq!(garbage.0, "400", "{garbage:?}");
+    assert_eq!(slow.0, "408", "{slow:?}");
+    assert!(!bad_name.1.is_empty() && !garbage.1.is_empty() && !slow.1.is_empty());
+    assert_eq!(app.request_count(), 0);
+
+    let combined = wait_lines(&dir.path().join("access.log"), 3);
+    let json = wait_lines(&dir.path().join("access.json"), 3);
+    let end = SystemTime::now();
+    let expected = [
+        (r#""GET /space?in=name HTTP/1.1" 400"#, &bad_name),
+        (r#""- \x16\x03\x01\x00\x05hello HTTP/1.1" 400"#, &garbage),
+        (r#""GET /slow HTTP/1.1" 408"#, &slow),
+    ];
+    for (request, (_, _, body)) in expected {
+        let line = combined
+            .iter()
+            .find(|l| l.contains(request))
+            .unwrap_or_else(|| panic!("no {request} in {combined:#?}"));
+        assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+        assert!(
+            line.ends_with(&format!("{request} {body} \"-\" \"-\"")),
+            "{line}"
+        );
+    }
+    let mut by_target: HashMap<String, serde_json::Value> = json
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["target"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    for (target, method, (status, error, body)) in [
+        ("/space?in=name", "GET", &bad_name),
+        ("\u{16}\u{3}\u{1}\u{0}\u{5}hello", "-", &garbage),
+        ("/slow", "GET", &slow),
+    ] {
+        let v = by_target
+            .remove(target)
+            .unwrap_or_else(|| panic!("no {target:?} in {json:#?}"));
+        assert_eq!(v["method"], method);
+        assert_eq!(v["status"].as_u64().unwrap().to_string(), *status);
+        assert_eq!(v["error"], error.as_str());
+        assert_eq!(v["bytes"], *body as u64);
+        assert_eq!(v["client"], "127.0.0.1");
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+        let t = humantime::parse_rfc3339(v["time"].as_str().unwrap()).unwrap();
+        assert!(epoch_ms(start) <= epoch_ms(t) + 1 && t <= end, "{v}");
+    }
+
+    // Counted under no route and no upstream, by method and code.
+    let wanted = [("GET", "400"), ("OTHER", "400"), ("GET", "408")];
+    let mut scrape = String::new();
+    for _ in 0..500 {
+        scrape = get(admin, "/metrics").await.text();
+        if wanted.iter().all(|(m, c)| {
+            sample(
+                &scrape,
+                "proxyd_requests_total",
+                &[
+                    ("route", "-"),
+                    ("upstream", "-"),
+                    ("method", m),
+                    ("code", c),
+                ],
+            ) == Some(1.0)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (method, code) in wanted {
+        let labels = [("method", method), ("code", code), ("status_class", "4xx")];
+        assert_eq!(
+            sample(&scrape, "proxyd_requests_total", &labels),
+            Some(1.0),
+            "{method} {code}:\n{scrape}"
+        );
+    }
     proxy.shutdown().await;
 }
 

@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+
+use crate::proxy::body::ResponseBody;
 
 /// True when no token is configured, or the request carries it.
 pub fn allowed(token: Option<&str>, headers: &HeaderMap) -> bool {
@@ -26,8 +27,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub fn unauthorized() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(
+pub fn unauthorized() -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from_static(
         b"unauthorized: this endpoint needs Authorization: Bearer <admin.token>\n",
     )));
     *resp.status_mut() = StatusCode::UNAUTHORIZED;

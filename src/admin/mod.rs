@@ -12,19 +12,23 @@ pub mod auth;
 pub mod client;
 pub mod status;
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::obs::Observers;
+use crate::proxy::body::{FromClient, ResponseBody};
+use crate::proxy::{ConnInfo, ListenerSettings, Pending};
+use crate::server::drain::Drain;
+use crate::server::h1::{self, HeadLimits};
 use crate::server::listeners::ListenerSet;
 use crate::server::reload::Reloader;
 use crate::server::upgrade::{UpgradeError, Upgrader};
@@ -51,9 +55,21 @@ pub struct Admin {
     pub upgrader: Arc<Upgrader>,
 }
 
+/// The admin's own head limits and clocks, fixed rather than the proxy listeners' (which a
+/// config may tighten for the public): its clients are operators, scrapers and `proxyd`
+/// itself. The idle time-out outlasts the usual scrape intervals (15 s to 60 s) so a
+/// scraper's kept-alive connection is not closed under it between two scrapes.
+const LIMITS: HeadLimits = HeadLimits {
+    header_timeout: Duration::from_secs(30),
+    idle_timeout: Duration::from_secs(120),
+    send_timeout: Duration::from_secs(30),
+    max_head_bytes: 64 * 1024,
+    max_headers: 100,
+};
+
 /// Serves `admin` on `listener` until the task is aborted; it keeps answering through the
-/// drain. After a hand-over to a new proxyd (an upgrade) it stops accepting (the new one
-/// answers on the same socket), finishes the requests it has and returns.
+/// proxy's drain. After a hand-over to a new proxyd (an upgrade) it stops accepting (the new
+/// one answers on the same socket), finishes the requests it has and returns.
 pub async fn serve(listener: std::net::TcpListener, admin: Admin) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -64,52 +80,73 @@ pub async fn serve(listener: std::net::TcpListener, admin: Admin) {
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "admin listening");
     let upgrader = admin.upgrader.clone();
-    let admin = Arc::new(admin);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let api = Api(Arc::new(admin));
+    // The admin's own drain: the proxy's leaves it answering.
+    let drain = Drain::new();
+    let closing = Arc::new(AtomicBool::new(false));
+    let settings = Arc::new(ListenerSettings::default());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = upgrader.handed_over() => break,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let admin = admin.clone();
-        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(&req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let _ = stream.set_nodelay(true);
+        let ctx = h1::Ctx {
+            handler: api.clone(),
+            info: ConnInfo::new(peer, &settings, None),
+            // Admin requests are neither logged nor counted, as before.
+            observers: Observers::default(),
+            closing: closing.clone(),
+            limits: LIMITS,
+            watcher: drain.watcher(),
+        };
+        let started = tokio::time::Instant::now();
+        tokio::spawn(h1::serve(stream, BytesMut::new(), started, ctx));
     }
     drop(listener);
+    closing.store(true, Ordering::Relaxed);
     // As for the proxy listeners: a request on an open connection is still answered (with
     // `Connection: close`) for a moment before idle connections are closed.
     let _ = tokio::time::timeout(crate::upgrade::CLOSE_WINDOW, async {
-        while graceful.count() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        while drain.count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    graceful.shutdown().await;
+    drain.shutdown().await;
+}
+
+/// The admin as the HTTP/1.1 server's handler.
+#[derive(Clone)]
+struct Api(Arc<Admin>);
+
+impl h1::Handler for Api {
+    fn handle<B: FromClient>(
+        &self,
+        req: Request<B>,
+        _: &ConnInfo,
+    ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send {
+        // No endpoint reads a body: the server discards what the client sent.
+        let (head, _) = req.into_parts();
+        async move { (self.0.handle(&head).await, None) }
+    }
 }
 
 impl Admin {
     /// Checks the token on POSTs, then answers.
-    async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        if req.method() == Method::POST && !auth::allowed(self.token.as_deref(), req.headers()) {
+    async fn handle(&self, req: &http::request::Parts) -> Response<ResponseBody> {
+        if req.method == Method::POST && !auth::allowed(self.token.as_deref(), &req.headers) {
             return auth::unauthorized();
         }
-        let mut resp = self.answer(req.method(), req.uri().path()).await;
+        let mut resp = self.answer(&req.method, req.uri.path()).await;
         if self.upgrader.is_handed_over() {
             // A new proxyd answers on this socket now: the next request goes there.
             resp.headers_mut().insert(
@@ -120,14 +157,14 @@ impl Admin {
         resp
     }
 
-    async fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    async fn answer(&self, method: &Method, path: &str) -> Response<ResponseBody> {
         match (method, path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") => self.readiness(),
-            (&Method::GET, "/metrics") => {
-                self.metrics
-                    .response(&self.state.load().figures(), &self.supervisors.figures())
-            }
+            (&Method::GET, "/metrics") => self
+                .metrics
+                .response(&self.state.load().figures(), &self.supervisors.figures())
+                .map(ResponseBody::full),
             (&Method::GET, "/status") => self.status(),
             (&Method::GET, "/") => typed(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
             (&Method::POST, "/reload") => match self.reloader.reload().await {
@@ -162,7 +199,7 @@ impl Admin {
         }
     }
 
-    fn status(&self) -> Response<Full<Bytes>> {
+    fn status(&self) -> Response<ResponseBody> {
         let report = status::collect(
             &self.state.load(),
             &self.supervisors,
@@ -176,7 +213,7 @@ impl Admin {
         }
     }
 
-    fn readiness(&self) -> Response<Full<Bytes>> {
+    fn readiness(&self) -> Response<ResponseBody> {
         if *self.stop.borrow() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
         }
@@ -197,7 +234,7 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
     typed(status, "text/plain; charset=utf-8", body)
 }
 
@@ -205,8 +242,8 @@ fn typed(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -26,7 +26,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
@@ -386,13 +385,13 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
     }
 
-    /// The `GET /metrics` response.
+    /// The `GET /metrics` response (its body as bytes: the admin frames it).
     pub fn response(
         &self,
         upstreams: &[UpstreamFigures],
         workers: &[WorkerGroupFigures],
-    ) -> Response<Full<Bytes>> {
-        let mut resp = Response::new(Full::new(Bytes::from(self.render(upstreams, workers))));
+    ) -> Response<Bytes> {
+        let mut resp = Response::new(Bytes::from(self.render(upstreams, workers)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(prometheus::TEXT_FORMAT),

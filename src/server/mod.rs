@@ -401,7 +401,7 @@ impl Conn {
             return;
         }
         let ctx = h1::Ctx {
-            state: self.state,
+            handler: h1::Pipeline { state: self.state },
             info,
             observers: self.observers,
             closing: self.closing,

@@ -2,13 +2,17 @@
 //! one strict parse), run the pipeline, write the response, and again while the connection
 //! is kept alive. Pipelined requests are answered in order: the next head is parsed only
 //! once the response before it is written (its bytes wait in the buffer). An idle connection
-//! holds its socket and no buffer.
+//! holds its socket and no buffer. What answers the requests is the connection's
+//! [`Handler`]: the proxy's pipeline ([`Pipeline`]) on the proxy listeners, the admin API on
+//! the admin listener.
 
 mod body;
 mod date;
 pub mod read;
+mod refused;
 mod write;
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::header;
-use http::{Request, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
@@ -25,9 +29,9 @@ use super::drain::Watcher;
 use crate::error::Cause;
 use crate::http1::{self, Framing, RequestHead};
 use crate::obs::Observers;
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{FromClient, ResponseBody};
 use crate::proxy::error::error_response_h1;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy::{self, ConnInfo, Pending};
 use crate::state::Snapshot;
 use crate::upstream::h1::Upgraded;
 pub use body::RequestBody;
@@ -49,9 +53,41 @@ pub struct HeadLimits {
     pub max_headers: usize,
 }
 
-/// What serving one HTTP/1.1 connection needs.
-pub struct Ctx {
+/// What answers the requests of a connection. Generic, not `dyn`: the proxy's pipeline is
+/// called straight from the connection's task, as before there was a second handler.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `req`. The outcome, when there is one, goes to the connection's observers once
+    /// the response has been sent.
+    fn handle<B: FromClient>(
+        &self,
+        req: Request<B>,
+        info: &ConnInfo,
+    ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send;
+}
+
+/// The proxy's request pipeline (`proxy::handle`), over the live runtime state.
+pub struct Pipeline {
     pub state: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Handler for Pipeline {
+    fn handle<B: FromClient>(
+        &self,
+        req: Request<B>,
+        info: &ConnInfo,
+    ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send {
+        // Loaded per request: a reload applies to the next request of an open connection.
+        let snap = self.state.load_full();
+        async move {
+            let (resp, pending) = proxy::handle(req, snap, info).await;
+            (resp, Some(pending))
+        }
+    }
+}
+
+/// What serving one HTTP/1.1 connection needs.
+pub struct Ctx<H> {
+    pub handler: H,
     pub info: ConnInfo,
     pub observers: Observers,
     /// Set once a new proxyd has taken over (an upgrade): responses say `Connection: close`.
@@ -64,9 +100,10 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serves HTTP/1.1 on `stream` until it closes; `buf` holds bytes already read from it, and
 /// `started` is when the connection began (the first head's clock).
-pub async fn serve<T>(stream: T, buf: BytesMut, started: Instant, mut ctx: Ctx)
+pub async fn serve<T, H>(stream: T, buf: BytesMut, started: Instant, mut ctx: Ctx<H>)
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
 {
     let (read, write) = tokio::io::split(stream);
     let mut reader = Reader::new(read, buf);
@@ -90,8 +127,8 @@ where
         let head = match next.await {
             Next::Head(h) => h,
             Next::Close => break,
-            Next::Refuse(cause) => {
-                Box::pin(refuse(&mut writer, cause)).await;
+            Next::Refuse(cause, began) => {
+                Box::pin(refuse(&mut writer, cause, began, &reader.buf, &ctx)).await;
                 break;
             }
         };
@@ -105,12 +142,29 @@ where
     let _ = writer.io.shutdown().await;
 }
 
-/// Answers a head proxyd refuses (the connection closes after).
-async fn refuse<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, cause: Cause) {
+/// Answers a head proxyd refuses (the connection closes after), and tells the observers as
+/// for any request: `seen` is what is left of the head in the buffer (its request line is
+/// logged when it is still there), `began` when its clock started.
+async fn refuse<W: AsyncWrite + Unpin, H>(
+    writer: &mut Writer<W>,
+    cause: Cause,
+    began: Instant,
+    seen: &[u8],
+    ctx: &Ctx<H>,
+) {
     tracing::debug!(code = cause.code(), "refused request head");
     let msg = error_response_h1(cause);
-    let _ = writer.write_all(&mut [IoSlice::new(&msg)]).await;
+    let written = writer.write_all(&mut [IoSlice::new(&msg)]).await;
     let _ = writer.flush().await;
+    if !ctx.observers.is_empty() {
+        let body_bytes = match written {
+            Ok(()) => refused::body_len(&msg),
+            Err(_) => 0,
+        };
+        let client = ctx.info.peer.map(|p| p.ip());
+        let outcome = refused::outcome(cause, seen, began, client, body_bytes);
+        ctx.observers.done(&outcome);
+    }
 }
 
 enum Next {
@@ -118,7 +172,8 @@ enum Next {
     Head(Box<RequestHead>),
     /// End quietly: the client closed, went idle too long, or the drain began while idle.
     Close,
-    Refuse(Cause),
+    /// With when the head's clock started.
+    Refuse(Cause, Instant),
 }
 
 /// Reads and parses the next request head. `first` is the connection's start for its first
@@ -139,7 +194,7 @@ async fn next_head<R: AsyncRead + Unpin>(
                     return Next::Head(Box::new(head));
                 }
                 Ok(None) => {}
-                Err(cause) => return Next::Refuse(cause),
+                Err(cause) => return Next::Refuse(cause, began(deadline, clocks)),
             }
             if deadline.is_none() {
                 deadline = Some(Instant::now() + clocks.header_timeout);
@@ -158,23 +213,34 @@ async fn next_head<R: AsyncRead + Unpin>(
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
             Ok(Ok(_)) => {}
             // Some of a head came, and not all of it in time.
-            Err(_) if !reader.buf.is_empty() => return Next::Refuse(Cause::ClientHeaderTimeout),
+            Err(_) if !reader.buf.is_empty() => {
+                return Next::Refuse(Cause::ClientHeaderTimeout, began(deadline, clocks))
+            }
             // Nothing at all: an idle keep-alive connection (or one that never sent a byte).
             Err(_) => return Next::Close,
         }
     }
 }
 
+/// When a head's clock started: its deadline less the time a head gets (now for bytes that
+/// were parsed before a deadline was set: pipelined ones).
+fn began(deadline: Option<Instant>, clocks: &HeadLimits) -> Instant {
+    deadline
+        .and_then(|d| d.checked_sub(clocks.header_timeout))
+        .unwrap_or_else(Instant::now)
+}
+
 /// Runs one request and writes its response; the read side back when the connection may
 /// carry another request.
-async fn exchange<T>(
+async fn exchange<T, H>(
     head: Box<RequestHead>,
     reader: Reader<ReadHalf<T>>,
     writer: &mut Writer<WriteHalf<T>>,
-    ctx: &Ctx,
+    ctx: &Ctx<H>,
 ) -> Option<Reader<ReadHalf<T>>>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    H: Handler,
 {
     let RequestHead {
         parts,
@@ -203,9 +269,8 @@ where
         }
     };
     let req = Request::from_parts(parts, body);
-    let snap = ctx.state.load_full();
     // Boxed: the pipeline's future is several KiB, and an idle connection should not carry it.
-    let mut handling = Box::pin(proxy::handle(req, snap, &ctx.info));
+    let mut handling = Box::pin(ctx.handler.handle(req, &ctx.info));
     let (resp, pending) = match &shared {
         Some(shared) if expect_continue => {
             let mut owed = true;
@@ -280,7 +345,7 @@ where
     let written = writer
         .send(out, body, framing, asked.trailers, &mut sent)
         .await;
-    if !ctx.observers.is_empty() {
+    if let Some(pending) = pending.filter(|_| !ctx.observers.is_empty()) {
         ctx.observers.done(&pending.finish(sent));
     }
     if let Err(e) = written {
@@ -387,7 +452,7 @@ mod tests {
     /// (a request's is boxed): it must stay small.
     #[test]
     fn an_idle_connection_is_small() {
-        let size = future_size(serve::<tokio::net::TcpStream>);
+        let size = future_size(serve::<tokio::net::TcpStream, Pipeline>);
         println!("serve future: {size} bytes");
         assert!(size <= 1024, "{size}");
     }
