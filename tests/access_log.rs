@@ -227,20 +227,26 @@ async fn refused_request_heads_are_logged_and_counted() {
     let garbage = raw(proxy.addr, b"\x16\x03\x01\x00\x05hello\r\n\r\n").await;
     // Half a head, then nothing.
     let slow = raw(proxy.addr, b"GET /slow HTTP/1.1\r\nHost: logs.test\r\n").await;
+    // Refused after the head was parsed whole (the Host rules): still logged with its line.
+    let no_host = raw(proxy.addr, b"DELETE /nohost HTTP/1.1\r\n\r\n").await;
     let (bad_name, garbage, slow) = (raw_parts(&bad_name), raw_parts(&garbage), raw_parts(&slow));
+    let no_host = raw_parts(&no_host);
+    assert_eq!(no_host.0, "400", "{no_host:?}");
     assert_eq!(bad_name.0, "400", "{bad_name:?}");
     assert_eq!(garbage.0, "400", "{garbage:?}");
     assert_eq!(slow.0, "408", "{slow:?}");
     assert!(!bad_name.1.is_empty() && !garbage.1.is_empty() && !slow.1.is_empty());
+    assert_eq!(no_host.1, "missing-host");
     assert_eq!(app.request_count(), 0);
 
-    let combined = wait_lines(&dir.path().join("access.log"), 3);
-    let json = wait_lines(&dir.path().join("access.json"), 3);
+    let combined = wait_lines(&dir.path().join("access.log"), 4);
+    let json = wait_lines(&dir.path().join("access.json"), 4);
     let end = SystemTime::now();
     let expected = [
         (r#""GET /space?in=name HTTP/1.1" 400"#, &bad_name),
         (r#""- \x16\x03\x01\x00\x05hello HTTP/1.1" 400"#, &garbage),
         (r#""GET /slow HTTP/1.1" 408"#, &slow),
+        (r#""DELETE /nohost HTTP/1.1" 400"#, &no_host),
     ];
     for (request, (_, _, body)) in expected {
         let line = combined
@@ -264,6 +270,7 @@ async fn refused_request_heads_are_logged_and_counted() {
         ("/space?in=name", "GET", &bad_name),
         ("\u{16}\u{3}\u{1}\u{0}\u{5}hello", "-", &garbage),
         ("/slow", "GET", &slow),
+        ("/nohost", "DELETE", &no_host),
     ] {
         let v = by_target
             .remove(target)
@@ -279,7 +286,12 @@ async fn refused_request_heads_are_logged_and_counted() {
     }
 
     // Counted under no route and no upstream, by method and code.
-    let wanted = [("GET", "400"), ("OTHER", "400"), ("GET", "408")];
+    let wanted = [
+        ("GET", "400"),
+        ("OTHER", "400"),
+        ("GET", "408"),
+        ("DELETE", "400"),
+    ];
     let mut scrape = String::new();
     for _ in 0..500 {
         scrape = get(admin, "/metrics").await.text();

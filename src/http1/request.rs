@@ -106,7 +106,7 @@ pub fn check_request(buf: &[u8], limits: &Limits) -> Result<Option<(usize, Frami
 /// Parses and checks the request head at the start of `buf`. Ok(None): more bytes are needed.
 /// On success the head's bytes are split off `buf`; what follows (body, pipelined requests)
 /// stays. The target and the header values are slices of the head's bytes. After an error
-/// `buf` may or may not have lost the head: the connection is not to be read on.
+/// `buf` still holds the head (for the log line); the connection is not to be read on.
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, Cause> {
     let found = with_headers(limits.max_headers, |headers| {
         let buf: &[u8] = buf;
@@ -132,15 +132,27 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
         return Ok(None);
     };
     let bytes = buf.split_to(len).freeze();
-    head.parts.method = method;
-    head.parts.uri = Uri::from_maybe_shared(bytes.slice(path)).map_err(|_| bad("bad-target"))?;
-    head.parts.version = if version == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    head.parts.headers = fields::header_map(&bytes, spans).ok_or(bad("bad-header-value"))?;
-    check_parts(&head.parts)?;
+    let built = (|| {
+        head.parts.method = method;
+        head.parts.uri =
+            Uri::from_maybe_shared(bytes.slice(path)).map_err(|_| bad("bad-target"))?;
+        head.parts.version = if version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        head.parts.headers = fields::header_map(&bytes, spans).ok_or(bad("bad-header-value"))?;
+        check_parts(&head.parts)
+    })();
+    if let Err(cause) = built {
+        // The head goes back in front of what followed it: a refusal is logged with the
+        // request line it refused (a copy, on the error path only).
+        let mut whole = BytesMut::with_capacity(bytes.len() + buf.len());
+        whole.extend_from_slice(&bytes);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Err(cause);
+    }
     head.upgrade = is_upgrade(&head.parts);
     Ok(Some(head))
 }

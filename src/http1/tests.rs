@@ -60,6 +60,26 @@ fn a_request_head_is_split_off_and_its_values_are_slices() {
 }
 
 #[test]
+fn a_refused_head_stays_in_the_buffer() {
+    // Refused by the byte rules (before the split) and by the Host rules (after it): either
+    // way the buffer still holds the head and what followed, for the log line.
+    for (head, code) in [
+        ("GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n", "bad-header-name"),
+        ("DELETE /x HTTP/1.1\r\n\r\n", "missing-host"),
+        ("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", "bad-host"),
+    ] {
+        let text = format!("{head}NEXT");
+        let mut buf = BytesMut::from(text.as_bytes());
+        assert_eq!(
+            parse_request(&mut buf, &LIMITS).unwrap_err(),
+            bad(code),
+            "{head:?}"
+        );
+        assert_eq!(&buf[..], text.as_bytes());
+    }
+}
+
+#[test]
 fn partial_heads_need_more() {
     assert!(matches!(req("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None)));
     assert!(matches!(req("GET / HT"), Ok(None)));

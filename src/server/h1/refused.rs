@@ -1,8 +1,7 @@
 //! The outcome of a request head proxyd refused (malformed, too large, too slow): answered by
 //! the server before any handler runs, it is logged and counted like any other request. What
 //! is known of it is what nginx logs for a bad request: the request line as received, when
-//! it is still in the buffer (`http1::parse_request` may have split the head off before it
-//! found the fault), else `-`.
+//! it is in the buffer (`http1::parse_request` leaves a refused head there), else `-`.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
