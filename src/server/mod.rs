@@ -284,28 +284,85 @@ pub(crate) async fn accept_loop(accept: AcceptLoop) {
             observers: observers.clone(),
             closing: closing.clone(),
         };
-        let tls = serving.tls.clone();
-        let proxy_protocol = serving.proxy_protocol;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _open = metrics.connection_opened();
-            // The PROXY-protocol and TLS paths are boxed: a task is as large as its largest
-            // path, and every plain connection would carry their size for its lifetime.
-            if proxy_protocol {
-                Box::pin(async {
-                    let setup = conn.setup.clone();
-                    if let Some((stream, client, _slot)) =
-                        admit::proxied(stream, peer, &setup, &metrics).await
-                    {
-                        conn.start(stream, client, tls, &metrics).await;
-                    }
-                })
-                .await
-            } else if let Some(_slot) = admit::direct(peer, &conn.setup, &metrics) {
-                conn.start(stream, peer, tls, &metrics).await;
-            }
-            drop(permit);
-        });
+        tokio::spawn(connection(Accepted {
+            stream,
+            peer,
+            conn,
+            tls: serving.tls.clone(),
+            proxy_protocol: serving.proxy_protocol,
+            metrics: metrics.clone(),
+            _permit: permit,
+        }));
+    }
+}
+
+/// A connection just accepted, and what serving it takes.
+struct Accepted {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
+    tls: Option<Arc<tls::Terminator>>,
+    proxy_protocol: bool,
+    metrics: Arc<crate::obs::metrics::Metrics>,
+    /// The listener's connection cap: released when the connection ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Serves one accepted connection to its end. Its task lives as long as the connection, idle
+/// or not, and is as large as its largest state; so plain HTTP/1.1 (the common case) is
+/// served straight from here, with nothing kept twice (an async fn keeps its arguments for
+/// its whole life, and each layer of calls would keep the stream and its context again),
+/// and the PROXY-protocol, TLS and h2 paths are boxed.
+async fn connection(mut a: Accepted) {
+    let _open = a.metrics.connection_opened();
+    if a.proxy_protocol || a.tls.is_some() {
+        let other = other(
+            a.stream,
+            a.peer,
+            a.conn,
+            a.tls,
+            a.proxy_protocol,
+            &a.metrics,
+        );
+        Box::pin(other).await;
+        return;
+    }
+    let Some(_slot) = admit::direct(a.peer, &a.conn.setup, &a.metrics) else {
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let mut buf = BytesMut::new();
+    let deadline = started + a.conn.setup.client.header_timeout;
+    match sniff(&mut a.stream, &mut buf, deadline).await {
+        None => {}
+        Some(true) => {
+            let info = a.conn.info(a.peer, None);
+            Box::pin(a.conn.serve_h2(a.stream, buf, info)).await
+        }
+        Some(false) => {
+            let info = a.conn.info(a.peer, None);
+            h1::serve(a.stream, buf, started, a.conn.h1(info)).await
+        }
+    }
+}
+
+/// A connection on a PROXY-protocol or TLS listener: the header, the handshake, then HTTP/1.1
+/// or h2.
+async fn other(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
+    tls: Option<Arc<tls::Terminator>>,
+    proxy_protocol: bool,
+    metrics: &crate::obs::metrics::Metrics,
+) {
+    if proxy_protocol {
+        let setup = conn.setup.clone();
+        if let Some((stream, client, _slot)) = admit::proxied(stream, peer, &setup, metrics).await {
+            conn.start(stream, client, tls, metrics).await;
+        }
+    } else if let Some(_slot) = admit::direct(peer, &conn.setup, metrics) {
+        conn.start(stream, peer, tls, metrics).await;
     }
 }
 
@@ -321,7 +378,50 @@ struct Conn {
 }
 
 impl Conn {
-    /// Serves `stream` from client `peer`: TLS first when the listener has it.
+    /// The connection as the pipeline knows it.
+    fn info(&self, peer: SocketAddr, subject: Option<String>) -> ConnInfo {
+        let mut info = ConnInfo::new(peer, &self.listener, subject);
+        info.trusted = self.setup.clients.trusted.clone();
+        info
+    }
+
+    /// What serving HTTP/1.1 on this connection takes.
+    fn h1(self, info: ConnInfo) -> h1::Ctx<h1::Pipeline> {
+        h1::Ctx {
+            handler: h1::Pipeline { state: self.state },
+            info,
+            observers: self.observers,
+            closing: self.closing,
+            limits: self.setup.client,
+            watcher: self.watcher,
+        }
+    }
+
+    /// Serves h2 on `stream`; `buf` holds what was read of it already.
+    async fn serve_h2<T>(self, stream: T, buf: BytesMut, info: ConnInfo)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let limits = self.setup.client;
+        let clocks = h2::Clocks {
+            idle: limits.idle_timeout,
+            send: limits.send_timeout,
+        };
+        let stream = proxy_protocol::Prefixed::new(buf.to_vec(), stream);
+        h2::serve(
+            stream,
+            info,
+            &self.setup.h2,
+            clocks,
+            self.state,
+            self.observers,
+            self.watcher,
+        )
+        .await
+    }
+
+    /// Serves `stream` from client `peer` (after a PROXY header): TLS first when the listener
+    /// has it.
     async fn start<S>(
         self,
         stream: S,
@@ -331,38 +431,30 @@ impl Conn {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let header_timeout = self.setup.client.header_timeout;
-        let trusted = self.setup.clients.trusted.clone();
-        match tls {
-            None => {
-                let mut info = ConnInfo::new(peer, &self.listener, None);
-                info.trusted = trusted;
-                self.serve(stream, info, false).await
+        let Some(t) = tls else {
+            let info = self.info(peer, None);
+            return self.serve(stream, info, false).await;
+        };
+        // The handshake gets the same time as a request head.
+        let accept = tokio::time::timeout(
+            self.setup.client.header_timeout,
+            t.acceptor().accept(stream),
+        );
+        match accept.await {
+            Ok(Ok(tls_stream)) => {
+                metrics.tls_handshake(true);
+                let subject = tls::peer_subject(tls_stream.get_ref().1);
+                let info = self.info(peer, subject);
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.serve(tls_stream, info, h2).await;
             }
-            Some(t) => {
-                Box::pin(async move {
-                    // The handshake gets the same time as a request head.
-                    let accept = tokio::time::timeout(header_timeout, t.acceptor().accept(stream));
-                    match accept.await {
-                        Ok(Ok(tls_stream)) => {
-                            metrics.tls_handshake(true);
-                            let subject = tls::peer_subject(tls_stream.get_ref().1);
-                            let mut info = ConnInfo::new(peer, &self.listener, subject);
-                            info.trusted = trusted;
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            self.serve(tls_stream, info, h2).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.tls_handshake(false);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => {
-                            metrics.tls_handshake(false);
-                            tracing::debug!(%peer, "TLS handshake timed out")
-                        }
-                    }
-                })
-                .await
+            Ok(Err(e)) => {
+                metrics.tls_handshake(false);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+            }
+            Err(_) => {
+                metrics.tls_handshake(false);
+                tracing::debug!(%peer, "TLS handshake timed out")
             }
         }
     }
@@ -374,41 +466,19 @@ impl Conn {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let started = tokio::time::Instant::now();
-        let limits = self.setup.client;
         let mut buf = BytesMut::new();
         let h2 = alpn_h2 || {
-            match sniff(&mut stream, &mut buf, started + limits.header_timeout).await {
+            let deadline = started + self.setup.client.header_timeout;
+            match sniff(&mut stream, &mut buf, deadline).await {
                 Some(h2) => h2,
                 None => return,
             }
         };
         if h2 {
-            let clocks = h2::Clocks {
-                idle: limits.idle_timeout,
-                send: limits.send_timeout,
-            };
-            let stream = proxy_protocol::Prefixed::new(buf.to_vec(), stream);
-            Box::pin(h2::serve(
-                stream,
-                info,
-                &self.setup.h2,
-                clocks,
-                self.state,
-                self.observers,
-                self.watcher,
-            ))
-            .await;
-            return;
+            Box::pin(self.serve_h2(stream, buf, info)).await
+        } else {
+            h1::serve(stream, buf, started, self.h1(info)).await
         }
-        let ctx = h1::Ctx {
-            handler: h1::Pipeline { state: self.state },
-            info,
-            observers: self.observers,
-            closing: self.closing,
-            limits,
-            watcher: self.watcher,
-        };
-        h1::serve(stream, buf, started, ctx).await;
     }
 }
 
@@ -437,5 +507,33 @@ async fn sniff<T: tokio::io::AsyncRead + Unpin>(
             Err(_) if !buf.is_empty() => return Some(false),
             Err(_) => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, F>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A plain connection's task holds the future of `connection` for as long as it lives:
+    /// little more than `h1::serve`'s (its own test bounds that).
+    #[test]
+    fn a_connection_task_is_small() {
+        let size = future_size(connection);
+        println!("connection future: {size} bytes");
+        println!(
+            "accepted {} conn {} info {} ctx {} stream {} slot {} open {}",
+            std::mem::size_of::<Accepted>(),
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<ConnInfo>(),
+            std::mem::size_of::<h1::Ctx<h1::Pipeline>>(),
+            std::mem::size_of::<tokio::net::TcpStream>(),
+            std::mem::size_of::<crate::limits::ConnSlot>(),
+            std::mem::size_of::<crate::obs::metrics::ConnectionGuard>(),
+        );
+        assert!(size <= 1280, "{size}");
     }
 }

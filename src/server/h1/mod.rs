@@ -117,24 +117,30 @@ where
     };
     let mut first = Some(started);
     loop {
+        // Awaited in place: a future held in a local first is kept twice in the task.
         let next = next_head(
             &mut reader,
             &limits,
             &ctx.limits,
             first.take(),
             &mut ctx.watcher,
-        );
-        let head = match next.await {
+        )
+        .await;
+        let head = match next {
             Next::Head(h) => h,
             Next::Close => break,
             Next::Refuse(cause, began) => {
-                Box::pin(refuse(&mut writer, cause, began, &reader.buf, &ctx)).await;
+                let refusing = Box::pin(refuse(&mut writer, cause, began, &reader.buf, &ctx));
+                refusing.await;
                 break;
             }
         };
         // Boxed: a request's future is large, and the task is as large as its largest state
-        // for as long as the connection lives, idle or not.
-        match Box::pin(exchange(head, reader, &mut writer, &ctx)).await {
+        // for as long as the connection lives, idle or not. Boxed in a statement of its own:
+        // a temporary lives to the end of its statement, so a future made in the statement
+        // that awaits its box would be kept in the task as well.
+        let exchanging = Box::pin(exchange(head, reader, &mut writer, &ctx));
+        match exchanging.await {
             Some(back) => reader = back,
             None => break,
         }
@@ -454,6 +460,18 @@ mod tests {
     fn an_idle_connection_is_small() {
         let size = future_size(serve::<tokio::net::TcpStream, Pipeline>);
         println!("serve future: {size} bytes");
+        fn size5<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        type R = ReadHalf<tokio::net::TcpStream>;
+        println!(
+            "TMP next_head {} sleep {} notified {} reader {} writer {}",
+            size5(next_head::<R>),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<tokio::sync::futures::Notified<'static>>(),
+            std::mem::size_of::<Reader<R>>(),
+            std::mem::size_of::<Writer<WriteHalf<tokio::net::TcpStream>>>(),
+        );
         assert!(size <= 1024, "{size}");
     }
 }
