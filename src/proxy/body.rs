@@ -9,12 +9,14 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
+use super::ctx::RequestCtx;
 use super::error::{Cause, ProxyError};
 use super::spool::SpooledResponse;
 pub use crate::state::BodyLimits;
 use crate::upstream::body::{RequestBody, Streaming};
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::spool::RequestSpooler;
+use crate::upstream::Upstream;
 
 pub use crate::upstream::body::{BoxError, ClientBody};
 
@@ -22,6 +24,32 @@ pub use crate::upstream::body::{BoxError, ClientBody};
 pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 impl<B> FromClient for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+/// The body phase: the request body as it will go to `upstream`, read (and checked) before a
+/// backend is picked; see `read_request_body`.
+pub async fn read<B: FromClient>(
+    ctx: &RequestCtx<'_>,
+    upstream: &Upstream,
+    headers: &http::HeaderMap,
+    incoming: B,
+) -> Result<RequestBody, ProxyError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if incoming.is_end_stream() && declared.is_none() {
+        return Ok(RequestBody::Empty);
+    }
+    // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
+    // declared length goes the long way, where its limit is checked.
+    Box::pin(read_request_body(
+        incoming,
+        declared,
+        &ctx.snap.body_limits,
+        upstream.buffer_bodies,
+    ))
+    .await
+}
 
 /// Reads `body` up to `limits.buffer_body`; past that the rest streams, or with `spool` (for
 /// one-request-at-a-time workers) is read whole into a temp file, so a slow upload holds no
