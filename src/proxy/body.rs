@@ -215,3 +215,58 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use http_body_util::{Empty, Full};
+
+    use super::super::ctx::testing::{conn, snapshot};
+    use super::*;
+
+    const SMALL: &str = "limits: { max_body: 10, buffer_body: 10 }
+upstreams:
+  app:
+    servers: [\"127.0.0.1:9\"]
+";
+
+    #[tokio::test]
+    async fn a_get_has_no_body_and_a_post_is_held_whole() {
+        let snap = snapshot(SMALL);
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let up = &snap.upstreams[0];
+        let none = http::HeaderMap::new();
+        let body = read(&ctx, up, &none, Empty::<Bytes>::new()).await.unwrap();
+        assert!(matches!(body, RequestBody::Empty));
+        let mut h = http::HeaderMap::new();
+        h.insert("content-length", http::HeaderValue::from_static("5"));
+        let full = Full::new(Bytes::from_static(b"hello"));
+        let body = read(&ctx, up, &h, full).await.unwrap();
+        assert_eq!(body.buffered_len(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn too_large_is_refused_before_reading() {
+        let snap = snapshot(SMALL);
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let up = &snap.upstreams[0];
+        // Declared too large: refused, even with nothing sent yet.
+        let mut h = http::HeaderMap::new();
+        h.insert("content-length", http::HeaderValue::from_static("11"));
+        let Err(e) = read(&ctx, up, &h, Empty::<Bytes>::new()).await else {
+            panic!("a declared 11 bytes over max_body 10 was taken");
+        };
+        assert_eq!(e.cause, Cause::BodyTooLarge);
+        // Found too large while reading.
+        let full = Full::new(Bytes::from_static(b"eleven byte"));
+        let none = http::HeaderMap::new();
+        let Err(e) = read(&ctx, up, &none, full).await else {
+            panic!("11 bytes over max_body 10 were taken");
+        };
+        assert_eq!(e.cause, Cause::BodyTooLarge);
+    }
+}

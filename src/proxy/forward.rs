@@ -233,3 +233,125 @@ pub fn set_backend_host(req: &mut Request<RequestBody>, backend: &Backend) {
         req.headers_mut().insert(header::HOST, v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ctx::testing::{conn, snapshot};
+    use super::super::ListenerSettings;
+    use super::*;
+    use crate::limits::{Cidr, TrustedProxies};
+
+    const ONE: &str = "upstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n";
+
+    fn trusting(peer: &str) -> ConnInfo {
+        let mut c = conn(peer);
+        let ranges = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        c.trusted = Some(Arc::new(TrustedProxies::new(ranges)));
+        c
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_the_scheme() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+        assert_eq!(client_proto(&conn("10.0.0.1:1"), &h), "http");
+        assert_eq!(client_proto(&trusting("10.0.0.1:1"), &h), "https");
+        assert_eq!(client_proto(&trusting("192.0.2.1:1"), &h), "http");
+        h.insert(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static("gopher"),
+        );
+        assert_eq!(client_proto(&trusting("10.0.0.1:1"), &h), "http");
+    }
+
+    fn prepared(
+        snap: &crate::state::Snapshot,
+        conn: &ConnInfo,
+        req: Request<()>,
+    ) -> (request::Parts, Attempt) {
+        let (mut parts, ()) = req.into_parts();
+        let mut ctx_req = Request::new(());
+        let ctx = RequestCtx::new(&mut ctx_req, snap, conn);
+        let upstream = &snap.upstreams[0];
+        let attempt = prepare(&ctx, upstream, &mut parts, &RequestBody::Empty);
+        (parts, attempt)
+    }
+
+    #[test]
+    fn the_head_a_backend_gets() {
+        let snap = snapshot(ONE);
+        let mut c = trusting("10.0.0.1:1");
+        c.listener = Arc::new(ListenerSettings {
+            subject_header: Some(http::HeaderName::from_static("x-client-subject")),
+            ..Default::default()
+        });
+        c.client_subject = Some(http::HeaderValue::from_static("CN=alice"));
+        let req = Request::get("/a")
+            .header("host", "site.test")
+            .header("x-client-subject", "CN=forged")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-for", "192.0.2.7")
+            .header("connection", "close")
+            .body(())
+            .unwrap();
+        let (parts, attempt) = prepared(&snap, &c, req);
+        let h = &parts.headers;
+        assert_eq!(h["x-client-subject"], "CN=alice");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.1");
+        assert_eq!(h["host"], "site.test");
+        assert!(!h.contains_key("connection"));
+        assert!(attempt.idempotent);
+        assert!(!attempt.backend_host, "the client's Host is passed on");
+        assert!(attempt.key.is_none());
+        assert_eq!(attempt.buffer_response, snap.body_limits.buffer_response);
+    }
+
+    #[test]
+    fn a_forged_subject_is_dropped_without_a_certificate() {
+        let snap = snapshot(ONE);
+        let mut c = conn("192.0.2.1:1");
+        c.listener = Arc::new(ListenerSettings {
+            subject_header: Some(http::HeaderName::from_static("x-client-subject")),
+            ..Default::default()
+        });
+        let req = Request::post("/")
+            .header("host", "site.test")
+            .header("x-client-subject", "CN=forged")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        let (parts, attempt) = prepared(&snap, &c, req);
+        assert!(!parts.headers.contains_key("x-client-subject"));
+        assert_eq!(parts.headers["x-forwarded-proto"], "http");
+        assert!(!attempt.idempotent);
+    }
+
+    #[test]
+    fn hash_key_and_backend_host() {
+        let snap = snapshot(
+            "headers: { preserve_host: false }
+upstreams:
+  app:
+    servers: [\"127.0.0.1:9\", \"127.0.0.1:10\"]
+    balance: hash
+    hash_key: header:x-user
+",
+        );
+        let c = conn("192.0.2.1:1");
+        let req = |user: &'static str| {
+            Request::get("/")
+                .header("host", "site.test")
+                .header("x-user", user)
+                .body(())
+                .unwrap()
+        };
+        let (_, a) = prepared(&snap, &c, req("u1"));
+        let (_, b) = prepared(&snap, &c, req("u1"));
+        let (_, other) = prepared(&snap, &c, req("u2"));
+        assert!(a.backend_host, "preserve_host: false");
+        assert!(a.key.is_some());
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.key, other.key);
+    }
+}

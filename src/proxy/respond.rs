@@ -96,3 +96,60 @@ pub fn respond(ctx: &RequestCtx<'_>, answer: Answer, version: Version) -> Respon
     }
     Response::from_parts(head, answer.body)
 }
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::super::ctx::testing::{conn, snapshot};
+    use super::*;
+
+    fn answer(snap: &crate::state::Snapshot, reused: bool) -> Answer {
+        let resp = Response::builder()
+            .version(Version::HTTP_11)
+            .header("connection", "keep-alive")
+            .header("keep-alive", "timeout=5")
+            .header("x-accel-buffering", "no")
+            .header("content-type", "text/plain")
+            .body(())
+            .unwrap();
+        Answer {
+            head: resp.into_parts().0,
+            body: ResponseBody::empty(),
+            backend: snap.upstreams[0].backends()[0].clone(),
+            reused,
+        }
+    }
+
+    #[test]
+    fn the_clients_head() {
+        let snap = snapshot("upstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n");
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let resp = respond(&ctx, answer(&snap, true), Version::HTTP_2);
+        assert_eq!(resp.version(), Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        for gone in ["connection", "keep-alive", "x-accel-buffering"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["content-type"], "text/plain");
+        assert!(!h.contains_key("proxyd-backend"), "only with headers.debug");
+    }
+
+    #[test]
+    fn debug_headers_name_the_backend() {
+        let snap = snapshot(
+            "headers: { debug: true }\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n",
+        );
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let resp = respond(&ctx, answer(&snap, true), Version::HTTP_11);
+        assert_eq!(resp.headers()["proxyd-backend"], "127.0.0.1:9");
+        assert_eq!(resp.headers()["proxyd-reused"], "1");
+        let resp = respond(&ctx, answer(&snap, false), Version::HTTP_11);
+        assert_eq!(resp.headers()["proxyd-reused"], "0");
+    }
+}
