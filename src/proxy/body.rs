@@ -25,6 +25,21 @@ pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin +
 
 impl<B> FromClient for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
+/// The `Content-Length` a request declares, if any (a malformed one was refused in the
+/// head's checks).
+fn declared(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// True when a request has no body to read: none came and none is declared.
+#[inline]
+pub fn none<B: FromClient>(incoming: &B, headers: &http::HeaderMap) -> bool {
+    incoming.is_end_stream() && declared(headers).is_none()
+}
+
 /// The body phase: the request body as it will go to `upstream`, read (and checked) before a
 /// backend is picked; see `read_request_body`.
 pub async fn read<B: FromClient>(
@@ -33,18 +48,14 @@ pub async fn read<B: FromClient>(
     headers: &http::HeaderMap,
     incoming: B,
 ) -> Result<RequestBody, ProxyError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if incoming.is_end_stream() && declared.is_none() {
+    if none(&incoming, headers) {
         return Ok(RequestBody::Empty);
     }
     // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
     // declared length goes the long way, where its limit is checked.
     Box::pin(read_request_body(
         incoming,
-        declared,
+        declared(headers),
         &ctx.snap.body_limits,
         upstream.buffer_bodies,
     ))
@@ -237,12 +248,16 @@ upstreams:
         let mut req = Request::new(());
         let ctx = RequestCtx::new(&mut req, &snap, &conn);
         let up = &snap.upstreams[0];
-        let none = http::HeaderMap::new();
-        let body = read(&ctx, up, &none, Empty::<Bytes>::new()).await.unwrap();
+        let nothing = http::HeaderMap::new();
+        assert!(none(&Empty::<Bytes>::new(), &nothing));
+        let body = read(&ctx, up, &nothing, Empty::<Bytes>::new())
+            .await
+            .unwrap();
         assert!(matches!(body, RequestBody::Empty));
         let mut h = http::HeaderMap::new();
         h.insert("content-length", http::HeaderValue::from_static("5"));
         let full = Full::new(Bytes::from_static(b"hello"));
+        assert!(!none(&full, &h));
         let body = read(&ctx, up, &h, full).await.unwrap();
         assert_eq!(body.buffered_len(), Some(5));
     }
@@ -263,8 +278,8 @@ upstreams:
         assert_eq!(e.cause, Cause::BodyTooLarge);
         // Found too large while reading.
         let full = Full::new(Bytes::from_static(b"eleven byte"));
-        let none = http::HeaderMap::new();
-        let Err(e) = read(&ctx, up, &none, full).await else {
+        let nothing = http::HeaderMap::new();
+        let Err(e) = read(&ctx, up, &nothing, full).await else {
             panic!("11 bytes over max_body 10 were taken");
         };
         assert_eq!(e.cause, Cause::BodyTooLarge);

@@ -63,19 +63,18 @@ impl<'a> RequestCtx<'a> {
         error_response(e)
     }
 
-    /// The response as it goes out, with the request's id (and the listener's HSTS), and the
-    /// outcome to complete once its body has been sent.
-    pub fn finish(self, mut resp: Response<ResponseBody>) -> (Response<ResponseBody>, Pending) {
+    /// Stamps the response as it goes out with the request's id (and the listener's HSTS).
+    #[inline]
+    pub fn stamp(&self, resp: &mut Response<ResponseBody>) {
         let h = resp.headers_mut();
         h.insert(self.snap.request_id.clone(), self.begun.request_id.clone());
         if let Some(hsts) = &self.conn.listener.hsts {
             h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
-        let pending = self.pending(resp.status());
-        (resp, pending)
     }
 
-    /// The outcome of a response that goes out as it is.
+    /// The outcome of a response with `status`, to complete once its body has been sent.
+    #[inline]
     pub fn pending(self, status: StatusCode) -> Pending {
         Pending {
             begun: self.begun,
@@ -231,7 +230,9 @@ mod tests {
         let mut req = Request::get("/").header("host", "h").body(()).unwrap();
         let ctx = RequestCtx::new(&mut req, &snap, &conn);
         let id = ctx.request_id().clone();
-        let (resp, pending) = ctx.finish(Response::new(ResponseBody::empty()));
+        let mut resp = Response::new(ResponseBody::empty());
+        ctx.stamp(&mut resp);
+        let pending = ctx.pending(resp.status());
         assert_eq!(resp.headers()["x-request-id"], id);
         assert_eq!(resp.headers()["strict-transport-security"], "max-age=60");
         let outcome = pending.finish(0);
@@ -249,8 +250,7 @@ mod tests {
         let resp = ctx.fail(&ProxyError::new(Cause::NoRoute, "none"));
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["proxyd-error"], Cause::NoRoute.code());
-        let (resp, pending) = ctx.finish(resp);
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let pending = ctx.pending(resp.status());
         let outcome = pending.finish(42);
         assert_eq!(outcome.status, StatusCode::NOT_FOUND);
         assert_eq!(outcome.body_bytes, 42);

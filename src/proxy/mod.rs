@@ -34,6 +34,7 @@ pub use ctx::{Pending, RequestCtx};
 use error::ProxyError;
 
 use crate::state::Snapshot;
+use crate::upstream::body::RequestBody;
 
 /// What the pipeline knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -121,11 +122,13 @@ pub async fn handle<B: FromClient>(
         let status = resp.status();
         return (resp, ctx.pending(status));
     }
-    let resp = match phases(&mut ctx, req).await {
+    let mut resp = match phases(&mut ctx, req).await {
         Ok(resp) => resp,
         Err(e) => ctx.fail(&e),
     };
-    ctx.finish(resp)
+    ctx.stamp(&mut resp);
+    let status = resp.status();
+    (resp, ctx.pending(status))
 }
 
 /// The phases in their order; the first error ends the request.
@@ -138,7 +141,12 @@ async fn phases<B: FromClient>(
     let route = route::route(ctx, &parts);
     route::limit(ctx, route)?;
     let upstream = route::upstream(ctx, route, &parts)?;
-    let body = body::read(ctx, upstream, &parts.headers, incoming).await?;
+    // A request without a body skips the body phase's future (it is moved on every request).
+    let body = if body::none(&incoming, &parts.headers) {
+        RequestBody::Empty
+    } else {
+        body::read(ctx, upstream, &parts.headers, incoming).await?
+    };
     let version = parts.version;
     let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
