@@ -19,8 +19,9 @@
 //!   [`http1`] (`server::h1`; h2 and h2c by hyper, `server::h2`), and the graceful drain.
 //! - [`state`]: the runtime [`state::Snapshot`] built from a config (routes and their router,
 //!   upstreams, rate limiters, settings), behind an `ArcSwap`; a reload swaps in a new one.
-//! - [`proxy`]: the request pipeline (check → route → read body → pick → forward → respond),
-//!   the header rules, and the ONE error-to-response mapping
+//! - [`proxy`]: the request pipeline, its phases plain functions over one
+//!   [`proxy::RequestCtx`] (check → route → limit → body → admit → forward with retries →
+//!   respond), the header rules, and the ONE error-to-response mapping
 //!   ([`proxy::error::error_response`]).
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).

@@ -9,12 +9,14 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
+use super::ctx::RequestCtx;
 use super::error::{Cause, ProxyError};
 use super::spool::SpooledResponse;
 pub use crate::state::BodyLimits;
 use crate::upstream::body::{RequestBody, Streaming};
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::spool::RequestSpooler;
+use crate::upstream::Upstream;
 
 pub use crate::upstream::body::{BoxError, ClientBody};
 
@@ -22,6 +24,43 @@ pub use crate::upstream::body::{BoxError, ClientBody};
 pub trait FromClient: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 impl<B> FromClient for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+/// The `Content-Length` a request declares, if any (a malformed one was refused in the
+/// head's checks).
+fn declared(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// True when a request has no body to read: none came and none is declared.
+#[inline]
+pub fn none<B: FromClient>(incoming: &B, headers: &http::HeaderMap) -> bool {
+    incoming.is_end_stream() && declared(headers).is_none()
+}
+
+/// The body phase: the request body as it will go to `upstream`, read (and checked) before a
+/// backend is picked; see `read_request_body`.
+pub async fn read<B: FromClient>(
+    ctx: &RequestCtx<'_>,
+    upstream: &Upstream,
+    headers: &http::HeaderMap,
+    incoming: B,
+) -> Result<RequestBody, ProxyError> {
+    if none(&incoming, headers) {
+        return Ok(RequestBody::Empty);
+    }
+    // Boxed: reading (and spooling) a body is a large future that a GET never needs. A
+    // declared length goes the long way, where its limit is checked.
+    Box::pin(read_request_body(
+        incoming,
+        declared(headers),
+        &ctx.snap.body_limits,
+        upstream.buffer_bodies,
+    ))
+    .await
+}
 
 /// Reads `body` up to `limits.buffer_body`; past that the rest streams, or with `spool` (for
 /// one-request-at-a-time workers) is read whole into a temp file, so a slow upload holds no
@@ -185,5 +224,64 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Spooled(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use http_body_util::{Empty, Full};
+
+    use super::super::ctx::testing::{conn, snapshot};
+    use super::*;
+
+    const SMALL: &str = "limits: { max_body: 10, buffer_body: 10 }
+upstreams:
+  app:
+    servers: [\"127.0.0.1:9\"]
+";
+
+    #[tokio::test]
+    async fn a_get_has_no_body_and_a_post_is_held_whole() {
+        let snap = snapshot(SMALL);
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let up = &snap.upstreams[0];
+        let nothing = http::HeaderMap::new();
+        assert!(none(&Empty::<Bytes>::new(), &nothing));
+        let body = read(&ctx, up, &nothing, Empty::<Bytes>::new())
+            .await
+            .unwrap();
+        assert!(matches!(body, RequestBody::Empty));
+        let mut h = http::HeaderMap::new();
+        h.insert("content-length", http::HeaderValue::from_static("5"));
+        let full = Full::new(Bytes::from_static(b"hello"));
+        assert!(!none(&full, &h));
+        let body = read(&ctx, up, &h, full).await.unwrap();
+        assert_eq!(body.buffered_len(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn too_large_is_refused_before_reading() {
+        let snap = snapshot(SMALL);
+        let conn = conn("192.0.2.1:1");
+        let mut req = Request::new(());
+        let ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let up = &snap.upstreams[0];
+        // Declared too large: refused, even with nothing sent yet.
+        let mut h = http::HeaderMap::new();
+        h.insert("content-length", http::HeaderValue::from_static("11"));
+        let Err(e) = read(&ctx, up, &h, Empty::<Bytes>::new()).await else {
+            panic!("a declared 11 bytes over max_body 10 was taken");
+        };
+        assert_eq!(e.cause, Cause::BodyTooLarge);
+        // Found too large while reading.
+        let full = Full::new(Bytes::from_static(b"eleven byte"));
+        let nothing = http::HeaderMap::new();
+        let Err(e) = read(&ctx, up, &nothing, full).await else {
+            panic!("11 bytes over max_body 10 were taken");
+        };
+        assert_eq!(e.cause, Cause::BodyTooLarge);
     }
 }

@@ -1,0 +1,109 @@
+//! The check phase: what is refused or redirected before a request is routed.
+
+use http::header::{self, HeaderValue};
+use http::{request, Request, Response, StatusCode};
+
+use super::body::ResponseBody;
+use super::error::{error_response, Cause, ProxyError};
+use super::headers;
+
+/// Refuses a request whose target, Host or framing a backend could read differently than
+/// proxyd (an HTTP/1.1 head met these rules in its parse already; an h2 request meets them
+/// here).
+pub fn check(parts: &request::Parts) -> Result<(), ProxyError> {
+    headers::check_request(parts)
+}
+
+/// A plain listener's answer when it only redirects: 308 to the same host and target over
+/// https, method and body kept by the client (308, not 301).
+pub fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority = h.parse::<http::uri::Authority>().ok()?;
+            Some(authority.host().to_string())
+        });
+    let Some(host) = host else {
+        return error_response(&ProxyError::new(
+            Cause::BadRequest("missing-host"),
+            "a redirect needs the request's host",
+        ));
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        p => format!("https://{host}:{p}{target}"),
+    };
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => error_response(&ProxyError::new(
+            Cause::BadRequest("bad-host"),
+            "unusable host",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(resp: &Response<ResponseBody>) -> &str {
+        resp.headers()[header::LOCATION].to_str().unwrap()
+    }
+
+    #[test]
+    fn redirect_keeps_host_and_target() {
+        let req = Request::post("/a/b?c=1")
+            .header("host", "example.com:8080")
+            .body(())
+            .unwrap();
+        let resp = redirect_https(&req, 443);
+        assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(location(&resp), "https://example.com/a/b?c=1");
+        let resp = redirect_https(&req, 8443);
+        assert_eq!(location(&resp), "https://example.com:8443/a/b?c=1");
+    }
+
+    #[test]
+    fn redirect_prefers_the_targets_authority() {
+        let req = Request::get("http://site.test:81/x")
+            .header("host", "other.test")
+            .body(())
+            .unwrap();
+        assert_eq!(location(&redirect_https(&req, 443)), "https://site.test/x");
+    }
+
+    #[test]
+    fn redirect_needs_a_host() {
+        let req = Request::get("/").body(()).unwrap();
+        let resp = redirect_https(&req, 443);
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()["proxyd-error"], "missing-host");
+        let req = Request::get("/").header("host", "a b").body(()).unwrap();
+        assert_eq!(redirect_https(&req, 443).status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn check_refuses_what_a_backend_could_misread() {
+        let ok = Request::get("/").header("host", "a").body(()).unwrap();
+        assert!(check(&ok.into_parts().0).is_ok());
+        let two_hosts = Request::get("/")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        let e = check(&two_hosts.into_parts().0).unwrap_err();
+        assert_eq!(e.cause, Cause::BadRequest("duplicate-host"));
+        let connect = Request::connect("a:443").body(()).unwrap();
+        let e = check(&connect.into_parts().0).unwrap_err();
+        assert_eq!(e.cause, Cause::BadRequest("connect-not-supported"));
+    }
+}
