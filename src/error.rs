@@ -26,6 +26,10 @@ pub enum Cause {
     /// A rate limit (`limits.rate`, `routes[].rate`) has no token for this request.
     RateLimited,
     NoRoute,
+    /// A static route has no file for the request (and no fallback).
+    NotFound,
+    /// A static route answers GET and HEAD only (and has no fallback).
+    MethodNotAllowed,
     NoBackend,
     /// Every backend slot is taken and the queue holds `queue.max` requests (a memory guard).
     QueueFull,
@@ -58,7 +62,8 @@ impl Cause {
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::ClientHeaderTimeout | Cause::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Cause::NoRoute => StatusCode::NOT_FOUND,
+            Cause::NoRoute | Cause::NotFound => StatusCode::NOT_FOUND,
+            Cause::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Cause::NoBackend
             | Cause::QueueFull
             | Cause::QueueTimeout
@@ -85,6 +90,8 @@ impl Cause {
             Cause::ClientBodyTimeout => "client-body-timeout",
             Cause::RateLimited => "rate-limited",
             Cause::NoRoute => "no-route",
+            Cause::NotFound => "not-found",
+            Cause::MethodNotAllowed => "method-not-allowed",
             Cause::NoBackend => "no-healthy-backend",
             Cause::QueueFull => "queue-full",
             Cause::QueueTimeout => "queue-timeout",
@@ -108,7 +115,9 @@ impl Cause {
             | Cause::BodyTooLarge
             | Cause::ClientHeaderTimeout
             | Cause::ClientBodyTimeout
-            | Cause::RateLimited => Side::Client,
+            | Cause::RateLimited
+            | Cause::NotFound
+            | Cause::MethodNotAllowed => Side::Client,
             Cause::NoRoute
             | Cause::NoBackend
             | Cause::QueueFull
@@ -121,9 +130,14 @@ impl Cause {
     }
 
     /// After these the client connection is not trusted for another request (a rate-limited
-    /// request was well-formed: its connection stays).
+    /// request, or one for a missing file or with a method a static route does not take, was
+    /// well-formed: its connection stays).
     pub fn closes_connection(self) -> bool {
-        self.side() == Side::Client && self != Cause::RateLimited
+        self.side() == Side::Client
+            && !matches!(
+                self,
+                Cause::RateLimited | Cause::NotFound | Cause::MethodNotAllowed
+            )
     }
 }
 

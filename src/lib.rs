@@ -2,7 +2,7 @@
 //!
 //! The module map, following one request. The modules stand on floors (DESIGN.md's house;
 //! `tests/house.rs` fails on an import against them): ground (`error`, `config`, `http1`, `notify`,
-//! `logging`), parts (`limits`, `upstream`, `workers`, `obs`, `state`), pipeline (`proxy`),
+//! `logging`), parts (`limits`, `upstream`, `workers`, `obs`, `state`), pipeline (`proxy`, `files`),
 //! edge (`server`, `admin`, `upgrade`, `control`), top (`app`, `main`); each imports its own
 //! floor and those below.
 //!
@@ -23,6 +23,9 @@
 //!   [`proxy::RequestCtx`] (check → route → limit → body → admit → forward with retries →
 //!   respond), the header rules, and the ONE error-to-response mapping
 //!   ([`proxy::error::error_response`]).
+//! - [`files`]: static routes' files, beside the proxy (which calls it after the limit
+//!   phase): paths resolved beneath the root in the kernel (`openat2`), conditionals,
+//!   ranges, precompressed variants.
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
 //! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
@@ -52,6 +55,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod files;
 pub mod http1;
 pub mod limits;
 pub mod logging;

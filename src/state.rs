@@ -4,6 +4,7 @@
 //! started with.
 
 pub mod route;
+pub mod site;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
 use crate::upstream::Upstream;
 use route::{HostMatch, Router};
+pub use site::StaticSite;
 
 /// What `proxyd check` adds to the config's own checks for the runtime state: each upstream's
 /// TLS files are read (`upstream::tls::check`), then the whole snapshot is built as serving
@@ -39,10 +41,13 @@ pub struct Snapshot {
     pub rate: Option<Arc<RateLimiter>>,
 }
 
-/// A configured route: its name (the metrics label) and its upstream's index.
+/// A configured route: its name (the metrics label), its upstream's index (a static route's
+/// fallback, if any) and its files.
 pub struct RouteInfo {
     pub name: Arc<str>,
-    pub upstream: usize,
+    pub upstream: Option<usize>,
+    /// `routes[].static`: files answer first.
+    pub files: Option<Arc<StaticSite>>,
     /// `routes[].rate`.
     pub rate: Option<Arc<RateLimiter>>,
 }
@@ -50,9 +55,13 @@ pub struct RouteInfo {
 impl Snapshot {
     /// Makes `metrics`' handles for this snapshot's upstreams and routes.
     pub fn prepare_metrics(&self, metrics: &crate::obs::metrics::Metrics) {
-        let routes = self.routes.iter().filter_map(|r| {
-            let u = self.upstreams.get(r.upstream)?;
-            Some((&*r.name, &*u.name))
+        // A static route's files are counted under no upstream, its misses under its fallback.
+        let files = crate::obs::metrics::NO_UPSTREAM;
+        let routes = self.routes.iter().flat_map(|r| {
+            let upstream = r.upstream.and_then(|i| self.upstreams.get(i));
+            let upstream = upstream.map(|u| (&*r.name, &*u.name));
+            let files = r.files.as_ref().map(|_| (&*r.name, files));
+            upstream.into_iter().chain(files)
         });
         metrics.prepare(self.upstreams.iter().map(|u| &*u.name), routes);
     }
@@ -113,7 +122,8 @@ impl Snapshot {
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),
-                upstream: 0,
+                upstream: Some(0),
+                files: None,
                 rate: None,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
@@ -125,8 +135,23 @@ impl Snapshot {
                     Some(h) => Some(HostMatch::parse(&h.value).map_err(fail)?),
                     None => None,
                 };
-                let upstream = index(&r.upstream.value)
-                    .ok_or_else(|| fail(format!("unknown upstream {}", r.upstream.value)))?;
+                let target = r
+                    .upstream
+                    .as_ref()
+                    .or(r.files.as_ref().and_then(|f| f.fallback.as_ref()));
+                let upstream = match target {
+                    Some(u) => Some(
+                        index(&u.value)
+                            .ok_or_else(|| fail(format!("unknown upstream {}", u.value)))?,
+                    ),
+                    None => None,
+                };
+                let files = match &r.files {
+                    Some(f) => Some(Arc::new(
+                        StaticSite::open(f, &loaded.dir, &r.path).map_err(fail)?,
+                    )),
+                    None => None,
+                };
                 let name = r.name.clone().unwrap_or_else(|| {
                     let host = r.host.as_ref().map_or("", |h| h.value.as_str());
                     format!("{host}{}", r.path)
@@ -135,6 +160,7 @@ impl Snapshot {
                 routes.push(RouteInfo {
                     name: name.into(),
                     upstream,
+                    files,
                     rate: route_rates.get_mut(i).and_then(Option::take),
                 });
             }

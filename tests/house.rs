@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[(&str, &[&str])] = &[
     ("ground", &["error", "config", "http1", "notify", "logging"]),
     ("parts", &["limits", "upstream", "workers", "obs", "state"]),
-    ("pipeline", &["proxy"]),
+    ("pipeline", &["proxy", "files"]),
     ("edge", &["server", "admin", "upgrade", "control"]),
     ("top", &["main", "lib", "app"]),
 ];
@@ -43,6 +43,11 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
         "obs takes plain figures: no worker internals",
     ),
     ("proxy", "server", "proxy never imports server"),
+    (
+        "files",
+        "proxy",
+        "files sits beside proxy: proxy calls files, never the reverse",
+    ),
 ];
 
 /// Forbidden arrows still there because another change is removing them now: (from, path

@@ -266,10 +266,64 @@ pub struct Route {
     /// Path prefix; the longest matching prefix wins.
     #[serde(default = "default_path")]
     pub path: String,
-    pub upstream: Spanned<String>,
+    /// Where requests go; a `static` route has none (its miss goes to `static.fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Spanned<String>>,
+    /// Files served from a directory instead of an upstream.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub files: Option<StaticFiles>,
     /// A request rate limit for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RouteRate>,
+}
+
+/// `routes[].static`: files under `root` (relative to the config file) answer the route's
+/// requests; the route's path is taken off the request's (`/static/a.css` is `root/a.css`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFiles {
+    pub root: Spanned<String>,
+    /// Files tried, in order, for a request naming a directory; none found: 404 (no listing).
+    #[serde(default = "default_index")]
+    pub index: Vec<String>,
+    /// Encodings whose `FILE.br` / `FILE.zst` / `FILE.gz` are served to clients accepting them.
+    #[serde(default)]
+    pub precompressed: Vec<Spanned<Precompressed>>,
+    /// The `Cache-Control` header of every file served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Spanned<String>>,
+    /// An upstream that gets the requests no file answers (nginx's `try_files $uri @app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Spanned<String>>,
+}
+
+/// A precompressed variant's encoding.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precompressed {
+    Br,
+    Zstd,
+    Gzip,
+}
+
+impl Precompressed {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Precompressed::Br => "br",
+            Precompressed::Zstd => "zstd",
+            Precompressed::Gzip => "gzip",
+        }
+    }
+
+    /// The variant's file name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Precompressed::Br => ".br",
+            Precompressed::Zstd => ".zst",
+            Precompressed::Gzip => ".gz",
+        }
+    }
 }
 
 /// `routes[].rate`: `{ limit: "50/s", burst: 100, by: ip }`.
@@ -510,6 +564,9 @@ fn zero() -> Duration {
 }
 fn yes() -> bool {
     true
+}
+fn default_index() -> Vec<String> {
+    vec!["index.html".into()]
 }
 fn default_path() -> String {
     "/".into()

@@ -147,23 +147,35 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         ));
     }
     let mut routes: HashMap<(Option<String>, &str), ()> = HashMap::new();
-    for r in &cfg.routes {
-        if !cfg.upstreams.contains_key(&r.upstream.value) {
-            let known: Vec<&str> = cfg.upstreams.keys().map(String::as_str).collect();
-            return Err(err(
-                &r.upstream,
-                format!(
-                    "routes: unknown upstream {:?}; expected one of {}",
-                    r.upstream.value,
-                    known.join(", ")
-                ),
-            ));
+    for (i, r) in cfg.routes.iter().enumerate() {
+        // Where this route's errors point: its upstream, its static root, or its host.
+        let place = r
+            .upstream
+            .as_ref()
+            .or(r.files.as_ref().map(|f| &f.root))
+            .or(r.host.as_ref());
+        let at = |msg: String| match place {
+            Some(p) => err(p, msg),
+            None => ConfigError::new(file, None, msg),
+        };
+        match (&r.upstream, &r.files) {
+            (Some(u), None) => known_upstream(loaded, u, "routes")?,
+            (None, Some(f)) => validate_static(loaded, f)?,
+            (Some(u), Some(_)) => {
+                return Err(err(
+                    u,
+                    "routes: a route has upstream or static, not both; a static route's misses go to static.fallback".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(at(format!(
+                    "routes[{i}] (path {:?}): needs upstream (where requests go) or static (a directory to serve)",
+                    r.path
+                )))
+            }
         }
         if !r.path.starts_with('/') {
-            return Err(err(
-                &r.upstream,
-                format!("routes: path {:?} must start with /", r.path),
-            ));
+            return Err(at(format!("routes: path {:?} must start with /", r.path)));
         }
         let host = match &r.host {
             Some(h) => Some(
@@ -174,10 +186,7 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
             None => None,
         };
         if routes.insert((host, r.path.as_str()), ()).is_some() {
-            return Err(err(
-                &r.upstream,
-                "routes: the same host and path appear twice".into(),
-            ));
+            return Err(at("routes: the same host and path appear twice".into()));
         }
     }
 
@@ -218,6 +227,75 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         ));
     }
     validate_access_logs(loaded)?;
+    Ok(())
+}
+
+/// `name` is one of the upstreams.
+fn known_upstream(loaded: &Loaded, name: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+    let upstreams = &loaded.config.upstreams;
+    if upstreams.contains_key(&name.value) {
+        return Ok(());
+    }
+    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+    Err(ConfigError::at(
+        &loaded.file,
+        &name.referenced,
+        format!(
+            "{key}: unknown upstream {:?}; expected one of {}",
+            name.value,
+            known.join(", ")
+        ),
+    ))
+}
+
+/// `routes[].static`: a root that is a directory (relative to the config file), index names
+/// that are file names, each encoding once, a header value, a fallback that is an upstream.
+fn validate_static(loaded: &Loaded, f: &super::StaticFiles) -> Result<(), ConfigError> {
+    let file = loaded.file.as_str();
+    let at = |loc: &serde_saphyr::Location, msg: String| {
+        ConfigError::at(file, loc, format!("routes: static.{msg}"))
+    };
+    let root = loaded.dir.join(&f.root.value);
+    match std::fs::metadata(&root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(at(
+                &f.root.referenced,
+                format!("root: {} is not a directory", root.display()),
+            ))
+        }
+        Err(e) => {
+            return Err(at(
+                &f.root.referenced,
+                format!("root: {}: {e}", root.display()),
+            ))
+        }
+    }
+    let root_at = &f.root.referenced;
+    for name in &f.index {
+        if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+            return Err(at(root_at, format!("index: {name:?} is not a file name")));
+        }
+    }
+    for (i, p) in f.precompressed.iter().enumerate() {
+        if f.precompressed[..i].iter().any(|q| q.value == p.value) {
+            return Err(at(
+                &p.referenced,
+                format!("precompressed: {} is listed twice", p.value.token()),
+            ));
+        }
+    }
+    if let Some(c) = &f.cache_control {
+        if http::HeaderValue::from_str(&c.value).is_err() || c.value.trim().is_empty() {
+            return Err(at(
+                &c.referenced,
+                format!("cache_control: {:?} is not a header value", c.value),
+            ));
+        }
+    }
+    if let Some(u) = &f.fallback {
+        known_upstream(loaded, u, "routes: static.fallback")?;
+    }
     Ok(())
 }
 

@@ -181,6 +181,8 @@ pub enum ResponseBody {
     Upstream(UpstreamBody),
     /// A worker's body, read ahead so the worker is free before the client has it all.
     Spooled(SpooledResponse),
+    /// A static route's file.
+    File(crate::files::FileBody),
 }
 
 impl ResponseBody {
@@ -205,6 +207,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Spooled(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::File(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -213,6 +216,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Spooled(b) => b.is_end_stream(),
+            ResponseBody::File(b) => b.is_end_stream(),
         }
     }
 
@@ -223,6 +227,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Spooled(b) => b.size_hint(),
+            ResponseBody::File(b) => b.size_hint(),
         }
     }
 }

@@ -38,6 +38,10 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
             HeaderValue::from(RETRY_AFTER.as_secs()),
         );
     }
+    if cause == Cause::MethodNotAllowed {
+        // Only static routes refuse a method.
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
     if cause.closes_connection() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -1,6 +1,6 @@
 //! The request pipeline: its phases, each a plain function over one per-request context
-//! (`ctx::RequestCtx`): check → route → limit → body → admit → forward (with retries) →
-//! respond; the outcome goes to the log once the response is sent (`Pending`). `handle` runs
+//! (`ctx::RequestCtx`): check → route → limit → (a static route's files, `crate::files`,
+//! or) body → admit → forward (with retries) → respond; the outcome goes to the log once the response is sent (`Pending`). `handle` runs
 //! them and turns any error into proxyd's one error response (`error::error_response`).
 //!
 //! - `ctx`: the per-request context, and the outcome kept until the response is sent
@@ -33,7 +33,7 @@ use body::{FromClient, ResponseBody};
 pub use ctx::{Pending, RequestCtx};
 use error::ProxyError;
 
-use crate::state::Snapshot;
+use crate::state::{self, Snapshot};
 use crate::upstream::body::RequestBody;
 
 /// What the pipeline knows about the client connection a request came on.
@@ -131,6 +131,14 @@ pub async fn handle<B: FromClient>(
     (resp, ctx.pending(status))
 }
 
+/// Whether a static route's `miss` goes on to its fallback upstream (a missing file, or a
+/// method files do not take: nginx's `try_files $uri @app`).
+fn fallback(route: Option<&state::RouteInfo>, miss: &ProxyError) -> bool {
+    use error::Cause;
+    route.is_some_and(|r| r.upstream.is_some())
+        && matches!(miss.cause, Cause::NotFound | Cause::MethodNotAllowed)
+}
+
 /// The phases in their order; the first error ends the request.
 async fn phases<B: FromClient>(
     ctx: &mut RequestCtx<'_>,
@@ -140,6 +148,14 @@ async fn phases<B: FromClient>(
     check::check(&parts)?;
     let route = route::route(ctx, &parts);
     route::limit(ctx, route)?;
+    if let Some(site) = route.and_then(|r| r.files.as_deref()) {
+        // A static route: its files answer; a miss goes on to its fallback, if it has one.
+        match crate::files::serve(site, &parts.method, parts.uri.path(), &parts.headers) {
+            Ok(resp) => return Ok(resp.map(ResponseBody::File)),
+            Err(e) if !fallback(route, &e) => return Err(e),
+            Err(_) => {}
+        }
+    }
     let upstream = route::upstream(ctx, route, &parts)?;
     // A request without a body skips the body phase's future (it is moved on every request).
     let body = if body::none(&incoming, &parts.headers) {

@@ -60,11 +60,10 @@ pub fn upstream<'a>(
             ),
         )
     })?;
-    let upstream = ctx
-        .snap
-        .upstreams
-        .get(route.upstream)
-        .ok_or_else(|| ProxyError::new(Cause::NoRoute, "the route's upstream is missing"))?;
+    let upstream = route
+        .upstream
+        .and_then(|i| ctx.snap.upstreams.get(i))
+        .ok_or_else(|| ProxyError::new(Cause::NotFound, "a static route without a fallback"))?;
     ctx.trace.upstream = Some(upstream.name.clone());
     Ok(upstream)
 }

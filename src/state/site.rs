@@ -1,0 +1,45 @@
+//! A static route's settings as serving uses them: the root directory held open (files are
+//! opened beneath it), index names, precompressed encodings, the Cache-Control value and
+//! how much of the request path the route takes off.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use http::HeaderValue;
+
+use crate::config::{Precompressed, StaticFiles};
+
+pub struct StaticSite {
+    /// The root, opened once per snapshot: a reload opens it again (so a root replaced on
+    /// disk, say by a deploy, is served from after a reload).
+    pub root: File,
+    pub root_path: PathBuf,
+    pub index: Vec<String>,
+    pub precompressed: Vec<Precompressed>,
+    pub cache_control: Option<HeaderValue>,
+    /// The route's path: taken off the request's path to name a file beneath the root.
+    pub prefix: String,
+}
+
+impl StaticSite {
+    pub fn open(f: &StaticFiles, dir: &Path, prefix: &str) -> Result<StaticSite, String> {
+        let root_path = dir.join(&f.root.value);
+        let root = File::open(&root_path)
+            .map_err(|e| format!("static.root: {}: {e}", root_path.display()))?;
+        let cache_control = match &f.cache_control {
+            Some(c) => Some(
+                HeaderValue::from_str(&c.value)
+                    .map_err(|_| format!("static.cache_control: {:?}", c.value))?,
+            ),
+            None => None,
+        };
+        Ok(StaticSite {
+            root,
+            root_path,
+            index: f.index.clone(),
+            precompressed: f.precompressed.iter().map(|p| p.value).collect(),
+            cache_control,
+            prefix: prefix.to_string(),
+        })
+    }
+}
