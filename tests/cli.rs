@@ -347,6 +347,17 @@ fn print_writes_every_shipped_config_back_as_a_config_that_passes_check() {
             }
         }
     }
+    // The static files the configs serve (config/flask-static.yaml, config/full.yaml).
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/static");
+    std::fs::create_dir_all(dir.path().join("examples/static")).unwrap();
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        let to = dir
+            .path()
+            .join("examples/static")
+            .join(path.file_name().unwrap());
+        std::fs::copy(&path, to).unwrap();
+    }
     let mut n = 0;
     for entry in std::fs::read_dir(&copy).unwrap() {
         let path = entry.unwrap().path();

@@ -76,6 +76,10 @@ fn make_files(dir: &Path, yaml: &str) {
         write(cert, pair.cert.pem());
         write(key, pair.signing_key.serialize_pem());
     }
+    // A static route's root must be a directory.
+    for root in values_of(yaml, "root") {
+        std::fs::create_dir_all(dir.join(root)).unwrap();
+    }
     for ca in values_of(yaml, "ca") {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -1,0 +1,460 @@
+//! Static routes (`routes[].static`): real proxyd, real sockets, files in a temp dir.
+//! Byte-exact bodies, HEAD, conditionals, ranges, content types, index files, 405, the
+//! traversal catalogue, a file changed between requests, precompressed variants by q-value,
+//! and a fallback upstream that sees only the misses.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{check, full, raw, TestBackend, TestProxy, H1};
+use http::{Request, StatusCode};
+
+const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-ROOT";
+
+/// A temp dir with `root/` (the served files) and a secret file beside it.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
+        std::fs::write(root.join("a.css"), "body { color: red }\n").unwrap();
+        std::fs::write(root.join("app.js"), "console.log(1);\n").unwrap();
+        std::fs::write(root.join("index.html"), "<p>home</p>\n").unwrap();
+        std::fs::write(root.join("docs/index.html"), "<p>docs</p>\n").unwrap();
+        std::fs::write(root.join("sub/plain.txt"), "plain\n").unwrap();
+        std::fs::write(root.join("big.bin"), big()).unwrap();
+        Site { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.root().join(name)
+    }
+}
+
+/// 300 KiB that are not a repeating pattern (the large-file path reads in chunks).
+fn big() -> Vec<u8> {
+    let mut x: u32 = 12345;
+    (0..300 * 1024)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
+
+/// proxyd with one static route on /static/ over `root`, plus `more` under `static:`.
+async fn proxy(root: &Path, more: &str, backend: Option<std::net::SocketAddr>) -> TestProxy {
+    let server = backend.map_or("127.0.0.1:9".to_string(), |a| a.to_string());
+    TestProxy::from_yaml(&format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"{server}\"]\nroutes:\n  - path: /static/\n    static:\n      root: \"{}\"\n{more}  - path: /\n    upstream: app\n",
+        root.display()
+    ))
+    .await
+}
+
+async fn get(p: &TestProxy, path: &str, headers: &[(&str, &str)]) -> common::Got {
+    send(p, "GET", path, headers).await
+}
+
+async fn send(p: &TestProxy, method: &str, path: &str, headers: &[(&str, &str)]) -> common::Got {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "test.local");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    H1::connect(p.addr)
+        .await
+        .send(req.body(full("")).unwrap())
+        .await
+}
+
+/// The status of a raw HTTP/1.1 request for `target`, and the whole answer.
+async fn raw_get(p: &TestProxy, target: &str) -> (u16, String) {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n");
+    let answer = raw(p.addr, req.as_bytes()).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test]
+async fn files_are_served_byte_exact_with_their_types() {
+    let site = Site::new();
+    let p = proxy(&site.root(), "", None).await;
+    for (path, file, kind) in [
+        ("/static/a.css", "a.css", "text/css"),
+        ("/static/app.js", "app.js", "text/javascript"),
+        ("/static/big.bin", "big.bin", "application/octet-stream"),
+        ("/static/sub/plain.txt", "sub/plain.txt", "text/plain"),
+        ("/static/", "index.html", "text/html"),
+        ("/static/docs/", "docs/index.html", "text/html"),
+        ("/static/docs", "docs/index.html", "text/html"),
+    ] {
+        let got = get(&p, path, &[]).await;
+        let want = std::fs::read(site.file(file)).unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+        assert_eq!(got.body, want, "{path}");
+        assert_eq!(got.header("content-type"), Some(kind), "{path}");
+        assert_eq!(
+            got.header("content-length"),
+            Some(want.len().to_string().as_str())
+        );
+        assert!(got.header("etag").is_some_and(|e| e.starts_with('"')));
+        assert!(got.header("last-modified").is_some());
+        assert_eq!(got.header("accept-ranges"), Some("bytes"));
+        assert!(got.header("vary").is_none(), "no variants configured");
+    }
+    // HEAD: the same head, no body.
+    let head = send(&p, "HEAD", "/static/big.bin", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), Some("307200"));
+    // A directory without an index file, a missing file: 404, no listing.
+    for path in ["/static/sub/", "/static/sub", "/static/nothing.css"] {
+        let got = get(&p, path, &[]).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(got.header("proxyd-error"), Some("not-found"));
+        assert!(
+            !got.text().contains("plain.txt"),
+            "a listing: {}",
+            got.text()
+        );
+    }
+    // Other methods: 405 with Allow.
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        let got = send(&p, method, "/static/a.css", &[]).await;
+        assert_eq!(got.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(got.header("allow"), Some("GET, HEAD"));
+    }
+}
+
+#[tokio::test]
+async fn conditionals_answer_304_and_412() {
+    let site = Site::new();
+    let p = proxy(
+        &site.root(),
+        "      cache_control: \"public, max-age=60\"\n",
+        None,
+    )
+    .await;
+    let first = get(&p, "/static/a.css", &[]).await;
+    assert_eq!(first.header("cache-control"), Some("public, max-age=60"));
+    let etag = first.header("etag").unwrap().to_string();
+    let modified = first.header("last-modified").unwrap().to_string();
+    let weak = format!("W/{etag}");
+    let other = "\"nope\"".to_string();
+    let old = "Sun, 06 Nov 1994 08:49:37 GMT".to_string();
+    let cases: Vec<(Vec<(&str, &str)>, u16)> = vec![
+        (vec![("if-none-match", &etag)], 304),
+        (vec![("if-none-match", &weak)], 304),
+        (vec![("if-none-match", "\"x\", *")], 304),
+        (vec![("if-none-match", &other)], 200),
+        (vec![("if-modified-since", &modified)], 304),
+        (vec![("if-modified-since", &old)], 200),
+        // If-None-Match wins over If-Modified-Since.
+        (
+            vec![("if-none-match", &other), ("if-modified-since", &modified)],
+            200,
+        ),
+        (vec![("if-match", &etag)], 200),
+        (vec![("if-match", "*")], 200),
+        (vec![("if-match", &other)], 412),
+        // If-Match compares strongly.
+        (vec![("if-match", &weak)], 412),
+        (vec![("if-unmodified-since", &old)], 412),
+        (vec![("if-unmodified-since", &modified)], 200),
+    ];
+    for (headers, want) in cases {
+        let got = get(&p, "/static/a.css", &headers).await;
+        assert_eq!(got.status.as_u16(), want, "{headers:?}");
+        if want != 200 {
+            assert!(got.body.is_empty(), "{headers:?}");
+        }
+        if want == 304 {
+            assert_eq!(got.header("etag"), Some(etag.as_str()));
+            assert_eq!(got.header("cache-control"), Some("public, max-age=60"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_range_is_206_and_an_unsatisfiable_one_416() {
+    let site = Site::new();
+    let p = proxy(&site.root(), "", None).await;
+    let whole = big();
+    let size = whole.len();
+    let etag = get(&p, "/static/big.bin", &[])
+        .await
+        .header("etag")
+        .unwrap()
+        .to_string();
+    for (range, first, last) in [
+        ("bytes=0-9", 0, 9),
+        ("bytes=100000-250000", 100_000, 250_000),
+        ("bytes=-5", size - 5, size - 1),
+        ("bytes=300000-", 300_000, size - 1),
+        ("bytes=307000-999999", 307_000, size - 1),
+    ] {
+        let got = get(&p, "/static/big.bin", &[("range", range)]).await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(got.body, whole[first..=last], "{range}");
+        let want = format!("bytes {first}-{last}/{size}");
+        assert_eq!(got.header("content-range"), Some(want.as_str()));
+    }
+    for range in ["bytes=307200-", "bytes=999999-1000000", "bytes=-0"] {
+        let got = get(&p, "/static/big.bin", &[("range", range)]).await;
+        assert_eq!(got.status, StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        let want = format!("bytes */{size}");
+        assert_eq!(got.header("content-range"), Some(want.as_str()));
+        assert!(got.body.is_empty());
+    }
+    // Several ranges, a malformed one, a stale If-Range: the whole file.
+    for headers in [
+        vec![("range", "bytes=0-1,5-6")],
+        vec![("range", "bytes=9-1")],
+        vec![("range", "bytes=0-1"), ("if-range", "\"stale\"")],
+    ] {
+        let got = get(&p, "/static/big.bin", &headers).await;
+        assert_eq!(got.status, StatusCode::OK, "{headers:?}");
+        assert_eq!(got.body, whole, "{headers:?}");
+    }
+    let got = get(
+        &p,
+        "/static/big.bin",
+        &[("range", "bytes=0-1"), ("if-range", &etag)],
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(got.body, whole[..2]);
+}
+
+/// Every form of leaving the root is refused; the secret beside the root is never sent.
+/// Refused outright (400): `..` segments, encoded or not, encoded slashes, NUL and
+/// backslashes. Not found (404): a double-encoded `..` (decoded once it is a name, and there
+/// is no such file) and symlinks out of the root (the kernel refuses them, RESOLVE_BENEATH).
+/// A symlink that stays beneath the root is followed.
+#[tokio::test]
+async fn nothing_outside_the_root_is_served() {
+    let site = Site::new();
+    let root = site.root();
+    std::os::unix::fs::symlink("../secret.txt", root.join("escape.txt")).unwrap();
+    std::os::unix::fs::symlink(site.dir.path().join("secret.txt"), root.join("abs.txt")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/root", root.join("proc")).unwrap();
+    std::os::unix::fs::symlink("a.css", root.join("inside.css")).unwrap();
+    std::os::unix::fs::symlink("../a.css", root.join("sub/up.css")).unwrap();
+    let p = proxy(&root, "", None).await;
+    let catalogue: &[(&str, u16)] = &[
+        ("/static/../secret.txt", 400),
+        ("/static/sub/../../secret.txt", 400),
+        ("/static/%2e%2e/secret.txt", 400),
+        ("/static/%2E%2E/secret.txt", 400),
+        ("/static/.%2e/secret.txt", 400),
+        ("/static/..%2fsecret.txt", 400),
+        ("/static/..%2Fsecret.txt", 400),
+        ("/static/sub%2f..%2f..%2fsecret.txt", 400),
+        ("/static/%252e%252e/secret.txt", 404),
+        ("/static/%252e%252e%252fsecret.txt", 404),
+        ("/static/a.css%00.txt", 400),
+        ("/static/%00", 400),
+        ("/static/..%5csecret.txt", 400),
+        ("/static/..\\secret.txt", 400),
+        ("/static/escape.txt", 404),
+        ("/static/abs.txt", 404),
+        ("/static/up/secret.txt", 404),
+        ("/static/proc/etc/passwd", 404),
+        ("/static//etc/passwd", 404),
+    ];
+    for (target, want) in catalogue {
+        let (status, answer) = raw_get(&p, target).await;
+        assert!(!answer.contains(SECRET), "{target} sent the secret");
+        assert!(!answer.contains("root:"), "{target} sent /etc/passwd");
+        // The client's own parser may refuse a target first (400 too): never a 200.
+        assert_eq!(status, *want, "{target}: {answer}");
+    }
+    for target in ["/static/inside.css", "/static/sub/up.css"] {
+        let got = get(&p, target, &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{target}");
+        assert_eq!(got.text(), "body { color: red }\n");
+    }
+}
+
+#[tokio::test]
+async fn a_changed_file_is_served_fresh() {
+    let site = Site::new();
+    let p = proxy(&site.root(), "", None).await;
+    let mut client = H1::connect(p.addr).await;
+    let first = client.get("/static/sub/plain.txt").await;
+    assert_eq!(first.text(), "plain\n");
+    std::fs::write(site.file("sub/plain.txt"), "changed, and longer\n").unwrap();
+    let second = client.get("/static/sub/plain.txt").await;
+    assert_eq!(second.text(), "changed, and longer\n");
+    assert_ne!(first.header("etag"), second.header("etag"));
+    // The old ETag no longer validates.
+    let etag = first.header("etag").unwrap();
+    let got = get(&p, "/static/sub/plain.txt", &[("if-none-match", etag)]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    // Replaced by a new file (a deploy's rename): the new one.
+    let tmp = site.dir.path().join("new.txt");
+    std::fs::write(&tmp, "renamed in\n").unwrap();
+    std::fs::rename(&tmp, site.file("sub/plain.txt")).unwrap();
+    assert_eq!(
+        client.get("/static/sub/plain.txt").await.text(),
+        "renamed in\n"
+    );
+}
+
+#[tokio::test]
+async fn precompressed_variants_by_q_value() {
+    let site = Site::new();
+    std::fs::write(site.file("a.css.br"), "BROTLI").unwrap();
+    std::fs::write(site.file("a.css.gz"), "GZIP").unwrap();
+    // No .zst: a client that prefers zstd gets the next best.
+    let p = proxy(
+        &site.root(),
+        "      precompressed: [br, zstd, gzip]\n",
+        None,
+    )
+    .await;
+    for (accept, body, encoding) in [
+        (Some("gzip"), "GZIP", Some("gzip")),
+        (Some("gzip, br"), "BROTLI", Some("br")),
+        (Some("br;q=0.5, gzip"), "GZIP", Some("gzip")),
+        (Some("br;q=0.5, gzip;q=0.4"), "BROTLI", Some("br")),
+        (Some("zstd, gzip;q=0.9, br;q=0.1"), "GZIP", Some("gzip")),
+        (Some("br;q=0, gzip;q=0"), "body { color: red }\n", None),
+        (Some("*"), "BROTLI", Some("br")),
+        (Some("*, br;q=0"), "GZIP", Some("gzip")),
+        (Some("identity"), "body { color: red }\n", None),
+        (None, "body { color: red }\n", None),
+    ] {
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept-encoding", *a)).collect();
+        let got = get(&p, "/static/a.css", &headers).await;
+        assert_eq!(got.status, StatusCode::OK, "{accept:?}");
+        assert_eq!(got.text(), body, "{accept:?}");
+        assert_eq!(got.header("content-encoding"), encoding, "{accept:?}");
+        assert_eq!(got.header("content-type"), Some("text/css"), "{accept:?}");
+        assert_eq!(got.header("vary"), Some("accept-encoding"), "{accept:?}");
+    }
+    // A file without variants: itself, still with Vary.
+    let got = get(&p, "/static/app.js", &[("accept-encoding", "br, gzip")]).await;
+    assert_eq!(got.text(), "console.log(1);\n");
+    assert!(got.header("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn a_fallback_upstream_gets_only_the_misses() {
+    let site = Site::new();
+    let backend = TestBackend::echo().await;
+    let p = proxy(&site.root(), "      fallback: app\n", Some(backend.addr)).await;
+    for path in ["/static/a.css", "/static/", "/static/big.bin"] {
+        let got = get(&p, path, &[]).await;
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+        assert!(got.header("x-echo-uri").is_none(), "{path}");
+    }
+    let got = get(&p, "/static/a.css", &[("range", "bytes=0-3")]).await;
+    assert_eq!(got.text(), "body");
+    assert_eq!(backend.request_count(), 0, "a hit reaches no backend");
+
+    let got = get(&p, "/static/missing.css?v=2", &[]).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("x-echo-uri"), Some("/static/missing.css?v=2"));
+    assert_eq!(backend.request_count(), 1, "exactly the miss");
+    let seen = backend.requests();
+    assert_eq!(seen[0].method, http::Method::GET);
+    assert_eq!(seen[0].uri.path(), "/static/missing.css");
+
+    // A method files do not take goes to the app too; a refused path does not.
+    let got = send(&p, "POST", "/static/a.css", &[]).await;
+    assert_eq!(got.header("x-echo-method"), Some("POST"));
+    assert_eq!(backend.request_count(), 2);
+    let (status, _) = raw_get(&p, "/static/%2e%2e/secret.txt").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        backend.request_count(),
+        2,
+        "a refused path reaches no backend"
+    );
+}
+
+#[test]
+fn check_locates_static_route_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().display().to_string();
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, "x").unwrap();
+    let base = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\nroutes:\n";
+    let cases = [
+        (
+            "  - path: /s/\n    static: { root: \"/nonexistent/proxyd-test\" }\n".to_string(),
+            "proxy.yaml:8:",
+            "static.root",
+        ),
+        (
+            format!(
+                "  - path: /s/\n    static: {{ root: \"{}\" }}\n",
+                file.display()
+            ),
+            "proxy.yaml:8:",
+            "is not a directory",
+        ),
+        (
+            format!("  - path: /s/\n    static: {{ root: \"{root}\", fallback: nope }}\n"),
+            "proxy.yaml:8:",
+            "unknown upstream \"nope\"",
+        ),
+        (
+            "  - path: /s/\n    name: x\n".to_string(),
+            "proxy.yaml",
+            "needs upstream (where requests go) or static",
+        ),
+        (
+            format!("  - path: /s/\n    upstream: app\n    static: {{ root: \"{root}\" }}\n"),
+            "proxy.yaml:8:",
+            "upstream or static, not both",
+        ),
+        (
+            format!("  - path: /s/\n    static: {{ root: \"{root}\", precompressed: [br, br] }}\n"),
+            "proxy.yaml:8:",
+            "br is listed twice",
+        ),
+        (
+            format!("  - path: /s/\n    static: {{ root: \"{root}\", precompressed: [lz4] }}\n"),
+            "proxy.yaml:8:",
+            "lz4",
+        ),
+        (
+            format!("  - path: /s/\n    static: {{ root: \"{root}\", index: [\"../x\"] }}\n"),
+            "proxy.yaml:8:",
+            "not a file name",
+        ),
+    ];
+    for (routes, place, words) in cases {
+        let (ok, out) = check(&format!("{base}{routes}"));
+        assert!(!ok, "{routes}: accepted");
+        assert!(
+            out.contains(place) && out.contains(words),
+            "{routes}: {out}"
+        );
+    }
+    let (ok, out) = check(&format!(
+        "{base}  - path: /s/\n    static: {{ root: \"{root}\", fallback: app, precompressed: [gzip] }}\n"
+    ));
+    assert!(ok, "{out}");
+}
