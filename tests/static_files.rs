@@ -458,3 +458,38 @@ fn check_locates_static_route_errors() {
     ));
     assert!(ok, "{out}");
 }
+
+/// A file served is counted under its route with upstream "-"; a miss sent to the fallback
+/// under the fallback's name.
+#[tokio::test]
+async fn metrics_count_files_under_their_route() {
+    let site = Site::new();
+    let backend = TestBackend::echo().await;
+    let p = TestProxy::from_yaml(&format!(
+        "listen:\n  - addr: \"127.0.0.1:0\"\nadmin:\n  addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"{}\"]\nroutes:\n  - path: /static/\n    static: {{ root: \"{}\", fallback: app }}\n",
+        backend.addr,
+        site.root().display()
+    ))
+    .await;
+    let admin = p.admin.unwrap();
+    assert_eq!(get(&p, "/static/a.css", &[]).await.status, StatusCode::OK);
+    assert_eq!(get(&p, "/static/nope", &[]).await.status, StatusCode::OK);
+    let counted = |text: &str, upstream: &str| {
+        text.lines().any(|l| {
+            l.starts_with("proxyd_requests_total{")
+                && l.contains("route=\"/static/\"")
+                && l.contains(&format!("upstream=\"{upstream}\""))
+                && l.contains("code=\"200\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = common::get(admin, "/metrics").await.text();
+        if counted(&text, "-") && counted(&text, "app") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -197,3 +197,96 @@ fn respond(
     }
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::io::AsRawFd;
+
+    use super::*;
+
+    /// Random paths of segments meant to get out (dots raw, encoded and double-encoded,
+    /// encoded slashes, NUL, backslashes, symlinks that climb out or point anywhere) never
+    /// open anything outside the root: each is refused, missing, or a file whose real path
+    /// (`/proc/self/fd`) is beneath the root.
+    #[test]
+    fn random_paths_never_open_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::fs::write(root.join("a/f"), "f").unwrap();
+        std::fs::write(root.join("a/b/g"), "g").unwrap();
+        for (link, to) in [
+            ("up", ".."),
+            ("a/upup", "../.."),
+            ("abs", "/"),
+            ("a/side", "../a/b"),
+            ("a/b/secret", "../../../secret"),
+            ("self", "/proc/self/root"),
+        ] {
+            std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+        }
+        let real_root = std::fs::canonicalize(&root).unwrap();
+        let site = std::fs::File::open(&root).unwrap();
+        let segments = [
+            "..",
+            ".",
+            "",
+            "a",
+            "b",
+            "f",
+            "g",
+            "up",
+            "upup",
+            "abs",
+            "side",
+            "secret",
+            "self",
+            "%2e%2e",
+            "%2e",
+            ".%2e",
+            "%252e%252e",
+            "..%2f",
+            "%2f",
+            "%5c",
+            "\\",
+            "%00",
+            "etc",
+            "passwd",
+            "tmp",
+            "%2E%2E",
+            "a%2f..",
+            "..;",
+            "%c0%ae%c0%ae",
+        ];
+        let mut rng = fastrand::Rng::with_seed(17);
+        let (mut opened, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let n = rng.usize(1..7);
+            let path: Vec<&str> = (0..n)
+                .map(|_| segments[rng.usize(..segments.len())])
+                .collect();
+            let path = path.join("/");
+            let Ok(rel) = path::relative(&path) else {
+                refused += 1;
+                continue;
+            };
+            let Ok(o) = open::beneath(&site, &rel) else {
+                continue;
+            };
+            let fd = format!("/proc/self/fd/{}", o.file.as_raw_fd());
+            let real = std::fs::read_link(fd).unwrap();
+            assert!(
+                real.starts_with(&real_root),
+                "{path} opened {}",
+                real.display()
+            );
+            opened += 1;
+        }
+        // The walk reached both ends.
+        assert!(
+            opened > 100 && refused > 100,
+            "{opened} opened, {refused} refused"
+        );
+    }
+}
