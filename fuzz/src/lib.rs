@@ -50,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("route", route),
     ("parsers", parsers),
     ("access_log", access_log),
+    ("static_path", static_path),
 ];
 
 /// The repository's `config/` directory: relative paths in fuzzed configs (certificates, CA
@@ -946,4 +947,51 @@ fn access_log_with(u: &mut Unstructured<'_>) -> Result<()> {
         Some(u64::from(outcome.status.as_u16()))
     );
     Ok(())
+}
+
+/// A static route's request path (the part after the route's prefix) is refused, missing, or
+/// opens a file whose real path is beneath the root: never anything outside it, whatever
+/// the dots, encodings, NULs, backslashes and symlinks (out of the root, absolute, /proc).
+pub fn static_path(data: &[u8]) {
+    use std::os::unix::io::AsRawFd;
+    use std::sync::OnceLock;
+
+    // One tree per process (kept for its life): root/ with files and symlinks, a secret beside.
+    static TREE: OnceLock<(tempfile::TempDir, PathBuf, std::fs::File)> = OnceLock::new();
+    let (_, real_root, root) = TREE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).expect("root");
+        std::fs::write(dir.path().join("secret"), "s").expect("secret");
+        std::fs::write(root.join("a/f"), "f").expect("file");
+        for (link, to) in [
+            ("up", ".."),
+            ("a/upup", "../.."),
+            ("abs", "/"),
+            ("a/side", "../a/b"),
+            ("a/b/secret", "../../../secret"),
+            ("self", "/proc/self/root"),
+        ] {
+            std::os::unix::fs::symlink(to, root.join(link)).expect("symlink");
+        }
+        let real = std::fs::canonicalize(&root).expect("canonical root");
+        let opened = std::fs::File::open(&root).expect("open root");
+        (dir, real, opened)
+    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(rel) = proxyd::files::path::relative(text) else {
+        return;
+    };
+    let Ok(o) = proxyd::files::open::beneath(root, &rel) else {
+        return;
+    };
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", o.file.as_raw_fd()))
+        .expect("the opened file's path");
+    assert!(
+        real.starts_with(real_root),
+        "{text:?} opened {}",
+        real.display()
+    );
 }
