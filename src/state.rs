@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::config::fingerprint::fingerprint;
-use crate::config::{addr, BackendAddr, ConfigError, Loaded};
+use crate::config::{addr, compression, BackendAddr, ConfigError, Loaded};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
@@ -45,6 +45,8 @@ pub struct RouteInfo {
     pub upstream: usize,
     /// `routes[].rate`.
     pub rate: Option<Arc<RateLimiter>>,
+    /// The compression in force on this route (its own, else the top level's); None: off.
+    pub compression: Option<Arc<crate::config::Compression>>,
 }
 
 impl Snapshot {
@@ -115,6 +117,7 @@ impl Snapshot {
                 name: "/".into(),
                 upstream: 0,
                 rate: None,
+                compression: cfg.compression.clone().map(Arc::new),
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -136,6 +139,11 @@ impl Snapshot {
                     name: name.into(),
                     upstream,
                     rate: route_rates.get_mut(i).and_then(Option::take),
+                    compression: compression::effective(
+                        cfg.compression.as_ref(),
+                        r.compression.as_ref(),
+                    )
+                    .map(|c| Arc::new(c.into_owned())),
                 });
             }
             (Router::new(entries), routes)

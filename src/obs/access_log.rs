@@ -172,6 +172,7 @@ mod tests {
             body_bytes: 12,
             duration: Duration::from_millis(83),
             trace: Trace {
+                compressed: None,
                 upstream_time: Some(Duration::from_millis(81)),
                 ..Trace::default()
             },

@@ -1,6 +1,6 @@
 //! Request bodies (buffered before a backend is picked; past `buffer_body` streamed, or for
 //! workers spooled to a temp file) and response bodies (a backend's stream, a worker's body
-//! read ahead into a buffer, or a body proxyd wrote itself).
+//! read ahead into a buffer, either compressed, or a body proxyd wrote itself).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
+use super::compress::Compressed;
 use super::ctx::RequestCtx;
 use super::error::{Cause, ProxyError};
 use super::spool::SpooledResponse;
@@ -181,6 +182,8 @@ pub enum ResponseBody {
     Upstream(UpstreamBody),
     /// A worker's body, read ahead so the worker is free before the client has it all.
     Spooled(SpooledResponse),
+    /// Either of those, compressed as it streams (the respond phase).
+    Compressed(Box<Compressed>),
 }
 
 impl ResponseBody {
@@ -205,6 +208,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Spooled(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Compressed(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -213,6 +217,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Spooled(b) => b.is_end_stream(),
+            ResponseBody::Compressed(b) => b.is_end_stream(),
         }
     }
 
@@ -223,6 +228,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Spooled(b) => b.size_hint(),
+            ResponseBody::Compressed(b) => b.size_hint(),
         }
     }
 }
