@@ -440,3 +440,35 @@ async fn metrics_count_what_compression_saved() {
     assert!(text.contains("proxyd_compressed_responses_total{encoding=\"gzip\"} 1"));
     assert!(text.contains("proxyd_compressed_responses_total{encoding=\"br\"} 0"));
 }
+
+/// A worker's response read ahead (into memory, and past `buffer_response` into a temp file)
+/// is compressed as it goes to the client, and decodes to what the worker wrote.
+#[tokio::test]
+async fn a_workers_read_ahead_response_is_compressed() {
+    use common::procs::{python, Marker};
+    use common::workers::{wait_for, workers, APP, HEAD};
+    let marker = Marker::new("compressed-worker");
+    let yaml = format!(
+        "{HEAD}limits: {{ buffer_response: 64KiB }}\ncompression: {{ algorithms: [gzip, br] }}\nupstreams:\n  app:\n{}",
+        workers(&marker, &[python(), APP], 1, &[])
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let up = proxy.upstream("app");
+    wait_for("a ready worker", || !up.backends().is_empty()).await;
+    let size = 300_000;
+    let got = send(
+        proxy.addr,
+        "GET",
+        &format!("/half?bytes={size}"),
+        Some("br, gzip"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("content-encoding"), Some("gzip"));
+    let mut want = vec![b'a'; size / 2];
+    want.extend(std::iter::repeat_n(b'b', size - size / 2));
+    assert_eq!(decode("gzip", &got.body), want);
+    assert!(got.body.len() < 10_000, "{}", got.body.len());
+    proxy.shutdown().await;
+    marker.wait_none_left().await;
+}
