@@ -232,6 +232,7 @@ fn outcome() -> Outcome {
         body_bytes: 1234,
         duration: Duration::from_micros(1830),
         trace: Trace {
+            compressed: None,
             upstream_time: Some(Duration::from_micros(1650)),
             ..Trace::default()
         },

@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::config::fingerprint::fingerprint;
-use crate::config::{addr, BackendAddr, ConfigError, Loaded};
+use crate::config::{addr, compression, BackendAddr, ConfigError, Loaded};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
@@ -50,6 +50,8 @@ pub struct RouteInfo {
     pub files: Option<Arc<StaticSite>>,
     /// `routes[].rate`.
     pub rate: Option<Arc<RateLimiter>>,
+    /// The compression in force on this route (its own, else the top level's); None: off.
+    pub compression: Option<Arc<crate::config::Compression>>,
 }
 
 impl Snapshot {
@@ -125,6 +127,7 @@ impl Snapshot {
                 upstream: Some(0),
                 files: None,
                 rate: None,
+                compression: cfg.compression.clone().map(Arc::new),
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -162,6 +165,11 @@ impl Snapshot {
                     upstream,
                     files,
                     rate: route_rates.get_mut(i).and_then(Option::take),
+                    compression: compression::effective(
+                        cfg.compression.as_ref(),
+                        r.compression.as_ref(),
+                    )
+                    .map(|c| Arc::new(c.into_owned())),
                 });
             }
             (Router::new(entries), routes)

@@ -921,6 +921,7 @@ fn access_log_with(u: &mut Unstructured<'_>) -> Result<()> {
         body_bytes: u.arbitrary()?,
         duration: Duration::from_micros(u.int_in_range(0..=86_400_000_000)?),
         trace: Trace {
+            compressed: None,
             upstream_time: if u.arbitrary()? {
                 Some(Duration::from_micros(u.int_in_range(0..=86_400_000_000)?))
             } else {

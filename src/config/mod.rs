@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod addr;
 pub mod balance;
+pub mod compression;
 pub mod expand;
 pub mod fingerprint;
 pub mod host;

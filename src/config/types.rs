@@ -10,6 +10,7 @@ use super::units::{self, Secs};
 use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
+pub use super::compression::{Compression, Encoding, RouteCompression};
 pub use super::limits::{Cidr, Rate};
 pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
@@ -60,6 +61,9 @@ pub struct Config {
     /// The binary upgrade (SIGUSR2, `proxyd upgrade`, `POST /upgrade`).
     #[serde(default)]
     pub upgrade: Upgrade,
+    /// Upstream responses compressed on the fly (off when absent); routes may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -275,6 +279,9 @@ pub struct Route {
     /// A request rate limit for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RouteRate>,
+    /// This route's compression: its own settings, or `false` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<RouteCompression>,
 }
 
 /// `routes[].static`: files under `root` (relative to the config file) answer the route's

@@ -190,6 +190,15 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         }
     }
 
+    if let Some(c) = &cfg.compression {
+        compression(file, c)?;
+    }
+    for r in &cfg.routes {
+        if let Some(super::RouteCompression::On(c)) = &r.compression {
+            compression(file, c)?;
+        }
+    }
+
     let limits = &cfg.limits;
     if limits.max_header_bytes < MIN_HEADER_BYTES || limits.max_header_bytes > MAX_HEADER_BYTES {
         return Err(ConfigError::new(
@@ -295,6 +304,34 @@ fn validate_static(loaded: &Loaded, f: &super::StaticFiles) -> Result<(), Config
     }
     if let Some(u) = &f.fallback {
         known_upstream(loaded, u, "routes: static.fallback")?;
+    }
+    Ok(())
+}
+
+/// `compression:`: known media types, at least one algorithm, none twice.
+fn compression(file: &str, c: &super::Compression) -> Result<(), ConfigError> {
+    for t in &c.types {
+        super::compression::check_type(&t.value)
+            .map_err(|m| ConfigError::at(file, &t.referenced, m))?;
+    }
+    if c.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            None,
+            "compression.algorithms: at least one of zstd, br, gzip",
+        ));
+    }
+    for (i, a) in c.algorithms.iter().enumerate() {
+        if c.algorithms[..i].iter().any(|b| b.value == a.value) {
+            return Err(ConfigError::at(
+                file,
+                &a.referenced,
+                format!(
+                    "compression.algorithms: {} is listed twice",
+                    a.value.token()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -987,6 +1024,64 @@ mod tests {
         ] {
             assert!(error(base, extra).contains("upstreams.app.workers.count"));
         }
+    }
+
+    #[test]
+    fn compression_errors_say_where() {
+        for (extra, want) in [
+            (
+                "compression: { algorithms: [gzip, lzma] }\n",
+                "p.yaml:6:35: unknown variant `lzma`, expected one of zstd, br, gzip",
+            ),
+            (
+                "compression: { min_length: \"1 lightyear\" }\n",
+                "p.yaml:6:28: invalid size \"1 lightyear\"",
+            ),
+            (
+                "compression: { types: [text/html, html] }\n",
+                "p.yaml:6:35: compression.types: \"html\" is not a media type",
+            ),
+            (
+                "compression: { algorithms: [gzip, br, gzip] }\n",
+                "p.yaml:6:39: compression.algorithms: gzip is listed twice",
+            ),
+            (
+                "compression: { algorithms: [] }\n",
+                "p.yaml: compression.algorithms: at least one",
+            ),
+            (
+                "routes: [{ path: /, upstream: app, compression: { types: [\"a/b c\"] } }]\n",
+                "p.yaml:6:59: compression.types: \"a/b c\" is not a media type",
+            ),
+            (
+                "routes: [{ path: /, upstream: app, compression: yes please }]\n",
+                "p.yaml:6:36: invalid type: string \"yes please\", expected false, true or a map",
+            ),
+        ] {
+            assert_error(SERVERS, extra, want);
+        }
+        // What a route gets: its own, the top level's, or none.
+        let yaml = format!(
+            "{SERVERS}compression: {{ min_length: 10 }}\nroutes:\n  - {{ path: /a, upstream: app }}\n  - {{ path: /b, upstream: app, compression: false }}\n  - {{ path: /c, upstream: app, compression: {{ algorithms: [br] }} }}\n  - {{ path: /d, upstream: app, compression: true }}\n"
+        );
+        let cfg = load_str(&yaml, "p.yaml", ".".into()).unwrap().config;
+        let top = cfg.compression.as_ref();
+        let eff = |i: usize| {
+            super::super::compression::effective(top, cfg.routes[i].compression.as_ref())
+        };
+        assert_eq!(eff(0).unwrap().min_length, 10);
+        assert!(eff(1).is_none());
+        let own = eff(2).unwrap();
+        assert_eq!(own.algorithms.len(), 1);
+        assert_eq!(
+            own.min_length, 1024,
+            "its own settings, with their defaults"
+        );
+        assert_eq!(eff(3).unwrap().min_length, 10);
+        assert!(
+            super::super::compression::effective(None, None).is_none(),
+            "off unless configured"
+        );
     }
 
     #[test]

@@ -207,6 +207,16 @@ mod tests {
         assert_eq!(v["upstream_time_ms"], 81.0);
         assert_eq!(v["user_agent"], "curl/8 \"x\"");
         assert!(v["upstream"].is_null() && v["error"].is_null());
+        assert!(v.get("encoding").is_none(), "only for a compressed body");
+        let mut o = outcome("/a");
+        o.trace.compressed = Some(crate::obs::Compressed {
+            encoding: "br",
+            bytes_in: 5000,
+        });
+        let v: serde_json::Value = serde_json::from_str(&format::json(&o)).unwrap();
+        assert_eq!(v["encoding"], "br");
+        assert_eq!(v["bytes_uncompressed"], 5000);
+        assert_eq!(v["bytes"], 12);
     }
 
     #[test]

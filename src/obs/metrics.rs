@@ -114,6 +114,18 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     /// `proxyd_client_connections_rejected_total` by reason, in [`Rejected`] order.
     rejected: [IntCounter; 3],
+    /// Responses compressed on the fly, by coding in [`ENCODINGS`] order.
+    compressed: [CompressedHandles; 3],
+}
+
+/// The codings proxyd compresses with (the `encoding` label).
+const ENCODINGS: [&str; 3] = ["zstd", "br", "gzip"];
+
+/// The compression counters of one coding.
+struct CompressedHandles {
+    responses: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
 }
 
 /// Why a client connection was closed as soon as it was accepted.
@@ -251,6 +263,27 @@ impl Metrics {
         .expect("valid counter definition");
         register(&registry, &rate_limited);
         register(&registry, &rejected);
+        let compressed = [
+            counter(
+                "proxyd_compressed_responses_total",
+                "Upstream responses compressed on the fly (compression:), by encoding.",
+                &["encoding"],
+            ),
+            counter(
+                "proxyd_compression_in_bytes_total",
+                "Response body bytes that went into compression on the fly, by encoding.",
+                &["encoding"],
+            ),
+            counter(
+                "proxyd_compression_out_bytes_total",
+                "Compressed response body bytes sent, by encoding; in minus out is what compression saved.",
+                &["encoding"],
+            ),
+        ];
+        for c in &compressed {
+            register(&registry, c);
+        }
+        let [responses, bytes_in, bytes_out] = &compressed;
         let labels: Vec<&str> = BUILD_INFO.iter().map(|(label, _)| *label).collect();
         let build_info = gauge(
             "proxyd_build_info",
@@ -280,6 +313,11 @@ impl Metrics {
             tls_failed: tls.with_label_values(&["failed"]),
             rate_limited,
             rejected: REJECTED.map(|r| rejected.with_label_values(&[r])),
+            compressed: ENCODINGS.map(|e| CompressedHandles {
+                responses: responses.with_label_values(&[e]),
+                bytes_in: bytes_in.with_label_values(&[e]),
+                bytes_out: bytes_out.with_label_values(&[e]),
+            }),
         }
     }
 
@@ -435,6 +473,14 @@ impl Observe for Metrics {
         }
         if let Some(t) = o.trace.upstream_time {
             h.upstream_time.observe(seconds(t));
+        }
+        if let Some(c) = &o.trace.compressed {
+            if let Some(i) = ENCODINGS.iter().position(|e| *e == c.encoding) {
+                let handles = &self.compressed[i];
+                handles.responses.inc();
+                handles.bytes_in.inc_by(c.bytes_in);
+                handles.bytes_out.inc_by(o.body_bytes);
+            }
         }
     }
 }

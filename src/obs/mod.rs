@@ -13,4 +13,4 @@ pub mod figures;
 pub mod metrics;
 pub mod outcome;
 
-pub use outcome::{Observe, Observers, Outcome, Trace};
+pub use outcome::{Compressed, Observe, Observers, Outcome, Trace};

@@ -26,6 +26,17 @@ pub struct Trace {
     pub retries: u32,
     /// Set when proxyd answered with an error.
     pub cause: Option<Cause>,
+    /// Set when the response body was compressed on the fly.
+    pub compressed: Option<Compressed>,
+}
+
+/// A body compressed on the fly: its coding and the bytes that went in (the bytes that came
+/// out are the outcome's `body_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Compressed {
+    /// The `Content-Encoding` token: `gzip`, `br`, `zstd`.
+    pub encoding: &'static str,
+    pub bytes_in: u64,
 }
 
 /// One finished request.

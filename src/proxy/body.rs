@@ -1,6 +1,6 @@
 //! Request bodies (buffered before a backend is picked; past `buffer_body` streamed, or for
 //! workers spooled to a temp file) and response bodies (a backend's stream, a worker's body
-//! read ahead into a buffer, or a body proxyd wrote itself).
+//! read ahead into a buffer, either compressed, or a body proxyd wrote itself).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
+use super::compress::Compressed;
 use super::ctx::RequestCtx;
 use super::error::{Cause, ProxyError};
 use super::spool::SpooledResponse;
@@ -183,6 +184,8 @@ pub enum ResponseBody {
     Spooled(SpooledResponse),
     /// A static route's file.
     File(crate::files::FileBody),
+    /// Either of those, compressed as it streams (the respond phase).
+    Compressed(Box<Compressed>),
 }
 
 impl ResponseBody {
@@ -208,6 +211,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ResponseBody::Spooled(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::File(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Compressed(b) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -217,6 +221,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.is_end_stream(),
             ResponseBody::Spooled(b) => b.is_end_stream(),
             ResponseBody::File(b) => b.is_end_stream(),
+            ResponseBody::Compressed(b) => b.is_end_stream(),
         }
     }
 
@@ -228,6 +233,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(b) => b.size_hint(),
             ResponseBody::Spooled(b) => b.size_hint(),
             ResponseBody::File(b) => b.size_hint(),
+            ResponseBody::Compressed(b) => b.size_hint(),
         }
     }
 }

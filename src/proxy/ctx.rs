@@ -8,10 +8,12 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use super::body::ResponseBody;
+use super::compress::Tally;
 use super::error::{error_response, ProxyError, Side};
 use super::headers;
 use super::ConnInfo;
-use crate::obs::{Outcome, Trace};
+use crate::config::Encoding;
+use crate::obs::{Compressed, Outcome, Trace};
 use crate::state::Snapshot;
 
 /// What the phases of one request share. It borrows the snapshot the request started on, so
@@ -27,6 +29,8 @@ pub struct RequestCtx<'a> {
     pub begun: Begun,
     /// What the phases found: route, upstream, backend, time queued, retries, cause.
     pub trace: Trace,
+    /// The response body is compressed: its coding, and what went in (read once it is sent).
+    pub compressed: Option<(Encoding, Tally)>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -42,6 +46,7 @@ impl<'a> RequestCtx<'a> {
             started,
             begun: Begun::of(req, client, request_id),
             trace: Trace::default(),
+            compressed: None,
         }
     }
 
@@ -81,6 +86,7 @@ impl<'a> RequestCtx<'a> {
             started: self.started,
             trace: self.trace,
             status,
+            compressed: self.compressed,
         }
     }
 }
@@ -138,12 +144,18 @@ pub struct Pending {
     pub(super) started: tokio::time::Instant,
     pub(super) trace: Trace,
     pub(super) status: StatusCode,
+    pub(super) compressed: Option<(Encoding, Tally)>,
 }
 
 impl Pending {
     /// The finished request, once `body_bytes` of its response body were sent.
     pub fn finish(self, body_bytes: u64) -> Outcome {
         let b = self.begun;
+        let mut trace = self.trace;
+        trace.compressed = self.compressed.map(|(e, tally)| Compressed {
+            encoding: e.token(),
+            bytes_in: tally.bytes_in(),
+        });
         Outcome {
             at: b.at,
             method: b.method,
@@ -159,7 +171,7 @@ impl Pending {
             status: self.status,
             body_bytes,
             duration: self.started.elapsed(),
-            trace: self.trace,
+            trace,
         }
     }
 }

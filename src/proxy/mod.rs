@@ -9,11 +9,13 @@
 //! - `body`: the request body read (and checked) before a backend is picked; response bodies
 //! - `forward`: the request head a backend gets, admission (a backend slot, or the queue),
 //!   sending, retries; `retry`: the retry rules as plain decisions
-//! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's
+//! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's;
+//!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
 
 pub mod body;
 pub mod check;
+pub mod compress;
 pub mod ctx;
 pub mod error;
 pub mod forward;
@@ -164,7 +166,12 @@ async fn phases<B: FromClient>(
         body::read(ctx, upstream, &parts.headers, incoming).await?
     };
     let version = parts.version;
+    let compress = compress::asked(
+        route.and_then(|r| r.compression.as_deref()),
+        &parts.method,
+        &parts.headers,
+    );
     let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
-    Ok(respond::respond(ctx, answer, version))
+    Ok(respond::respond(ctx, answer, version, compress))
 }

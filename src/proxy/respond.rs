@@ -9,6 +9,7 @@ use http::{Response, StatusCode, Version};
 use http_body::Body as _;
 
 use super::body::ResponseBody;
+use super::compress::{self, Asked, Compressed};
 use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers;
@@ -79,12 +80,29 @@ pub async fn receive(
 }
 
 /// The respond phase: the answer in the client's `version`, without the backend's
-/// hop-by-hop headers, and with `headers.debug` naming the backend and whether its
-/// connection was reused.
-pub fn respond(ctx: &RequestCtx<'_>, answer: Answer, version: Version) -> Response<ResponseBody> {
+/// hop-by-hop headers, compressed when the request `asked` for a coding and the response may
+/// be (`compress::compressible`), and with `headers.debug` naming the backend and whether
+/// its connection was reused.
+pub fn respond(
+    ctx: &mut RequestCtx<'_>,
+    answer: Answer,
+    version: Version,
+    asked: Option<Asked<'_>>,
+) -> Response<ResponseBody> {
     let mut head = answer.head;
     head.version = version;
     headers::prepare_response(&mut head);
+    let mut body = answer.body;
+    if let Some(a) = asked.filter(|a| compress::compressible(&head, &body, a.policy)) {
+        match Compressed::start(body, a.encoding) {
+            Ok((compressed, tally)) => {
+                compress::mark(&mut head, a.encoding);
+                ctx.compressed = Some((a.encoding, tally));
+                body = compressed;
+            }
+            Err(plain) => body = plain,
+        }
+    }
     if ctx.snap.debug_headers {
         if let Ok(v) = HeaderValue::from_str(&answer.backend.label) {
             head.headers.insert("proxyd-backend", v);
@@ -94,7 +112,7 @@ pub fn respond(ctx: &RequestCtx<'_>, answer: Answer, version: Version) -> Respon
             HeaderValue::from_static(if answer.reused { "1" } else { "0" }),
         );
     }
-    Response::from_parts(head, answer.body)
+    Response::from_parts(head, body)
 }
 
 #[cfg(test)]
@@ -126,8 +144,8 @@ mod tests {
         let snap = snapshot("upstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n");
         let conn = conn("192.0.2.1:1");
         let mut req = Request::new(());
-        let ctx = RequestCtx::new(&mut req, &snap, &conn);
-        let resp = respond(&ctx, answer(&snap, true), Version::HTTP_2);
+        let mut ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let resp = respond(&mut ctx, answer(&snap, true), Version::HTTP_2, None);
         assert_eq!(resp.version(), Version::HTTP_2);
         assert_eq!(resp.status(), StatusCode::OK);
         let h = resp.headers();
@@ -145,11 +163,11 @@ mod tests {
         );
         let conn = conn("192.0.2.1:1");
         let mut req = Request::new(());
-        let ctx = RequestCtx::new(&mut req, &snap, &conn);
-        let resp = respond(&ctx, answer(&snap, true), Version::HTTP_11);
+        let mut ctx = RequestCtx::new(&mut req, &snap, &conn);
+        let resp = respond(&mut ctx, answer(&snap, true), Version::HTTP_11, None);
         assert_eq!(resp.headers()["proxyd-backend"], "127.0.0.1:9");
         assert_eq!(resp.headers()["proxyd-reused"], "1");
-        let resp = respond(&ctx, answer(&snap, false), Version::HTTP_11);
+        let resp = respond(&mut ctx, answer(&snap, false), Version::HTTP_11, None);
         assert_eq!(resp.headers()["proxyd-reused"], "0");
     }
 }

@@ -78,6 +78,11 @@ struct JsonLine<'a> {
     retries: u32,
     /// The `proxyd-error` code when proxyd answered itself.
     error: Option<&'static str>,
+    /// The coding of a body compressed on the fly, and its size before (`bytes` is after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_uncompressed: Option<u64>,
     request_id: Cow<'a, str>,
     host: Option<Cow<'a, str>>,
     user_agent: Option<Cow<'a, str>>,
@@ -102,6 +107,8 @@ pub fn json(o: &Outcome) -> String {
         queue_ms: millis(o.trace.queued),
         retries: o.trace.retries,
         error: o.trace.cause.map(|c| c.code()),
+        encoding: o.trace.compressed.map(|c| c.encoding),
+        bytes_uncompressed: o.trace.compressed.map(|c| c.bytes_in),
         request_id: String::from_utf8_lossy(o.request_id.as_bytes()),
         host: text(o.host.as_ref()),
         user_agent: text(o.user_agent.as_ref()),

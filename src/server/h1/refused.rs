@@ -46,6 +46,7 @@ pub fn outcome(
         body_bytes,
         duration,
         trace: Trace {
+            compressed: None,
             cause: Some(cause),
             ..Trace::default()
         },
