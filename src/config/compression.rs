@@ -24,6 +24,15 @@ impl Encoding {
             Encoding::Gzip => "gzip",
         }
     }
+
+    /// A precompressed variant's file name suffix (`routes[].static.precompressed`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Encoding::Zstd => ".zst",
+            Encoding::Br => ".br",
+            Encoding::Gzip => ".gz",
+        }
+    }
 }
 
 /// `compression: { algorithms: [zstd, br, gzip], min_length: "1KiB", types: [...] }`.

@@ -295,42 +295,13 @@ pub struct StaticFiles {
     pub index: Vec<String>,
     /// Encodings whose `FILE.br` / `FILE.zst` / `FILE.gz` are served to clients accepting them.
     #[serde(default)]
-    pub precompressed: Vec<Spanned<Precompressed>>,
+    pub precompressed: Vec<Spanned<Encoding>>,
     /// The `Cache-Control` header of every file served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<Spanned<String>>,
     /// An upstream that gets the requests no file answers (nginx's `try_files $uri @app`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Spanned<String>>,
-}
-
-/// A precompressed variant's encoding.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Precompressed {
-    Br,
-    Zstd,
-    Gzip,
-}
-
-impl Precompressed {
-    /// The `Content-Encoding` token.
-    pub fn token(self) -> &'static str {
-        match self {
-            Precompressed::Br => "br",
-            Precompressed::Zstd => "zstd",
-            Precompressed::Gzip => "gzip",
-        }
-    }
-
-    /// The variant's file name suffix.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Precompressed::Br => ".br",
-            Precompressed::Zstd => ".zst",
-            Precompressed::Gzip => ".gz",
-        }
-    }
 }
 
 /// `routes[].rate`: `{ limit: "50/s", burst: 100, by: ip }`.

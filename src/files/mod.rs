@@ -27,7 +27,7 @@ use open::Opened;
 use range::Ranged;
 use validators::{Precondition, Validators};
 
-use crate::config::Precompressed;
+use crate::config::Encoding;
 use crate::error::{Cause, ProxyError};
 use crate::state::StaticSite;
 
@@ -98,7 +98,7 @@ fn variant(
     site: &StaticSite,
     rel: &Path,
     headers: &HeaderMap,
-) -> Option<(Opened, Option<Precompressed>)> {
+) -> Option<(Opened, Option<Encoding>)> {
     for p in accept::preferred(headers, &site.precompressed) {
         let mut name = rel.as_os_str().to_owned();
         name.push(p.suffix());
@@ -116,7 +116,7 @@ fn respond(
     site: &StaticSite,
     rel: &Path,
     found: Opened,
-    encoding: Option<Precompressed>,
+    encoding: Option<Encoding>,
     head: bool,
     headers: &HeaderMap,
 ) -> Result<Response<FileBody>, ProxyError> {

@@ -25,12 +25,14 @@
 //! Where it is as lenient as hyper: a request head may end its lines in a bare LF (RFC 9112 2.2
 //! allows it) and may start with empty lines.
 
+mod accept;
 mod chunked;
 mod fields;
 mod request;
 mod response;
 mod write;
 
+pub use accept::accept_quality;
 pub use chunked::{Chunk, ChunkedDecoder};
 pub use fields::{connection_has, content_length, has_token, port_ok};
 pub use request::{check_parts, check_request, is_upgrade, parse_request, RequestHead};

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::body::{BoxError, ResponseBody};
 use crate::config::{Compression, Encoding};
+use crate::http1;
 
 /// Levels as nginx and Caddy compress on the fly: cheap, not maximal.
 const GZIP_LEVEL: u32 = 1;
@@ -55,60 +56,12 @@ pub fn asked<'a>(
 pub fn negotiate(h: &HeaderMap, offered: impl Iterator<Item = Encoding>) -> Option<Encoding> {
     let mut best: Option<(u16, Encoding)> = None;
     for e in offered {
-        let q = quality(h, e.token());
+        let q = http1::accept_quality(h, e.token());
         if q > 0 && best.is_none_or(|(b, _)| q > b) {
             best = Some((q, e));
         }
     }
     best.map(|(_, e)| e)
-}
-
-/// The q-value (in thousandths) `Accept-Encoding` gives `token`: its own entry's, else `*`'s,
-/// else 0. No field at all accepts only identity.
-fn quality(h: &HeaderMap, token: &str) -> u16 {
-    let mut star = None;
-    for value in h.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let mut q = Some(1000);
-            for p in parts {
-                if let Some((k, v)) = p.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        q = parse_q(v.trim());
-                    }
-                }
-            }
-            let Some(q) = q else { continue };
-            if name.eq_ignore_ascii_case(token)
-                || (token == "gzip" && name.eq_ignore_ascii_case("x-gzip"))
-            {
-                return q;
-            }
-            if name == "*" {
-                star = Some(q);
-            }
-        }
-    }
-    star.unwrap_or(0)
-}
-
-/// `0`, `0.5`, `1.000` as thousandths; None when malformed (the entry is ignored).
-fn parse_q(v: &str) -> Option<u16> {
-    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut thousandths: u16 = 0;
-    for (i, b) in frac.bytes().enumerate() {
-        thousandths += u16::from(b - b'0') * [100, 10, 1][i];
-    }
-    match int {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 /// Whether a response with this head (to a request that was not HEAD) may be compressed
@@ -430,18 +383,6 @@ mod tests {
         assert_eq!(negotiate(&HeaderMap::new(), ALL.into_iter()), None);
         let only_gzip = [Encoding::Gzip];
         assert_eq!(negotiate(&accept("br, zstd"), only_gzip.into_iter()), None);
-    }
-
-    #[test]
-    fn q_values() {
-        assert_eq!(parse_q("1"), Some(1000));
-        assert_eq!(parse_q("1.000"), Some(1000));
-        assert_eq!(parse_q("0.5"), Some(500));
-        assert_eq!(parse_q("0.05"), Some(50));
-        assert_eq!(parse_q("0"), Some(0));
-        assert_eq!(parse_q("1.5"), None);
-        assert_eq!(parse_q("0.1234"), None);
-        assert_eq!(parse_q(""), None);
     }
 
     #[test]

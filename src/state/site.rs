@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use http::HeaderValue;
 
-use crate::config::{Precompressed, StaticFiles};
+use crate::config::{Encoding, StaticFiles};
 
 pub struct StaticSite {
     /// The root, opened once per snapshot: a reload opens it again (so a root replaced on
@@ -15,7 +15,7 @@ pub struct StaticSite {
     pub root: File,
     pub root_path: PathBuf,
     pub index: Vec<String>,
-    pub precompressed: Vec<Precompressed>,
+    pub precompressed: Vec<Encoding>,
     pub cache_control: Option<HeaderValue>,
     /// The route's path: taken off the request's path to name a file beneath the root.
     pub prefix: String,
