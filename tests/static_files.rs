@@ -1,6 +1,6 @@
 //! Static routes (`routes[].static`): real proxyd, real sockets, files in a temp dir.
 //! Byte-exact bodies, HEAD, conditionals, ranges, content types, index files, 405, the
-//! traversal catalogue, a file changed between requests, precompressed variants by q-value,
+//! traversal catalogue, a large file by sendfile and by reads, a file changed between requests, precompressed variants by q-value,
 //! and a fallback upstream that sees only the misses.
 
 mod common;
@@ -293,6 +293,48 @@ async fn nothing_outside_the_root_is_served() {
         assert_eq!(got.status, StatusCode::OK, "{target}");
         assert_eq!(got.text(), "body { color: red }\n");
     }
+}
+
+/// A file larger than the socket's buffers, whole and in part, the same to a plain
+/// HTTP/1.1 client (sent with sendfile, each call waiting for the socket to drain) and to an
+/// h2c one (read in chunks), and the HTTP/1.1 connection carries the next request after it.
+#[tokio::test]
+async fn a_large_file_is_the_same_by_sendfile_and_by_reads() {
+    let site = Site::new();
+    let mut x: u64 = 7;
+    let large: Vec<u8> = (0..12 * 1024 * 1024)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    std::fs::write(site.file("large.bin"), &large).unwrap();
+    let p = proxy(&site.root(), "", None).await;
+    let mut h1 = H1::connect(p.addr).await;
+    let mut h2 = common::H2::connect(p.addr).await;
+    let ask = |range: Option<&str>| {
+        let mut req = Request::get("/static/large.bin").header("host", "test.local");
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        req.body(full("")).unwrap()
+    };
+    for (range, want) in [
+        (None, &large[..]),
+        (Some("bytes=5000000-9999999"), &large[5_000_000..10_000_000]),
+        (Some("bytes=-70000"), &large[large.len() - 70_000..]),
+        (Some("bytes=3-40"), &large[3..41]),
+    ] {
+        let by_sendfile = h1.send(ask(range)).await;
+        let by_reads = h2.send(ask(range)).await;
+        for got in [&by_sendfile, &by_reads] {
+            assert!(got.status.is_success(), "{range:?}: {}", got.status);
+            assert_eq!(got.body.len(), want.len(), "{range:?}");
+            assert!(got.body == want, "{range:?}: the bytes differ");
+        }
+    }
+    let after = h1.get("/static/sub/plain.txt").await;
+    assert_eq!(after.text(), "plain\n");
 }
 
 #[tokio::test]

@@ -188,12 +188,7 @@ fn respond(
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if !head {
-        *resp.body_mut() = FileBody::read(found.file, start, len).map_err(|e| {
-            ProxyError::new(
-                Cause::Internal,
-                format_args!("reading {}: {e}", rel.display()),
-            )
-        })?;
+        *resp.body_mut() = FileBody::new(found.file, start, len);
     }
     Ok(resp)
 }

@@ -10,6 +10,8 @@ mod body;
 mod date;
 pub mod read;
 mod refused;
+mod sendfile;
+mod split;
 mod write;
 
 use std::future::Future;
@@ -22,7 +24,7 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::header;
 use http::{Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::drain::Watcher;
@@ -36,7 +38,9 @@ use crate::state::Snapshot;
 use crate::upstream::h1::Upgraded;
 pub use body::RequestBody;
 use body::{Back, Shared};
+use http_body::Body as _;
 use read::Reader;
+use split::{ReadSide, WriteSide};
 use write::{Asked, Writer};
 
 /// The limits and clocks of a client connection's heads.
@@ -114,7 +118,7 @@ where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
 {
-    let (read, write) = tokio::io::split(stream);
+    let (read, write) = split::split(stream);
     let mut reader = Reader::new(read, buf);
     let mut writer = Writer {
         io: write,
@@ -250,10 +254,10 @@ fn began(deadline: Option<Instant>, clocks: &HeadLimits) -> Instant {
 /// carry another request.
 async fn exchange<T, H>(
     head: Box<RequestHead>,
-    reader: Reader<ReadHalf<T>>,
-    writer: &mut Writer<WriteHalf<T>>,
+    reader: Reader<ReadSide<T>>,
+    writer: &mut Writer<WriteSide<T>>,
     ctx: &Ctx<H>,
-) -> Option<Reader<ReadHalf<T>>>
+) -> Option<Reader<ReadSide<T>>>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     H: Handler,
@@ -358,9 +362,25 @@ where
     let mut out = Vec::with_capacity(128 + parts.headers.len() * 48);
     http1::write_response_head(&mut out, &parts, &framing);
     let mut sent = 0;
-    let written = writer
-        .send(out, body, framing, asked.trailers, &mut sent)
-        .await;
+    // A whole static file to a plain TCP client goes by sendfile(2).
+    let unread = match (&mut body, framing, writer.io.tcp()) {
+        (ResponseBody::File(f), Framing::Length(n), Some(_))
+            if f.size_hint().exact() == Some(n) =>
+        {
+            f.take_unread()
+        }
+        _ => None,
+    };
+    let written = match (unread, writer.io.tcp()) {
+        (Some(file), Some(tcp)) => {
+            sendfile::send(tcp, &out, file, writer.send_timeout, &mut sent).await
+        }
+        _ => {
+            writer
+                .send(out, body, framing, asked.trailers, &mut sent)
+                .await
+        }
+    };
     if let Some(pending) = pending.filter(|_| !ctx.observers.is_empty()) {
         ctx.observers.done(&pending.finish(sent));
     }
@@ -384,8 +404,8 @@ where
 /// After a 101: the client's connection (with what it sent past the head) and the backend's
 /// switched one (with what it sent past its 101) are joined until either side closes.
 async fn tunnel<T>(
-    reader: Reader<ReadHalf<T>>,
-    writer: &mut Writer<WriteHalf<T>>,
+    reader: Reader<ReadSide<T>>,
+    writer: &mut Writer<WriteSide<T>>,
     backend: Upgraded,
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
