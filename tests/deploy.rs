@@ -6,7 +6,8 @@
 //!   Procfile's `web:` line says, from the installed file, and a 200 from the app's workers,
 //!   gunicorn ones included; a broken proxy.yaml fails the first hook that can see it, with
 //!   file:line:column, and installs nothing; PORT reaches nginx's upstream; the proxy-none
-//!   overlay (port 80 hook, healthd log); the nginx tuning under `nginx -t` and in front of
+//!   overlay (port 80 hook, healthd log, the static files option read from a stand-in
+//!   get-config into static routes); the nginx tuning under `nginx -t` and in front of
 //!   proxyd; scripts/package.sh's zip, its entries and modes, its static musl build, and a
 //!   deployment from the zip.
 //! - systemd: `systemd-analyze verify` of the unit; sd_notify READY=1 (the listener accepts
@@ -731,11 +732,11 @@ fn eb_prebuild_points_nginx_at_the_port_proxyd_listens_on() {
     }
 }
 
-#[tokio::test]
-async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
-    let eb = Instance::new(true);
-    // A stand-in setcap that records its arguments (file capabilities need a file system with
-    // extended attributes; what matters here is what the hook asks for).
+/// The proxy-none hooks' environment on this machine: a stand-in `setcap` first on the PATH
+/// that records its arguments in `setcap.args` (file capabilities need a file system with
+/// extended attributes; what matters here is what the hook asks for), and this user for the
+/// web process's.
+fn proxy_none_env(eb: &Instance) -> Vec<(&'static str, String)> {
     let fake = eb.dir.path().join("fakebin");
     std::fs::create_dir_all(&fake).unwrap();
     let record = eb.dir.path().join("setcap.args");
@@ -754,7 +755,19 @@ async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
         std::env::var("PATH").unwrap_or_default()
     );
     let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
-    let env = [("PATH", path.as_str()), ("PROXYD_WEB_USER", me.trim())];
+    vec![("PATH", path), ("PROXYD_WEB_USER", me.trim().to_string())]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
+    let eb = Instance::new(true);
+    let owned = proxy_none_env(&eb);
+    let env = env_refs(&owned);
+    let record = eb.dir.path().join("setcap.args");
 
     // Before 01 installed proxyd, 02 says what is missing.
     let out = eb.hook(".platform/hooks/predeploy/02_proxyd_port80.sh", &env);
@@ -822,6 +835,325 @@ async fn eb_proxy_none_overlay_binds_low_ports_and_writes_the_healthd_log() {
     assert_eq!(fields[5], "203.0.113.9", "{line}");
     web.signal("TERM");
     assert_eq!(web.wait_exit(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elastic Beanstalk: the static files option in the proxy-none bundle
+// ---------------------------------------------------------------------------------------------
+
+const STATICFILES: &str = ".platform/hooks/prebuild/00_proxyd_staticfiles.sh";
+const CONFIG_STATICFILES: &str = ".platform/confighooks/prebuild/00_proxyd_staticfiles.sh";
+const STATICFILES_PY: &str = ".platform/proxyd/staticfiles.py";
+const PROXY_NS: &str = "aws:elasticbeanstalk:environment:proxy:staticfiles";
+const PYTHON_NS: &str = "aws:elasticbeanstalk:container:python:staticfiles";
+
+impl Instance {
+    /// The platform's script tool, `/opt/elasticbeanstalk/bin/get-config` under the fake root,
+    /// as a stand-in whose `optionsettings` runs `body` (sh); any other use fails, so the hook
+    /// can only rely on the documented form. None: no get-config (not an EB instance).
+    fn get_config(&self, body: Option<&str>) {
+        let bin = self.root().join("opt/elasticbeanstalk/bin");
+        let tool = bin.join("get-config");
+        let Some(body) = body else {
+            let _ = std::fs::remove_file(&tool);
+            return;
+        };
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(
+            &tool,
+            format!(
+                "#!/bin/sh\nif [ \"$*\" != optionsettings ]; then\n    echo \"get-config: not what this stand-in knows: $*\" >&2\n    exit 2\nfi\n{body}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// get-config prints `settings` (JSON: namespace -> {option: value}), as EB does.
+    fn option_settings(&self, settings: &Value) {
+        let file = self.dir.path().join("optionsettings.json");
+        std::fs::write(&file, settings.to_string()).unwrap();
+        self.get_config(Some(&format!("cat '{}'", file.display())));
+    }
+
+    fn config_text(&self) -> String {
+        std::fs::read_to_string(self.bundle().join("proxy.yaml")).unwrap()
+    }
+}
+
+/// The lines between proxy.yaml's staticfiles markers.
+fn staticfiles_block(config: &str) -> String {
+    let (_, rest) = config
+        .split_once("# BEGIN proxyd staticfiles\n")
+        .unwrap_or_else(|| panic!("no BEGIN marker:\n{config}"));
+    let (block, _) = rest
+        .split_once("  # END proxyd staticfiles\n")
+        .unwrap_or_else(|| panic!("no END marker:\n{config}"));
+    block.to_string()
+}
+
+/// Every byte value, then a stretch that is no multiple of any buffer size: a body that
+/// text handling or a short read would change.
+fn file_bytes(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add((i >> 8) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn eb_proxy_none_serves_the_static_files_option_and_the_app_the_rest() {
+    let eb = Instance::new(true);
+    let owned = proxy_none_env(&eb);
+    let env = env_refs(&owned);
+    let css = file_bytes(300 * 1024 + 7);
+    let logo = file_bytes(513);
+    std::fs::create_dir_all(eb.bundle().join("static/css")).unwrap();
+    std::fs::write(eb.bundle().join("static/css/site.css"), &css).unwrap();
+    std::fs::create_dir_all(eb.bundle().join("public/img")).unwrap();
+    std::fs::write(eb.bundle().join("public/img/logo.png"), &logo).unwrap();
+    // The Python platform's default mapping as EB writes it, a path with a trailing slash and
+    // a directory with one in the older namespace, and what else get-config prints.
+    eb.option_settings(&serde_json::json!({
+        PROXY_NS: { "/static": "static" },
+        PYTHON_NS: { "/assets/": "public/img/" },
+        "aws:elasticbeanstalk:application:environment": { "PYTHONPATH": "/var/app/venv" },
+        "aws:elasticbeanstalk:environment:proxy": { "ProxyServer": "none" },
+    }));
+
+    let d = eb.deploy(&env, no_build);
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert!(
+        d.log.contains("/static/ served from static/")
+            && d.log.contains("/assets/ served from public/img/"),
+        "{}",
+        d.log
+    );
+    let block = staticfiles_block(&eb.config_text());
+    assert!(
+        block.contains("- path: \"/assets/\"\n    static:\n      root: \"public/img\"\n"),
+        "{block}"
+    );
+    assert!(
+        block.contains("- path: \"/static/\"\n    static:\n      root: \"static\"\n"),
+        "{block}"
+    );
+
+    let logs = tempfile::tempdir().unwrap();
+    let base = logs.path().join("application.log");
+    let marker = Marker::new("eb-proxy-none-static");
+    let mut web = eb.start_web(
+        &marker,
+        &[
+            ("PROXYD_LISTEN", "127.0.0.1:0"),
+            ("PROXYD_HEALTHD_LOG", base.to_str().unwrap()),
+        ],
+    );
+    let addr = web.addr();
+    // The files, byte for byte, from proxyd.
+    let got = get_within(addr, "/static/css/site.css").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(
+        got.header("content-type")
+            .is_some_and(|t| t.starts_with("text/css")),
+        "{:?}",
+        got.headers
+    );
+    assert!(
+        got.body == css,
+        "/static/css/site.css: not the file's bytes"
+    );
+    let got = get_within(addr, "/assets/logo.png").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.body == logo, "/assets/logo.png: not the file's bytes");
+    // A file that is not there is proxyd's 404 (the app would say 200 to any path), as EB's
+    // nginx answers in its alias location: no fallback to the app.
+    let got = get_within(addr, "/static/css/missing.css").await;
+    assert_eq!(got.status, 404, "{}", got.text());
+    assert_eq!(got.header("proxyd-error"), Some("not-found"));
+    // Everything else is the app's.
+    for path in ["/", "/static-not/x", "/app/static/css/site.css"] {
+        let got = get_within(addr, path).await;
+        assert_eq!(got.status, 200, "{path}");
+        assert!(
+            got.text().starts_with("hello from worker pid"),
+            "{path}: {}",
+            got.text()
+        );
+    }
+    web.signal("TERM");
+    assert_eq!(web.wait_exit(), Some(0));
+}
+
+#[test]
+fn eb_proxy_none_without_the_static_files_option_deploys_with_no_static_routes() {
+    let shipped = std::fs::read_to_string(eb_dir().join("proxy-none/proxy.yaml")).unwrap();
+    // (what get-config does, a warning the hook must print or None)
+    let cases: [(Option<&str>, Option<&str>); 6] = [
+        // Not an EB instance.
+        (None, Some("get-config is not there")),
+        // An environment without the option (a platform with no default).
+        (
+            Some(r#"echo '{"aws:elasticbeanstalk:application:environment":{"A":"b"}}'"#),
+            None,
+        ),
+        (Some(r#"echo '{}'"#), None),
+        (Some("echo null"), None),
+        (
+            Some("echo 'cannot reach the metadata service' >&2; exit 1"),
+            Some("optionsettings failed (exit 1: cannot reach the metadata service)"),
+        ),
+        (Some("echo '<html>'"), Some("printed no JSON")),
+    ];
+    for (body, warning) in cases {
+        let eb = Instance::new(true);
+        eb.get_config(body);
+        let owned = proxy_none_env(&eb);
+        let d = eb.deploy(&env_refs(&owned), no_build);
+        assert_eq!(d.failed, None, "{body:?}: {}", d.log);
+        assert_eq!(eb.config_text(), shipped, "{body:?}: {}", d.log);
+        match warning {
+            Some(w) => assert!(
+                d.log.contains("proxyd staticfiles hook: warning: ") && d.log.contains(w),
+                "{body:?}: {}",
+                d.log
+            ),
+            None => assert!(
+                d.log.contains("no static files option: no static routes")
+                    && !d.log.contains("warning"),
+                "{body:?}: {}",
+                d.log
+            ),
+        }
+        assert!(eb.installed().is_file(), "{body:?}");
+        assert!(!eb.bundle().join("static").exists(), "{body:?}");
+    }
+
+    // A proxy.yaml of the user's own, without the markers: the option is not served, said so,
+    // and the deployment goes on.
+    let eb = Instance::new(true);
+    eb.edit_config(
+        "  # BEGIN proxyd staticfiles\n  # END proxyd staticfiles\n",
+        "",
+    );
+    let before = eb.config_text();
+    eb.option_settings(&serde_json::json!({ PROXY_NS: { "/static": "static" } }));
+    let owned = proxy_none_env(&eb);
+    let d = eb.deploy(&env_refs(&owned), no_build);
+    assert_eq!(d.failed, None, "{}", d.log);
+    assert!(
+        d.log.contains("has no '# BEGIN proxyd staticfiles'"),
+        "{}",
+        d.log
+    );
+    assert_eq!(eb.config_text(), before);
+}
+
+#[test]
+fn eb_proxy_none_static_files_option_that_leaves_the_bundle_fails_the_deployment() {
+    let cases = [
+        (
+            PROXY_NS,
+            "/static",
+            "../static",
+            "leaves the application's directory (..)",
+        ),
+        (
+            PROXY_NS,
+            "/static",
+            "static/../../etc",
+            "leaves the application's directory (..)",
+        ),
+        (PROXY_NS, "/static", "/etc", "'/etc' is an absolute path"),
+        (
+            PYTHON_NS,
+            "/static/",
+            "/var/app/current/static",
+            "'/var/app/current/static' is an absolute path",
+        ),
+        (PROXY_NS, "/static", " ", "the value is empty"),
+        (
+            PROXY_NS,
+            "static",
+            "static",
+            "option name 'static' is not a URL path",
+        ),
+        (PROXY_NS, "/../static", "static", "has a . or .. segment"),
+        (PROXY_NS, "/", "build", "would serve the whole site"),
+        (
+            PROXY_NS,
+            "/app.py",
+            "app.py",
+            "app.py is in the bundle but is not a directory",
+        ),
+    ];
+    let shipped = std::fs::read_to_string(eb_dir().join("proxy-none/proxy.yaml")).unwrap();
+    for (ns, name, value, message) in cases {
+        let eb = Instance::new(true);
+        eb.option_settings(&serde_json::json!({ ns: { name: value } }));
+        let owned = proxy_none_env(&eb);
+        let d = eb.deploy(&env_refs(&owned), no_build);
+        let case = format!("{ns}: {name}: {value:?}");
+        assert_eq!(d.failed.as_deref(), Some(STATICFILES), "{case}: {}", d.log);
+        assert!(!d.built, "{case}");
+        assert!(
+            d.log
+                .contains(&format!("proxyd staticfiles hook: {ns}: {name}"))
+                && d.log.contains(message)
+                && d.log.contains("stopping the deployment before the build"),
+            "{case}: {}",
+            d.log
+        );
+        assert_eq!(eb.config_text(), shipped, "{case}");
+        assert!(!eb.installed().exists(), "{case}");
+    }
+}
+
+#[test]
+fn eb_proxy_none_static_files_hook_replaces_its_block_and_is_idempotent() {
+    let eb = Instance::new(true);
+    let shipped = eb.config_text();
+    std::fs::create_dir_all(eb.bundle().join("static")).unwrap();
+    eb.option_settings(
+        &serde_json::json!({ PROXY_NS: { "/static/": "static/", "/media": "uploads" } }),
+    );
+    let out = eb.hook(STATICFILES, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let once = eb.config_text();
+    // A directory the bundle lacks is made, empty: 404s under it, as nginx's.
+    assert!(eb.bundle().join("uploads").is_dir());
+    let out = eb.hook(STATICFILES, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(eb.config_text(), once, "a second run changed proxy.yaml");
+    assert_eq!(once.matches("- path: \"/static/\"").count(), 1, "{once}");
+    assert_eq!(once.matches("- path: \"/media/\"").count(), 1, "{once}");
+    // Outside the block nothing changed.
+    let without = |t: &str| t.replace(&staticfiles_block(t), "");
+    assert_eq!(without(&once), shipped);
+
+    // The option changed (a configuration deployment runs the confighook, then the check):
+    // the block is the new option's alone.
+    eb.option_settings(&serde_json::json!({ PYTHON_NS: { "/assets": "static" } }));
+    let owned = proxy_none_env(&eb);
+    let d = eb.config_deploy(&env_refs(&owned));
+    assert_eq!(d.failed, None, "{}", d.log);
+    let block = staticfiles_block(&eb.config_text());
+    assert!(block.contains("- path: \"/assets/\""), "{block}");
+    assert!(
+        !block.contains("/static/") && !block.contains("/media/"),
+        "{block}"
+    );
+    let out = Command::new(proxyd_bin())
+        .args(["check", "--skip-programs", "-c"])
+        .arg(eb.bundle().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The option removed: the block is empty, the file as shipped.
+    eb.option_settings(&serde_json::json!({}));
+    let out = eb.hook(CONFIG_STATICFILES, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(eb.config_text(), shipped);
 }
 
 /// An nginx.conf shaped like the EB platform's: http { include conf.d/*.conf; server {
@@ -1052,6 +1384,9 @@ fn package_sh_zips_the_bundle_with_its_execute_bits() {
         (".ebextensions/proxyd-proxy-none.config", 0o644),
         (".platform/hooks/predeploy/02_proxyd_port80.sh", 0o755),
         (".platform/confighooks/predeploy/02_proxyd_port80.sh", 0o755),
+        (STATICFILES, 0o755),
+        (CONFIG_STATICFILES, 0o755),
+        (STATICFILES_PY, 0o644),
         (PREBUILD, 0o755),
         (PREDEPLOY, 0o755),
         (HOOK_LIB, 0o644),
