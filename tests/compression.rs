@@ -237,6 +237,8 @@ async fn accept_encoding_q_values_pick_the_coding() {
     ] {
         let got = send(s.proxy.addr, "GET", "/page", accept).await;
         assert_eq!(got.header("content-encoding"), want, "{accept:?}");
+        // Compressed or not, the answer depended on Accept-Encoding (nginx's gzip_vary).
+        assert_eq!(got.header("vary"), Some("Accept-Encoding"), "{accept:?}");
         match want {
             Some(e) => assert_eq!(decode(e, &got.body), page(50_000)),
             None => {

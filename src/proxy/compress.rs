@@ -29,15 +29,16 @@ const MAX_HELD: usize = 64 * 1024;
 /// Input taken in one poll at most, so a long body that is all ready cannot hold the thread.
 const MAX_TAKEN: usize = 256 * 1024;
 
-/// What the request asked for: the coding to use if its response turns out compressible.
+/// What the request asked for: the coding to use if its response turns out compressible
+/// (None: the client takes none of them; the response still says it varies).
 pub struct Asked<'a> {
-    pub encoding: Encoding,
+    pub encoding: Option<Encoding>,
     pub policy: &'a Compression,
 }
 
 /// The coding for a request on a route with `policy`: the client's most preferred (by
-/// q-value, then the `algorithms` order) of those it accepts; None for HEAD, or when the
-/// client accepts none of them.
+/// q-value, then the `algorithms` order) of those it accepts; None for HEAD and on a route
+/// without compression.
 pub fn asked<'a>(
     policy: Option<&'a Compression>,
     method: &Method,
@@ -47,7 +48,7 @@ pub fn asked<'a>(
     if *method == Method::HEAD {
         return None;
     }
-    let encoding = negotiate(h, policy.algorithms.iter().map(|a| a.value))?;
+    let encoding = negotiate(h, policy.algorithms.iter().map(|a| a.value));
     Some(Asked { encoding, policy })
 }
 
@@ -128,6 +129,24 @@ pub fn mark(head: &mut response::Parts, encoding: Encoding) {
     );
     h.remove(header::CONTENT_LENGTH);
     h.remove(header::ACCEPT_RANGES);
+    vary(head);
+    let h = &mut head.headers;
+    if let Some(etag) = h.get(header::ETAG) {
+        if etag.as_bytes().starts_with(b"\"") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(etag.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&weak) {
+                h.insert(header::ETAG, v);
+            }
+        }
+    }
+}
+
+/// Adds `Vary: Accept-Encoding` to what the head says varies, unless it is there (or `*`):
+/// on every response that could have been compressed, so that a cache keeps one per coding
+/// (nginx's `gzip_vary on`).
+pub fn vary(head: &mut response::Parts) {
+    let h = &mut head.headers;
     let varies = h
         .get_all(header::VARY)
         .iter()
@@ -139,15 +158,6 @@ pub fn mark(head: &mut response::Parts, encoding: Encoding) {
         });
     if !varies {
         h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-    if let Some(etag) = h.get(header::ETAG) {
-        if etag.as_bytes().starts_with(b"\"") {
-            let mut weak = b"W/".to_vec();
-            weak.extend_from_slice(etag.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&weak) {
-                h.insert(header::ETAG, v);
-            }
-        }
     }
 }
 

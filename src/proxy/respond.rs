@@ -94,13 +94,16 @@ pub fn respond(
     headers::prepare_response(&mut head);
     let mut body = answer.body;
     if let Some(a) = asked.filter(|a| compress::compressible(&head, &body, a.policy)) {
-        match Compressed::start(body, a.encoding) {
-            Ok((compressed, tally)) => {
-                compress::mark(&mut head, a.encoding);
-                ctx.compressed = Some((a.encoding, tally));
-                body = compressed;
-            }
-            Err(plain) => body = plain,
+        match a.encoding {
+            Some(e) => match Compressed::start(body, e) {
+                Ok((compressed, tally)) => {
+                    compress::mark(&mut head, e);
+                    ctx.compressed = Some((e, tally));
+                    body = compressed;
+                }
+                Err(plain) => body = plain,
+            },
+            None => compress::vary(&mut head),
         }
     }
     if ctx.snap.debug_headers {
