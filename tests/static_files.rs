@@ -1,7 +1,8 @@
 //! Static routes (`routes[].static`): real proxyd, real sockets, files in a temp dir.
 //! Byte-exact bodies, HEAD, conditionals, ranges, content types, index files, 405, the
-//! traversal catalogue, a large file by sendfile and by reads, a file changed between requests, precompressed variants by q-value,
-//! and a fallback upstream that sees only the misses.
+//! traversal catalogue, a large file by sendfile and by reads, a file changed between
+//! requests, precompressed variants by q-value, a fallback upstream that sees only the
+//! misses, and the shipped Flask example.
 
 mod common;
 
@@ -534,4 +535,46 @@ async fn metrics_count_files_under_their_route() {
         assert!(std::time::Instant::now() < deadline, "not counted:\n{text}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The shipped Flask example, `config/flask-static.yaml`, as a user runs it: proxyd serves
+/// `examples/static` itself and its Flask workers answer the rest; a file that is not there
+/// goes to the app (its own 404).
+#[tokio::test]
+async fn the_flask_example_serves_its_static_files_and_its_app() {
+    let flask = std::process::Command::new("python3")
+        .args(["-c", "import flask"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !common::tools::require(flask, "the Flask example", "Flask", "pip install flask") {
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = std::process::Command::new(common::proxyd_bin());
+    cmd.arg("-c")
+        .arg(repo.join("config/flask-static.yaml"))
+        .env("PORT", "0");
+    let mut p = common::ProxydProcess::spawn(cmd);
+    let css = common::get(p.addr, "/static/style.css").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert_eq!(
+        css.body,
+        std::fs::read(repo.join("examples/static/style.css")).unwrap()
+    );
+    assert_eq!(css.header("content-type"), Some("text/css"));
+    // The route's header, not Flask's own static handler's (`no-cache`).
+    assert_eq!(css.header("cache-control"), Some("public, max-age=3600"));
+    let page = common::get(p.addr, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().starts_with("hello from pid"), "{}", page.text());
+    let miss = common::get(p.addr, "/static/nothing.css").await;
+    assert_eq!(miss.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        miss.header("proxyd-error"),
+        None,
+        "the app's 404, not proxyd's"
+    );
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(), Some(0));
 }
