@@ -363,7 +363,7 @@ where
     http1::write_response_head(&mut out, &parts, &framing);
     let mut sent = 0;
     // A whole static file to a plain TCP client goes by sendfile(2).
-    let unread = match (&mut body, framing, writer.io.tcp()) {
+    let unread = match (&mut body, framing, split::tcp(&writer.io)) {
         (ResponseBody::File(f), Framing::Length(n), Some(_))
             if f.size_hint().exact() == Some(n) =>
         {
@@ -371,7 +371,7 @@ where
         }
         _ => None,
     };
-    let written = match (unread, writer.io.tcp()) {
+    let written = match (unread, split::tcp(&writer.io)) {
         (Some(file), Some(tcp)) => {
             sendfile::send(tcp, &out, file, writer.send_timeout, &mut sent).await
         }
