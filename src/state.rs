@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::config::fingerprint::fingerprint;
-use crate::config::{addr, compression, BackendAddr, ConfigError, Loaded};
+use crate::config::{addr, compression, BackendAddr, ConfigError, Loaded, Ready};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
@@ -71,6 +71,17 @@ impl Snapshot {
     /// Every upstream's live figures, for a metrics scrape.
     pub fn figures(&self) -> Vec<crate::obs::figures::UpstreamFigures> {
         self.upstreams.iter().map(|u| u.figures()).collect()
+    }
+
+    /// Whether the upstreams are ready by `rule` (`health_path`, `/readyz`): an upstream is
+    /// when it has a ready backend and `failing` (its workers crash-loop) does not name it.
+    pub fn ready_by(&self, rule: Ready, failing: impl Fn(&str) -> bool) -> bool {
+        let ready = |u: &Arc<Upstream>| u.ready_count() > 0 && !failing(&u.name);
+        match rule {
+            Ready::Any => self.upstreams.iter().any(ready),
+            Ready::Every => self.upstreams.iter().all(ready),
+            Ready::Serving => true,
+        }
     }
 
     pub fn build(loaded: &Loaded) -> Result<Snapshot, ConfigError> {

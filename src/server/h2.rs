@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub async fn serve<T>(
     state: Arc<arc_swap::ArcSwap<Snapshot>>,
     observers: Observers,
     watcher: Watcher,
+    leaving: Arc<AtomicBool>,
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -47,7 +48,18 @@ pub async fn serve<T>(
         let snap = state.load_full();
         let info = info.clone();
         let observers = observers.clone();
+        // The health path is answered first, and neither logged nor counted.
+        let health = proxy::health::answer(&req, &snap, &info, leaving.load(Ordering::Relaxed));
         async move {
+            if let Some(resp) = health {
+                return Ok(resp.map(|body| Reported {
+                    body,
+                    _guard: guard,
+                    pending: None,
+                    observers,
+                    sent: 0,
+                }));
+            }
             let (resp, pending) = Box::pin(proxy::handle(req, snap, &info)).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Reported {
                 body,
