@@ -74,9 +74,10 @@ impl Snapshot {
     }
 
     /// Whether the upstreams are ready by `rule` (`health_path`, `/readyz`): an upstream is
-    /// when it has a ready backend and `failing` (its workers crash-loop) does not name it.
-    pub fn ready_by(&self, rule: Ready, failing: impl Fn(&str) -> bool) -> bool {
-        let ready = |u: &Arc<Upstream>| u.ready_count() > 0 && !failing(&u.name);
+    /// when it has a ready backend and its workers are not crash-looping (it refuses all
+    /// requests then).
+    pub fn ready_by(&self, rule: Ready) -> bool {
+        let ready = |u: &Arc<Upstream>| u.ready_count() > 0 && !u.is_failed();
         match rule {
             Ready::Any => self.upstreams.iter().any(ready),
             Ready::Every => self.upstreams.iter().all(ready),

@@ -56,7 +56,7 @@ fn respond(
         // Upstream names stay on the admin's /readyz: this port may be public.
         let (status, body) = if leaving {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if !snap.ready_by(rule, |_| false) {
+        } else if !snap.ready_by(rule) {
             let why = match rule {
                 Ready::Every => "not ready: an upstream has no ready backend\n",
                 _ => "not ready: no upstream has a ready backend\n",

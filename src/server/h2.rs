@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::drain::Watcher;
+use super::h1::Pipeline;
 use crate::obs::Observers;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::{self, ConnInfo, Pending};
-use crate::state::Snapshot;
 
 pub type Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
 
@@ -32,10 +32,9 @@ pub async fn serve<T>(
     info: ConnInfo,
     builder: &Builder,
     clocks: Clocks,
-    state: Arc<arc_swap::ArcSwap<Snapshot>>,
+    pipeline: Pipeline,
     observers: Observers,
     watcher: Watcher,
-    leaving: Arc<AtomicBool>,
 ) where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -43,6 +42,7 @@ pub async fn serve<T>(
     let activity = Arc::new(Activity::default());
     let io = IdleIo::new(stream, activity.clone(), clocks);
     let info = Arc::new(info);
+    let Pipeline { state, leaving } = pipeline;
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = activity.begin();
         let snap = state.load_full();

@@ -426,10 +426,12 @@ impl Conn {
             info,
             &self.setup.h2,
             clocks,
-            self.state,
+            h1::Pipeline {
+                state: self.state,
+                leaving: self.leaving,
+            },
             self.observers,
             self.watcher,
-            self.leaving,
         )
         .await
     }

@@ -69,7 +69,8 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send;
 }
 
-/// The proxy's request pipeline (`proxy::handle`), over the live runtime state.
+/// The proxy's request pipeline (`proxy::handle`), over the live runtime state (for h2
+/// connections too: `h2::serve`).
 pub struct Pipeline {
     pub state: Arc<ArcSwap<Snapshot>>,
     /// Set once shutdown has begun: the listener's health path says 503.
