@@ -1,10 +1,11 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has a ready
 //! backend, or any one by `admin.ready`; 503 once shutdown has begun, so load balancers stop
-//! sending before the listeners close, given `timeouts.shutdown_delay`), `/status` (JSON: listeners, upstreams, backends, workers; see `status`), `/` (the
-//! live status page, `status.html`), `POST /reload` (TLS certificates; a bad new one is
-//! refused and the old one stays), and `POST /upstreams/{name}/restart` (a rolling restart of
-//! that upstream's workers), and `POST /upgrade` (hand the listening sockets to a new proxyd
-//! binary and answer once it serves, or with why it did not). With `admin.token` set, every POST needs
+//! sending before the listeners close, given `timeouts.shutdown_delay`), `/status` (JSON:
+//! listeners, upstreams, backends, workers; see `status`), `/` (the live status page,
+//! `status.html`), `POST /reload` (TLS certificates; a bad new one is refused and the old one
+//! stays), `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers),
+//! and `POST /upgrade` (hand the listening sockets to a new proxyd binary and answer once it
+//! serves, or with why it did not). With `admin.token` set, every POST needs
 //! `Authorization: Bearer <token>`; GETs stay open (the listener binds loopback by default).
 //! `client` is the other side: `proxyd status`.
 
@@ -51,7 +52,7 @@ pub struct Admin {
     /// `admin.token`: required on POSTs when set.
     pub token: Option<String>,
     /// `admin.ready`: when `/readyz` says 200.
-    pub ready: crate::config::Ready,
+    pub ready: Ready,
     /// When proxyd started, for /status.
     pub started: std::time::SystemTime,
     pub metrics: Arc<crate::obs::metrics::Metrics>,
