@@ -61,8 +61,9 @@ impl App {
     /// Binds every listener of a validated config (port 0 picks a free port; a socket in
     /// `start.inherited` for the same configured address is taken instead, and inherited
     /// sockets the config does not use are closed), opens the access logs and starts the
-    /// workers, which join the rotation as they become ready. Runs in the runtime that will
-    /// run [`App::run`]: the workers' supervisors are its tasks.
+    /// workers, which join the rotation as they become ready, and the health checks of
+    /// servers. Runs in the runtime that will run [`App::run`]: the workers' supervisors and
+    /// the checkers are its tasks.
     pub fn start(loaded: &Loaded, start: &mut Start) -> anyhow::Result<App> {
         let cfg = &loaded.config;
         let inherited = &mut start.inherited;
@@ -83,6 +84,8 @@ impl App {
         // Before the workers start: a log that cannot be opened stops startup.
         let access_logs = crate::obs::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
+        // Servers with `health:` join the rotation as their first checks pass.
+        snapshot.start_health_checks();
         let metrics = Arc::new(crate::obs::metrics::Metrics::new());
         snapshot.prepare_metrics(&metrics);
         let observers = Observers::new(

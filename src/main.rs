@@ -346,6 +346,8 @@ async fn serve(loaded: proxyd::config::Loaded, mut start: Start) -> anyhow::Resu
             .wait_ready()
             .await
             .map_err(anyhow::Error::msg)?;
+        // Servers with `health:`: their first checks' verdicts (bounded by health.timeout).
+        app.state().load_full().health_settled().await;
         if let Some(path) = &pid_file {
             proxyd::upgrade::write_pid_file(path)
                 .map_err(|e| anyhow::anyhow!("cannot write pid_file {}: {e}", path.display()))?;

@@ -68,6 +68,31 @@ impl Snapshot {
         metrics.prepare(self.upstreams.iter().map(|u| &*u.name), routes);
     }
 
+    /// Starts the active health checks of its upstreams that have `health:` (those kept from
+    /// an earlier snapshot run theirs already). Call it on the runtime that serves it.
+    pub fn start_health_checks(&self) {
+        for u in &self.upstreams {
+            u.start_health_checks();
+        }
+    }
+
+    /// Waits until no backend awaits its first health check's verdict: at most the longest
+    /// `health.timeout` plus a second, as each first check ends within its time-out.
+    pub async fn health_settled(&self) {
+        let longest = self
+            .upstreams
+            .iter()
+            .filter_map(|u| u.health().map(|h| h.timeout))
+            .max();
+        let Some(longest) = longest else { return };
+        let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(1);
+        while self.upstreams.iter().any(|u| u.checking() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Every upstream's live figures, for a metrics scrape.
     pub fn figures(&self) -> Vec<crate::obs::figures::UpstreamFigures> {
         self.upstreams.iter().map(|u| u.figures()).collect()

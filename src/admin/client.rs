@@ -231,10 +231,23 @@ pub fn render(s: &Value) -> String {
         if let Some(f) = u["failure"].as_str() {
             out += &format!("FAILING   : {}\n", f.lines().next().unwrap_or_default());
         }
+        if let Some(h) = u["health"].as_object() {
+            out += &format!(
+                "Health    : {} every {} ms, time-out {} ms; in after {} passes, out after {} failures\n",
+                h.get("path")
+                    .and_then(Value::as_str)
+                    .map_or("connect".into(), |p| format!("GET {p}")),
+                ms(h.get("interval_ms")),
+                ms(h.get("timeout_ms")),
+                h.get("healthy").map_or("-".into(), txt),
+                h.get("unhealthy").map_or("-".into(), txt),
+            );
+        }
+        let checked = u["health"].is_object();
         let backends: Vec<Vec<String>> = list(&u["backends"])
             .iter()
             .map(|b| {
-                vec![
+                let mut row = vec![
                     txt(&b["address"]),
                     txt(&b["state"]),
                     format!(
@@ -250,22 +263,27 @@ pub fn render(s: &Value) -> String {
                     } else {
                         "no".into()
                     },
-                ]
+                ];
+                if checked {
+                    row.push(health(&b["health"]));
+                }
+                row
             })
             .collect();
         out += "\n";
-        out += &table(
-            &[
-                "BACKEND",
-                "STATE",
-                "IN-FLIGHT",
-                "SERVED",
-                "EWMA ms",
-                "WEIGHT",
-                "EJECTED",
-            ],
-            &backends,
-        );
+        let mut head = vec![
+            "BACKEND",
+            "STATE",
+            "IN-FLIGHT",
+            "SERVED",
+            "EWMA ms",
+            "WEIGHT",
+            "EJECTED",
+        ];
+        if checked {
+            head.push("HEALTH");
+        }
+        out += &table(&head, &backends);
         if let Some(workers) = u["workers"].as_array() {
             let rows: Vec<Vec<String>> = workers
                 .iter()
@@ -294,6 +312,29 @@ pub fn render(s: &Value) -> String {
         }
     }
     out
+}
+
+/// Milliseconds as written (`500`, `0.5`).
+fn ms(v: Option<&Value>) -> String {
+    v.and_then(Value::as_f64)
+        .map_or("-".into(), |n| format!("{n}"))
+}
+
+/// A backend's health checks in a cell: the verdict, the run, why the last one failed.
+fn health(h: &Value) -> String {
+    if !h.is_object() {
+        return "-".into();
+    }
+    let mut cell = txt(&h["state"]);
+    match (h["passes"].as_u64(), h["failures"].as_u64()) {
+        (_, Some(n)) if n > 0 => cell += &format!(" ({n} failed)"),
+        (Some(n), _) if n > 0 => cell += &format!(" ({n} passed)"),
+        _ => {}
+    }
+    if let Some(why) = h["last"]["detail"].as_str() {
+        cell += &format!(": {why}");
+    }
+    cell
 }
 
 fn list(v: &Value) -> &[Value] {
@@ -357,6 +398,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renders_health_checks() {
+        let s: Value = serde_json::from_str(
+            r#"{
+            "version": "0.1.0", "pid": 7, "uptime_seconds": 5.0, "draining": false,
+            "listeners": [],
+            "upstreams": [{"name": "api", "balance": "least_outstanding", "concurrency": null,
+                "queue_depth": 0, "in_flight": 0, "requests": 0, "ready_backends": 1,
+                "counters": {}, "failure": null, "restarts": {}, "workers": null,
+                "health": {"path": "/health", "interval_ms": 500.0, "timeout_ms": 200.0,
+                    "healthy": 2, "unhealthy": 3},
+                "backends": [
+                    {"address": "127.0.0.1:4000", "state": "ready", "in_flight": 0,
+                     "limit": null, "served": 0, "ewma_ms": 0.0, "weight": 1, "ejected": false,
+                     "health": {"state": "healthy", "passes": 4, "failures": 0,
+                        "checks": {"pass": 4, "fail": 0, "timeout": 0}, "last": null}},
+                    {"address": "127.0.0.1:4001", "state": "unhealthy", "in_flight": 0,
+                     "limit": null, "served": 0, "ewma_ms": 0.0, "weight": 1, "ejected": false,
+                     "health": {"state": "unhealthy", "passes": 0, "failures": 3,
+                        "checks": {"pass": 0, "fail": 3, "timeout": 0},
+                        "last": {"result": "fail", "detail": "/health answered 500",
+                            "at": 1.0, "duration_ms": 0.4}}}]}]
+        }"#,
+        )
+        .unwrap();
+        let out = render(&s);
+        for want in [
+            "Health    : GET /health every 500 ms, time-out 200 ms; in after 2 passes, out after 3 failures",
+            "HEALTH",
+            "healthy (4 passed)",
+            "unhealthy (3 failed): /health answered 500",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from\n{out}");
+        }
+    }
+
+    #[test]
     fn renders_workers_and_dechunks() {
         let s: Value = serde_json::json!({
             "version": "0.1.0", "pid": 7, "uptime_seconds": 3725.0, "draining": false,
@@ -366,6 +443,7 @@ mod tests {
                 "counters": {"requests": 5, "queued": 2}, "failure": null, "restarts": {},
                 "backends": [{"address": "127.0.0.1:4000", "state": "ready", "in_flight": 0,
                     "limit": 1, "served": 5, "ewma_ms": 1.25, "weight": 1, "ejected": false}],
+                "health": null,
                 "workers": [{"slot": 0, "id": 1, "pid": 4242, "port": 4000, "state": "ready",
                     "uptime_seconds": 61.0, "requests": 5, "rss_bytes": 10485760}],
                 "worker_count": {"adaptive": true, "min": 1, "max": 4, "current": 1, "desired": 2,

@@ -11,6 +11,7 @@ use crate::config::{BackendAddr, Balance};
 use crate::server::listeners::ListenerInfo;
 use crate::state::Snapshot;
 use crate::upstream::clock::now_ns;
+use crate::upstream::health::{Outcome, Record};
 use crate::upstream::{Backend, Upstream};
 use crate::workers::slot::{Group, WorkerView};
 use crate::workers::{process, Supervisors};
@@ -57,6 +58,43 @@ pub struct UpstreamStatus {
     /// Worker restarts by reason (crash, failed_start, hung, unhealthy, max_requests,
     /// max_memory, rolling).
     pub restarts: Map<String, Value>,
+    /// The active health checks of its servers (`health:`); null without.
+    pub health: Option<HealthSettings>,
+}
+
+/// An upstream's `health:` settings.
+#[derive(Serialize)]
+pub struct HealthSettings {
+    /// Null: a connection is the check.
+    pub path: Option<String>,
+    pub interval_ms: f64,
+    pub timeout_ms: f64,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+/// A backend's active health checks.
+#[derive(Serialize)]
+pub struct HealthStatus {
+    /// "checking" (no verdict yet: not in the rotation), "healthy" or "unhealthy".
+    pub state: &'static str,
+    /// Passes and failures in a row now.
+    pub passes: u32,
+    pub failures: u32,
+    /// Checks so far by result: pass, fail, timeout.
+    pub checks: Map<String, Value>,
+    pub last: Option<LastCheckStatus>,
+}
+
+#[derive(Serialize)]
+pub struct LastCheckStatus {
+    /// "pass", "fail" or "timeout".
+    pub result: &'static str,
+    /// Why it failed.
+    pub detail: Option<String>,
+    /// Unix seconds.
+    pub at: f64,
+    pub duration_ms: f64,
 }
 
 /// A workers upstream's count. With a fixed `count`, min = max = desired.
@@ -101,6 +139,8 @@ pub struct BackendStatus {
     pub weight: u32,
     /// The worker behind it, if proxyd supervises one.
     pub worker_id: Option<u64>,
+    /// Its active health checks; null without `health:`.
+    pub health: Option<HealthStatus>,
 }
 
 #[derive(Serialize)]
@@ -193,6 +233,13 @@ fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamSta
         }),
         worker_count: group.map(worker_count),
         restarts,
+        health: u.health().map(|h| HealthSettings {
+            path: h.path.as_ref().map(|p| p.value.clone()),
+            interval_ms: h.interval.as_secs_f64() * 1000.0,
+            timeout_ms: h.timeout.as_secs_f64() * 1000.0,
+            healthy: h.healthy,
+            unhealthy: h.unhealthy,
+        }),
     }
 }
 
@@ -235,6 +282,30 @@ fn backend(b: &Backend, now: u64) -> BackendStatus {
         ewma_ms: b.latency_ns() as f64 / 1e6,
         weight: b.weight,
         worker_id: b.worker.as_ref().map(|w| w.id),
+        health: b.health.as_deref().map(health),
+    }
+}
+
+fn health(r: &Record) -> HealthStatus {
+    let counts = r.counts();
+    HealthStatus {
+        state: r.verdict().as_str(),
+        passes: r.passes(),
+        failures: r.failures(),
+        checks: Outcome::ALL
+            .iter()
+            .zip(counts)
+            .map(|(o, n)| (o.as_str().to_string(), Value::from(n)))
+            .collect(),
+        last: r.last().map(|l| LastCheckStatus {
+            result: l.outcome.as_str(),
+            detail: l.detail,
+            at: l
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |t| (t.as_secs_f64() * 1000.0).round() / 1000.0),
+            duration_ms: (l.took.as_secs_f64() * 1e6).round() / 1000.0,
+        }),
     }
 }
 

@@ -97,6 +97,21 @@ pub fn parse_server_entry(s: &str) -> Result<(BackendAddr, u32), String> {
     Ok((addr, weight))
 }
 
+/// A `servers:` entry's `host:port` as written, without scheme, trailing slash or options
+/// (`"https://app.internal:8443/ weight=2"` is `app.internal:8443`): the Host its health
+/// checks send. `localhost` for a unix socket.
+pub fn written_host(entry: &str) -> String {
+    let addr = entry.split_whitespace().next().unwrap_or("");
+    if addr.starts_with("unix:") {
+        return "localhost".into();
+    }
+    let hostport = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .unwrap_or(addr);
+    hostport.trim_end_matches('/').to_string()
+}
+
 /// `ip:port`, `[v6]:port`, `localhost:port`, `*:port` or a bare port (all interfaces).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
@@ -165,6 +180,14 @@ mod tests {
         assert_eq!(parse_server_entry("127.0.0.1:1").unwrap().1, 1);
         assert!(parse_server_entry("127.0.0.1:1 weight=0").is_err());
         assert!(parse_server_entry("127.0.0.1:1 backup").is_err());
+        for (entry, host) in [
+            ("127.0.0.1:5001", "127.0.0.1:5001"),
+            ("https://app.internal:8443/ weight=2", "app.internal:8443"),
+            ("http://[::1]:80", "[::1]:80"),
+            ("unix:/run/app.sock", "localhost"),
+        ] {
+            assert_eq!(written_host(entry), host);
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Configuration: the file's types and defaults (`types`), durations, sizes and counts with
 //! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
-//! the `workers:` block (`workers`), an upstream's protocol and TLS (`upstream_tls`), the
+//! the `workers:` block (`workers`), active health checks of servers (`health`), an upstream's protocol and TLS (`upstream_tls`), the
 //! binary upgrade's settings (`upgrade`), the checks that `proxyd check` runs (`validate`),
 //! `proxyd check --print` (`print`), the keys a file writes and where (`written`), the
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
@@ -12,6 +12,7 @@ pub mod balance;
 pub mod compression;
 pub mod expand;
 pub mod fingerprint;
+pub mod health;
 pub mod host;
 pub mod limits;
 pub mod load;

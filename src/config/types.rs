@@ -11,10 +11,11 @@ use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::compression::{Compression, Encoding, RouteCompression};
+pub use super::health::Health;
 pub use super::limits::{Cidr, Rate};
 pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
-pub use super::workers::{Health, Restart, Scaling, WorkerCount, WorkerListen, Workers};
+pub use super::workers::{Restart, Scaling, WorkerCount, WorkerHealth, WorkerListen, Workers};
 
 /// The whole `proxy.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -220,6 +221,10 @@ pub struct Upstream {
     /// A backend that just became healthy ramps its weight up over this long (0: off).
     #[serde(default = "zero", with = "units::duration")]
     pub slow_start: Duration,
+    /// Active health checks of the servers (off when absent; workers have theirs in
+    /// `workers.health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
     /// `http1` (default), `h2` (https:// servers, by ALPN) or `h2c` (cleartext HTTP/2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Spanned<UpstreamProtocol>>,

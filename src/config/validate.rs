@@ -147,6 +147,9 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         }
         validate_upstream_tls(loaded, name, up)?;
         validate_balancing(file, name, up)?;
+        if let Some(h) = up.health.as_ref().filter(|_| up.workers.is_none()) {
+            health_path(file, &format!("upstreams.{name}.health"), h.path.as_ref())?;
+        }
     }
 
     if cfg.routes.is_empty() && cfg.upstreams.len() > 1 {
@@ -611,14 +614,7 @@ fn validate_workers(
     if let Some(count) = &w.count {
         validate_count(&key, &count.value).map_err(|m| at(&count.referenced, m))?;
     }
-    if let Some(p) = &w.health.path {
-        if !p.value.starts_with('/') {
-            return Err(at(
-                &p.referenced,
-                format!("{key}.health.path: must start with /"),
-            ));
-        }
-    }
+    health_path(file, &format!("{key}.health"), w.health.path.as_ref())?;
     if w.restart.max_backoff < w.restart.backoff {
         return Err(ConfigError::new(
             file,
@@ -665,6 +661,18 @@ fn validate_workers(
     Ok(())
 }
 
+/// A health check's `path`, if set, is an origin-form path.
+fn health_path(file: &str, key: &str, path: Option<&Spanned<String>>) -> Result<(), ConfigError> {
+    match path {
+        Some(p) if !p.value.starts_with('/') => Err(ConfigError::at(
+            file,
+            &p.referenced,
+            format!("{key}.path: must start with /"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Keys written where they have no effect, though their values could be the defaults: each
 /// is an error at the key that says why.
 pub fn without_effect(loaded: &Loaded, written: &Written) -> Result<(), ConfigError> {
@@ -681,7 +689,12 @@ pub fn no_effect(cfg: &super::Config, written: &Written) -> Vec<(String, (u64, u
         let key = format!("upstreams.{name}");
         let no_retries = "only used when retries.attempts is above 1 (no retries)";
         let no_eject = "only used when eject.failures is above 0 (ejection is off)";
-        let rules: [(&str, bool, &str); 7] = [
+        let rules: [(&str, bool, &str); 8] = [
+            (
+                "health",
+                up.workers.is_some(),
+                "not used with workers: their health checks are workers.health (the same keys, plus unhealthy_restart)",
+            ),
             (
                 "pool.max_idle",
                 up.protocol() != super::UpstreamProtocol::Http1,
@@ -840,6 +853,57 @@ mod tests {
         ] {
             load_str(&ok, "p.yaml", ".".into()).unwrap();
         }
+    }
+
+    #[test]
+    fn health_checks_of_servers() {
+        let loaded = load_str(
+            &format!("{SERVERS}    health: {{path: /up, interval: 1s}}\n"),
+            "p.yaml",
+            ".".into(),
+        )
+        .unwrap();
+        let h = loaded.config.upstreams["app"].health.clone().unwrap();
+        assert_eq!(h.path.map(|p| p.value).as_deref(), Some("/up"));
+        assert_eq!(h.interval, std::time::Duration::from_secs(1));
+        // The workers' defaults.
+        let w = crate::config::WorkerHealth::default();
+        assert_eq!(
+            (h.timeout, h.healthy, h.unhealthy),
+            (w.timeout, w.healthy, w.unhealthy)
+        );
+        assert_error(
+            SERVERS,
+            "    health: {path: up}\n",
+            "p.yaml:6:20: upstreams.app.health.path: must start with /",
+        );
+        assert_error(
+            SERVERS,
+            "    health: {unhealthy: 0}\n",
+            "p.yaml:6:25: 0 is out of range",
+        );
+        assert_error(
+            SERVERS,
+            "    health: {timeout: 0s}\n",
+            "p.yaml:6:23: must be longer than 0s",
+        );
+        // A server is taken out of the rotation, never restarted.
+        assert_error(
+            SERVERS,
+            "    health: {unhealthy_restart: 5}\n",
+            "p.yaml:6:14: unknown field `unhealthy_restart`",
+        );
+        // Workers are checked by workers.health.
+        assert_error(
+            WORKERS,
+            "    health: {path: /up}\n",
+            "p.yaml:7:5: upstreams.app.health: not used with workers: their health checks are workers.health",
+        );
+        assert_error(
+            WORKERS,
+            "      health: {path: up}\n",
+            "p.yaml:7:22: upstreams.app.workers.health.path: must start with /",
+        );
     }
 
     #[test]

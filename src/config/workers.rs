@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use super::health::{self, Health};
 use super::units;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -39,7 +40,7 @@ pub struct Workers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Spanned<String>>,
     #[serde(default)]
-    pub health: Health,
+    pub health: WorkerHealth,
     /// From spawn to the first good health check; past it the worker is killed.
     #[serde(default = "default_start_timeout", with = "units::nonzero_duration")]
     pub start_timeout: Duration,
@@ -166,35 +167,44 @@ pub enum WorkerListen {
     Unix,
 }
 
+/// A worker's health checks: the keys of an upstream's `health:` (its defaults too), plus
+/// `unhealthy_restart`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct Health {
+pub struct WorkerHealth {
     /// GET this path; 2xx is healthy. Without it, a worker is healthy when its port accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<String>>,
-    #[serde(default = "default_health_interval", with = "units::nonzero_duration")]
+    #[serde(default = "health::default_interval", with = "units::nonzero_duration")]
     pub interval: Duration,
-    #[serde(default = "default_health_timeout", with = "units::nonzero_duration")]
+    #[serde(default = "health::default_timeout", with = "units::nonzero_duration")]
     pub timeout: Duration,
     /// Consecutive successes to be healthy again (1 to 1000, as the two below).
-    #[serde(default = "one", deserialize_with = "units::count::<_, _, 1, 1000>")]
+    #[serde(
+        default = "health::default_healthy",
+        deserialize_with = "units::count::<_, _, 1, 1000>"
+    )]
     pub healthy: u32,
     /// Consecutive failures to stop getting requests.
-    #[serde(default = "two", deserialize_with = "units::count::<_, _, 1, 1000>")]
+    #[serde(
+        default = "health::default_unhealthy",
+        deserialize_with = "units::count::<_, _, 1, 1000>"
+    )]
     pub unhealthy: u32,
     /// Consecutive failures to be restarted.
     #[serde(default = "five", deserialize_with = "units::count::<_, _, 1, 1000>")]
     pub unhealthy_restart: u32,
 }
 
-impl Default for Health {
+impl Default for WorkerHealth {
     fn default() -> Self {
-        Health {
+        let h = Health::default();
+        WorkerHealth {
             path: None,
-            interval: default_health_interval(),
-            timeout: default_health_timeout(),
-            healthy: 1,
-            unhealthy: 2,
+            interval: h.interval,
+            timeout: h.timeout,
+            healthy: h.healthy,
+            unhealthy: h.unhealthy,
             unhealthy_restart: 5,
         }
     }
@@ -259,12 +269,6 @@ impl Workers {
 fn one_usize() -> usize {
     1
 }
-fn one() -> u32 {
-    1
-}
-fn two() -> u32 {
-    2
-}
 fn five() -> u32 {
     5
 }
@@ -281,12 +285,6 @@ fn default_kill_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_worker_keepalive() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_health_timeout() -> Duration {
     Duration::from_secs(2)
 }
 fn default_backoff() -> Duration {

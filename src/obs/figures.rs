@@ -44,6 +44,8 @@ pub struct BackendFigures {
     pub in_flight: usize,
     /// The peak-EWMA response-head latency.
     pub latency: Duration,
+    /// Active health checks by result (pass, fail, timeout); None without `health:`.
+    pub health_checks: Option<[(&'static str, u64); 3]>,
 }
 
 /// One upstream's workers now.

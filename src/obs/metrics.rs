@@ -9,7 +9,8 @@
 //!   and TLS handshakes (by the server's accept loop);
 //! - read when scraped from the live state: in-flight requests and queue depth, the counters
 //!   each upstream already keeps (errors by cause, retries, queue rejections, ejections,
-//!   failing open), keepalive pool reuse, backend health and latency, and the workers (state,
+//!   failing open), keepalive pool reuse, backend health (active checks by result) and
+//!   latency, and the workers (state,
 //!   restarts by reason, RSS, requests served), handed over as plain [`super::figures`] by
 //!   their owners;
 //! - about proxyd itself: `proxyd_build_info` and the standard `process_*` metrics (the
@@ -576,8 +577,13 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
     );
     let up = gauge(
         "proxyd_backend_up",
-        "1 when the backend is ready (healthy, in the rotation), 0 otherwise.",
+        "1 when the backend is ready (in the rotation: healthy, passing its health checks when they are on), 0 otherwise.",
         &["upstream", "backend"],
+    );
+    let health_checks = counter(
+        "proxyd_health_checks_total",
+        "Active health checks of a servers: upstream's backends (health:), by result: pass, fail (no connection, an error or a non-2xx answer), timeout (no answer within health.timeout).",
+        &["upstream", "backend", "result"],
     );
     let ejected = gauge(
         "proxyd_backend_ejected",
@@ -611,6 +617,11 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
                 .with_label_values(&labels)
                 .set(as_i64(b.in_flight));
             ewma.with_label_values(&labels).set(b.latency.as_secs_f64());
+            for (result, n) in b.health_checks.iter().flatten() {
+                health_checks
+                    .with_label_values(&[name, &*b.label, result])
+                    .inc_by(*n);
+            }
         }
         for (state, n) in BACKEND_STATES.into_iter().zip(by_state) {
             backends.with_label_values(&[name, state]).set(n);
@@ -749,6 +760,7 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
         overloaded.collect(),
         backends.collect(),
         up.collect(),
+        health_checks.collect(),
         ejected.collect(),
         backend_in_flight.collect(),
         ewma.collect(),

@@ -2,7 +2,7 @@
 //! parsed and validated first (a bad one is refused with its error and the old config keeps
 //! serving); unchanged upstreams are kept as they are (pools, queues, workers); changed or new
 //! workers upstreams get new workers, which must be ready before the new config takes
-//! traffic; new listeners are bound first (a port that cannot be had calls the reload off);
+//! traffic, and the servers of those with `health:` their first check; new listeners are bound first (a port that cannot be had calls the reload off);
 //! then routes and upstreams are swapped at once, new listeners start, removed ones stop
 //! accepting (their connections drain), and the workers of upstreams that left are drained
 //! and stopped. Requests in flight finish on the config they started with.
@@ -179,6 +179,13 @@ impl Reloader {
                 return Err(e);
             }
         }
+        // Servers of new or changed upstreams with `health:` get their first verdicts before
+        // the swap (within their health.timeout), so the new config does not start out with
+        // backends it cannot use yet. A server that fails them is out of the rotation, not a
+        // reason to call the reload off. If the reload is called off after all, dropping
+        // `next` stops these checks.
+        next.start_health_checks();
+        next.health_settled().await;
         let kept = next
             .upstreams
             .iter()

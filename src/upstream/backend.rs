@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::clock::now_ns;
+use super::health::{Record, Verdict};
 use super::pool::Pool;
 use super::Upstream;
 use crate::config::BackendAddr;
@@ -109,6 +110,8 @@ pub struct Backend {
     ewma_at: AtomicU64,
     /// Smooth weighted round robin's running weight.
     pub(super) rr_current: AtomicI64,
+    /// Its active health checks, when the group has `health:`.
+    pub health: Option<Arc<Record>>,
     /// The group, told when a slot frees or the backend becomes ready.
     upstream: Weak<Upstream>,
 }
@@ -139,8 +142,47 @@ impl Backend {
             ewma_ns: AtomicU64::new(0),
             ewma_at: AtomicU64::new(now),
             rr_current: AtomicI64::new(0),
+            health: None,
             upstream,
         }
+    }
+
+    /// Checked actively: out of the rotation until its first check passes.
+    pub(super) fn checked(mut self, record: Record) -> Backend {
+        self.state
+            .store(BackendState::Unhealthy as u8, Ordering::Release);
+        self.health = Some(Arc::new(record));
+        self
+    }
+
+    /// Awaiting its first health check's verdict (capacity on its way, like a starting
+    /// worker).
+    pub fn is_checking(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_some_and(|h| h.verdict() == Verdict::Checking)
+    }
+
+    /// Consecutive failed health checks (0 without checks).
+    pub fn health_failures(&self) -> u32 {
+        self.health.as_ref().map_or(0, |h| h.failures())
+    }
+
+    /// The health checks' verdict: in (`ramp`: weight ramping up over `slow_start` from now)
+    /// or out of the rotation. A draining backend stays draining.
+    pub(super) fn set_healthy(&self, healthy: bool, ramp: bool) {
+        let (from, to) = match healthy {
+            true => (BackendState::Unhealthy, BackendState::Ready),
+            false => (BackendState::Ready, BackendState::Unhealthy),
+        };
+        if healthy {
+            // Before it is seen ready: 0 is "healthy since before anyone counted".
+            let since = if ramp { now_ns().max(1) } else { 0 };
+            self.healthy_since.store(since, Ordering::Release);
+        }
+        let _ =
+            self.state
+                .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn state(&self) -> BackendState {

@@ -148,11 +148,6 @@ impl Connector {
     }
 }
 
-/// A plain HTTP/1.1 connection within `timeout` (health probes of workers).
-pub async fn connect(addr: &BackendAddr, timeout: Duration) -> Result<H1Conn, ProxyError> {
-    Ok(H1Conn::new(open(addr, timeout).await?))
-}
-
 /// The transport: a TCP connection (also under TLS) or a unix socket, within `timeout`.
 async fn open(addr: &BackendAddr, timeout: Duration) -> Result<Stream, ProxyError> {
     let result = match addr {

@@ -2,7 +2,7 @@
 //! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
 //! (`stats`), new connections (`connect`, with TLS from `tls`), the keepalive pool (`pool`),
 //! and the transport (`transport`) that sends a request (`body`, spooled by `spool`) and reads
-//! its response.
+//! its response; active health checks and the probe they share with workers (`health`).
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
@@ -16,6 +16,7 @@ pub mod budget;
 pub mod clock;
 pub mod connect;
 pub mod h1;
+pub mod health;
 pub mod pool;
 pub mod queue;
 pub mod spool;
@@ -73,12 +74,17 @@ pub struct Upstream {
     /// Its workers keep crashing: answer at once instead of queueing.
     failed: AtomicBool,
     pub stats: Stats,
+    /// Active health checks of the servers (`health:`).
+    checks: Option<Arc<health::Checks>>,
     me: Weak<Upstream>,
 }
 
 impl Upstream {
-    /// A group over fixed `servers` (address, weight), reached through `connector`; empty for
-    /// one whose workers are still starting. `queue_max` is `queue.max` in force.
+    /// A group over fixed `servers` (address, weight, in the order of the config's
+    /// `servers:`), reached through `connector`; empty for one whose workers are still
+    /// starting. `queue_max` is `queue.max` in force. With `health:` every server starts out
+    /// of the rotation until its first check passes; the checks run once
+    /// [`Upstream::start_health_checks`] is called.
     pub fn new(
         name: &str,
         servers: Vec<(BackendAddr, u32)>,
@@ -86,12 +92,33 @@ impl Upstream {
         connector: Connector,
         queue_max: usize,
     ) -> Arc<Upstream> {
+        // The Host of each server's checks: its entry as written (the same order).
+        let written: Vec<String> = match servers.len() == cfg.servers.len() {
+            true => cfg
+                .servers
+                .iter()
+                .map(|s| config::addr::written_host(&s.value))
+                .collect(),
+            false => servers.iter().map(|(a, _)| a.host_header()).collect(),
+        };
         Arc::new_cyclic(|me: &Weak<Upstream>| {
             let pool = cfg.effective_pool();
             let concurrency = cfg.concurrency();
+            let checks = cfg
+                .health
+                .clone()
+                .filter(|_| cfg.workers.is_none())
+                .map(|h| {
+                    Arc::new(health::Checks {
+                        cfg: h,
+                        connector: connector.clone(),
+                        runtime: std::sync::OnceLock::new(),
+                    })
+                });
             let backends = servers
                 .into_iter()
-                .map(|(addr, weight)| {
+                .zip(written)
+                .map(|((addr, weight), host)| {
                     let spec = BackendSpec {
                         addr,
                         pool: Pool::new(pool.max_idle, pool.idle_timeout),
@@ -100,7 +127,11 @@ impl Upstream {
                         weight,
                         fresh: false,
                     };
-                    Arc::new(Backend::new(spec, me.clone()))
+                    let b = Backend::new(spec, me.clone());
+                    Arc::new(match checks.is_some() {
+                        true => b.checked(health::Record::new(&host, false)),
+                        false => b,
+                    })
                 })
                 .collect();
             Upstream {
@@ -128,6 +159,7 @@ impl Upstream {
                 dynamic: cfg.workers.is_some(),
                 failed: AtomicBool::new(false),
                 stats: Stats::default(),
+                checks,
                 me: me.clone(),
             }
         })
@@ -146,21 +178,81 @@ impl Upstream {
         Arc::new(Backend::new(spec, self.me.clone()))
     }
 
+    /// A backend for a server that joins at run time (an address discovery found), with
+    /// the group's pool and limits; `host` is the server as written (`app.internal:8000`),
+    /// the Host of its health checks. Put it in the group with [`Upstream::add`]: with
+    /// `health:` it gets requests only once its first check passes, then ramps up over
+    /// `slow_start`; without, at once (ramping too).
+    pub fn new_server(&self, addr: BackendAddr, weight: u32, host: &str) -> Arc<Backend> {
+        let spec = BackendSpec {
+            addr,
+            pool: Pool::new(self.pool.max_idle, self.pool.idle_timeout),
+            worker: None,
+            limit: self.concurrency,
+            weight,
+            fresh: true,
+        };
+        let b = Backend::new(spec, self.me.clone());
+        Arc::new(match self.checks.is_some() {
+            true => b.checked(health::Record::new(host, true)),
+            false => b,
+        })
+    }
+
+    /// Starts the health checks of every backend (once the group serves: a group built by
+    /// `proxyd check` or by a reload that was called off never checks anything), on the
+    /// runtime this runs on; backends added later get theirs as they are added. A no-op
+    /// without `health:`, or when already started.
+    pub fn start_health_checks(&self) {
+        let Some(checks) = &self.checks else { return };
+        if checks
+            .runtime
+            .set(tokio::runtime::Handle::current())
+            .is_err()
+        {
+            return;
+        }
+        for b in self.backends.load().iter() {
+            health::spawn(checks, self.me.clone(), b);
+        }
+    }
+
+    /// The `health:` settings in force (None without active checks).
+    pub fn health(&self) -> Option<&config::Health> {
+        self.checks.as_ref().map(|c| &c.cfg)
+    }
+
+    /// Backends still waiting for their first health check's verdict.
+    pub fn checking(&self) -> usize {
+        self.backends
+            .load()
+            .iter()
+            .filter(|b| b.is_checking())
+            .count()
+    }
+
     /// The current backends, whatever their state.
     pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
         self.backends.load_full()
     }
 
-    /// Puts a backend in the rotation; waiting requests may take its slots at once.
+    /// Puts a backend in the group; waiting requests may take its slots at once. One made
+    /// by [`Upstream::new_server`] in a group with `health:` has its checks started here and
+    /// joins the rotation when the first passes.
     pub fn add(&self, b: Arc<Backend>) {
         self.backends.rcu(|list| {
             let mut list = Vec::clone(list);
             list.push(b.clone());
             list
         });
+        if let Some(checks) = &self.checks {
+            health::spawn(checks, self.me.clone(), &b);
+        }
         self.kick();
     }
 
+    /// Takes a backend out of the group: no new requests (those in flight finish), and its
+    /// health checks stop.
     pub fn remove(&self, b: &Arc<Backend>) {
         let before = self.backends.rcu(|list| {
             list.iter()
@@ -168,6 +260,9 @@ impl Upstream {
                 .cloned()
                 .collect::<Vec<_>>()
         });
+        if let Some(h) = &b.health {
+            h.stop();
+        }
         if before.iter().any(|x| Arc::ptr_eq(x, b)) {
             // Its pool's counts stay in the group's totals (metrics counters never go back).
             self.stats.retire_pool(&b.pool);
@@ -204,7 +299,9 @@ impl Upstream {
     }
 
     /// Takes a free slot now, if there is one: on a healthy backend, or — when none is
-    /// healthy — on the least bad one (fail open, never "no live upstreams").
+    /// healthy — on the least bad one (fail open, never "no live upstreams"). While a backend
+    /// awaits its first health check, there is no failing open: it may be healthy within
+    /// `health.timeout`, and requests wait for it.
     fn try_take(&self, key: Option<u64>, tried: &[Arc<Backend>]) -> Option<InFlight> {
         let untried = |b: &Backend| !tried.iter().any(|t| std::ptr::eq(&**t, b));
         for _ in 0..4 {
@@ -215,7 +312,10 @@ impl Upstream {
                 .policy
                 .choose(&list, |b| healthy(b) && b.has_capacity() && untried(b), c)
                 .or_else(|| {
-                    if list.iter().any(|b| healthy(b) && untried(b)) {
+                    if list
+                        .iter()
+                        .any(|b| (healthy(b) || b.is_checking()) && untried(b))
+                    {
                         return None;
                     }
                     let i = least_bad(&list, |b| {
@@ -378,6 +478,10 @@ impl Upstream {
                     ejected: b.is_ejected(now),
                     in_flight: b.in_flight.load(Ordering::Relaxed),
                     latency: Duration::from_nanos(b.latency_ns()),
+                    health_checks: b.health.as_ref().map(|h| {
+                        let counts = h.counts();
+                        std::array::from_fn(|i| (health::Outcome::ALL[i].as_str(), counts[i]))
+                    }),
                 }
             })
             .collect();
@@ -470,11 +574,30 @@ impl Drop for LeaveQueue<'_> {
     }
 }
 
-/// The eligible backend with the fewest consecutive failures (then the fewest in flight).
+/// The eligible backend with the fewest failed health checks in a row, then the fewest
+/// consecutive failed requests, then the fewest in flight.
 fn least_bad(list: &[Arc<Backend>], ok: impl Fn(&Backend) -> bool) -> Option<usize> {
     list.iter()
         .enumerate()
         .filter(|(_, b)| ok(b))
-        .min_by_key(|(_, b)| (b.failures(), b.in_flight.load(Ordering::Relaxed)))
+        .min_by_key(|(_, b)| {
+            (
+                b.health_failures(),
+                b.failures(),
+                b.in_flight.load(Ordering::Relaxed),
+            )
+        })
         .map(|(i, _)| i)
+}
+
+impl Drop for Upstream {
+    /// The group is gone (a reload changed or removed it): its checks stop now, not at
+    /// their next round.
+    fn drop(&mut self) {
+        for b in self.backends.load().iter() {
+            if let Some(h) = &b.health {
+                h.stop();
+            }
+        }
+    }
 }

@@ -1,10 +1,9 @@
 //! The worker supervisor: for each upstream with a `workers:` block, N slots that each keep one
-//! app process running (`slot`), the processes themselves (`process`), their readiness and
-//! health probes (`probe`), and — when `count` is a range — the scaler that adds and retires
+//! app process running (`slot`; its readiness and health probes are `upstream::health`'s),
+//! the processes themselves (`process`), and — when `count` is a range — the scaler that adds and retires
 //! slots by load (`scale`). Rolling restarts and shutdown go through here. `reaper` reaps the
 //! orphans workers leave behind (proxyd as PID 1 or a child subreaper).
 
-pub mod probe;
 pub mod process;
 pub mod reaper;
 pub mod scale;

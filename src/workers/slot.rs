@@ -12,9 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::probe::probe;
 use super::process::{describe, Ports, Process, Spec};
+use crate::config::BackendAddr;
 use crate::config::Workers;
+use crate::upstream::connect::Connector;
+use crate::upstream::health::{self, Failure};
 use crate::upstream::{Backend, BackendState, Upstream, WorkerEvent, WorkerLink};
 
 /// What one upstream's slots share.
@@ -440,6 +442,11 @@ async fn start(
         fails: 0,
         oks: 0,
     })
+}
+
+/// One readiness or health probe of a worker: plain HTTP/1.1 on loopback (or its socket).
+async fn probe(addr: &BackendAddr, path: Option<&str>, timeout: Duration) -> Result<(), Failure> {
+    health::probe(&Connector::plain(timeout), addr, "localhost", path, timeout).await
 }
 
 /// A health round: probe and memory. Returns why the worker must be replaced, if it must.
