@@ -285,8 +285,8 @@ async fn a_failing_backend_is_taken_out_and_readmitted() {
     proxy.shutdown().await;
 }
 
-/// What discovery does with a new address of a `servers:` upstream: `new_server` + `add`, and
-/// `remove` when it vanishes.
+/// What discovery does with a new address of a `servers:` upstream: `server_backend` + `add`,
+/// and `remove` when it vanishes.
 #[tokio::test]
 async fn a_backend_added_at_run_time_joins_after_its_first_pass_and_its_checks_end_with_it() {
     let (a, c) = (
@@ -304,10 +304,11 @@ async fn a_backend_added_at_run_time_joins_after_its_first_pass_and_its_checks_e
     let load = Load::start(proxy.addr);
 
     let up = proxy.upstream("app");
-    let added = up.new_server(
+    let added = up.server_backend(
         proxyd::config::BackendAddr::Tcp(c.addr()),
         1,
-        "c.internal:8000",
+        true,
+        Some("c.internal:8000"),
     );
     assert!(
         !added.is_ready() && added.is_checking(),

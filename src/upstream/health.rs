@@ -198,8 +198,8 @@ pub struct Record {
     failures: AtomicU32,
     counts: [AtomicU64; 3],
     last: Mutex<Option<LastCheck>>,
-    /// Its first pass ramps up over `slow_start` (a backend added at run time); a backend
-    /// the group started with joins at full weight, as without checks.
+    /// Its first pass ramps up over `slow_start` (a backend that joins at run time); a
+    /// backend the group started with joins at full weight, as without checks.
     ramp_first: bool,
     spawned: AtomicBool,
     stop: CancellationToken,

@@ -92,76 +92,95 @@ impl Upstream {
         connector: Connector,
         queue_max: usize,
     ) -> Arc<Upstream> {
-        // The Host of each server's checks: its entry as written (the same order).
-        let written: Vec<String> = match servers.len() == cfg.servers.len() {
-            true => cfg
-                .servers
+        let checks = cfg
+            .health
+            .clone()
+            .filter(|_| cfg.workers.is_none())
+            .map(|h| {
+                Arc::new(health::Checks {
+                    cfg: h,
+                    connector: connector.clone(),
+                    runtime: std::sync::OnceLock::new(),
+                })
+            });
+        let up = Arc::new_cyclic(|me: &Weak<Upstream>| Upstream {
+            name: name.into(),
+            backends: ArcSwap::from_pointee(Vec::new()),
+            connect_timeout: cfg.connect_timeout,
+            connector,
+            response_timeout: cfg.effective_response_timeout(),
+            buffer_bodies: cfg.workers.is_some(),
+            pool: cfg.effective_pool(),
+            concurrency: cfg.concurrency(),
+            policy: Policy::new(cfg.balance),
+            hash_key: cfg
+                .hash_key
+                .as_ref()
+                .and_then(|k| config::HashKey::parse(k).ok()),
+            queue_max,
+            queue_timeout: cfg.queue.timeout,
+            waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
+            next_waiter: AtomicU64::new(0),
+            budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
+            retries: cfg.retries.clone(),
+            eject: cfg.eject.clone(),
+            slow_start_ns: u64::try_from(cfg.slow_start.as_nanos()).unwrap_or(u64::MAX),
+            dynamic: cfg.workers.is_some(),
+            failed: AtomicBool::new(false),
+            stats: Stats::default(),
+            checks,
+            me: me.clone(),
+        });
+        // The Host of each server's checks: its entry as written (names are resolved by now).
+        let written = (servers.len() == cfg.servers.len()).then(|| {
+            cfg.servers
                 .iter()
                 .map(|s| config::addr::written_host(&s.value))
-                .collect(),
-            false => servers.iter().map(|(a, _)| a.host_header()).collect(),
+                .collect::<Vec<_>>()
+        });
+        let initial = servers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, weight))| {
+                let host = written.as_ref().and_then(|w| w.get(i)).map(String::as_str);
+                up.server_backend(addr, weight, false, host)
+            })
+            .collect();
+        up.backends.store(Arc::new(initial));
+        up
+    }
+
+    /// A backend for one of this group's servers, with the group's pool and limits: one the
+    /// group starts with (`fresh` false), or one that joins at run time, an address
+    /// discovery found (`fresh`: it ramps up over `slow_start` once it serves). `host` is
+    /// the server as written (`app.internal:8000`), the Host of its health checks (default:
+    /// the address). With `health:` it starts out of the rotation and joins when its first
+    /// check passes (its checks start when it is [`Upstream::add`]ed); without, it serves as
+    /// soon as it is added.
+    pub fn server_backend(
+        &self,
+        addr: BackendAddr,
+        weight: u32,
+        fresh: bool,
+        host: Option<&str>,
+    ) -> Arc<Backend> {
+        let host = match (host, &addr) {
+            (Some(h), _) => h.to_string(),
+            (None, BackendAddr::Unix(_)) => "localhost".to_string(),
+            (None, a) => a.host_header(),
         };
-        Arc::new_cyclic(|me: &Weak<Upstream>| {
-            let pool = cfg.effective_pool();
-            let concurrency = cfg.concurrency();
-            let checks = cfg
-                .health
-                .clone()
-                .filter(|_| cfg.workers.is_none())
-                .map(|h| {
-                    Arc::new(health::Checks {
-                        cfg: h,
-                        connector: connector.clone(),
-                        runtime: std::sync::OnceLock::new(),
-                    })
-                });
-            let backends = servers
-                .into_iter()
-                .zip(written)
-                .map(|((addr, weight), host)| {
-                    let spec = BackendSpec {
-                        addr,
-                        pool: Pool::new(pool.max_idle, pool.idle_timeout),
-                        worker: None,
-                        limit: concurrency,
-                        weight,
-                        fresh: false,
-                    };
-                    let b = Backend::new(spec, me.clone());
-                    Arc::new(match checks.is_some() {
-                        true => b.checked(health::Record::new(&host, false)),
-                        false => b,
-                    })
-                })
-                .collect();
-            Upstream {
-                name: name.into(),
-                backends: ArcSwap::from_pointee(backends),
-                connect_timeout: cfg.connect_timeout,
-                connector,
-                response_timeout: cfg.effective_response_timeout(),
-                buffer_bodies: cfg.workers.is_some(),
-                pool,
-                concurrency,
-                policy: Policy::new(cfg.balance),
-                hash_key: cfg
-                    .hash_key
-                    .as_ref()
-                    .and_then(|k| config::HashKey::parse(k).ok()),
-                queue_max,
-                queue_timeout: cfg.queue.timeout,
-                waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
-                next_waiter: AtomicU64::new(0),
-                budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
-                retries: cfg.retries.clone(),
-                eject: cfg.eject.clone(),
-                slow_start_ns: u64::try_from(cfg.slow_start.as_nanos()).unwrap_or(u64::MAX),
-                dynamic: cfg.workers.is_some(),
-                failed: AtomicBool::new(false),
-                stats: Stats::default(),
-                checks,
-                me: me.clone(),
-            }
+        let spec = BackendSpec {
+            addr,
+            pool: Pool::new(self.pool.max_idle, self.pool.idle_timeout),
+            worker: None,
+            limit: self.concurrency,
+            weight,
+            fresh,
+        };
+        let b = Backend::new(spec, self.me.clone());
+        Arc::new(match self.checks.is_some() {
+            true => b.checked(health::Record::new(&host, fresh)),
+            false => b,
         })
     }
 
@@ -176,27 +195,6 @@ impl Upstream {
             fresh: true,
         };
         Arc::new(Backend::new(spec, self.me.clone()))
-    }
-
-    /// A backend for a server that joins at run time (an address discovery found), with
-    /// the group's pool and limits; `host` is the server as written (`app.internal:8000`),
-    /// the Host of its health checks. Put it in the group with [`Upstream::add`]: with
-    /// `health:` it gets requests only once its first check passes, then ramps up over
-    /// `slow_start`; without, at once (ramping too).
-    pub fn new_server(&self, addr: BackendAddr, weight: u32, host: &str) -> Arc<Backend> {
-        let spec = BackendSpec {
-            addr,
-            pool: Pool::new(self.pool.max_idle, self.pool.idle_timeout),
-            worker: None,
-            limit: self.concurrency,
-            weight,
-            fresh: true,
-        };
-        let b = Backend::new(spec, self.me.clone());
-        Arc::new(match self.checks.is_some() {
-            true => b.checked(health::Record::new(host, true)),
-            false => b,
-        })
     }
 
     /// Starts the health checks of every backend (once the group serves: a group built by
@@ -237,8 +235,8 @@ impl Upstream {
     }
 
     /// Puts a backend in the group; waiting requests may take its slots at once. One made
-    /// by [`Upstream::new_server`] in a group with `health:` has its checks started here and
-    /// joins the rotation when the first passes.
+    /// by [`Upstream::server_backend`] in a group with `health:` has its checks started here
+    /// (once the group's checks run) and joins the rotation when the first passes.
     pub fn add(&self, b: Arc<Backend>) {
         self.backends.rcu(|list| {
             let mut list = Vec::clone(list);
