@@ -285,6 +285,54 @@ async fn a_failing_backend_is_taken_out_and_readmitted() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_ejected_backend_returns_only_when_its_checks_pass() {
+    let (a, b) = (
+        App::start(&["/health"]).await,
+        App::start(&["/health"]).await,
+    );
+    let yaml = config(
+        &[a.addr().to_string(), b.addr().to_string()],
+        "    health: { path: /health, interval: 50ms, timeout: 1s, unhealthy: 1 }\n    eject: { failures: 1, base: 300ms, max: 300ms }\n    retries: { attempts: 1 }\n",
+    );
+    let proxy = TestProxy::from_yaml(&yaml).await;
+    let admin = proxy.admin.unwrap();
+    wait_health(admin, &[(a.addr(), "healthy"), (b.addr(), "healthy")]).await;
+
+    // b answers requests with 500: the first one ejects it (passive).
+    b.set("/x", 500);
+    let mut client = H1::connect(proxy.addr).await;
+    let mut ejected = false;
+    for _ in 0..100 {
+        let got = within("a request", client.get("/x")).await;
+        if got.status == StatusCode::INTERNAL_SERVER_ERROR {
+            ejected = true;
+            break;
+        }
+    }
+    assert!(ejected, "b never answered a request");
+    let s = status(admin).await;
+    assert_eq!(s["upstreams"][0]["counters"]["ejected"], 1, "{s:#}");
+    // Then its checks fail too, and its requests would pass again.
+    b.set("/health", 500);
+    b.set("/x", 200);
+    wait_health(admin, &[(b.addr(), "unhealthy")]).await;
+    // The ejection ends; the checks still say no: b stays out.
+    status_until(admin, "b's ejection to end", |s| {
+        backend(s, &b.addr().to_string())["ejected"] == false
+    })
+    .await;
+    let served = b.served();
+    let by = served_by(proxy.addr, 20).await;
+    assert!(by.iter().all(|x| *x == a.addr().to_string()), "{by:?}");
+    assert_eq!(b.served(), served);
+    // Its checks pass: back.
+    b.set("/health", 200);
+    wait_health(admin, &[(b.addr(), "healthy")]).await;
+    reaches(proxy.addr, b.addr()).await;
+    proxy.shutdown().await;
+}
+
 /// What discovery does with a new address of a `servers:` upstream: `server_backend` + `add`,
 /// and `remove` when it vanishes.
 #[tokio::test]

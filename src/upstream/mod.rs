@@ -197,17 +197,17 @@ impl Upstream {
         Arc::new(Backend::new(spec, self.me.clone()))
     }
 
-    /// Starts the health checks of every backend (once the group serves: a group built by
-    /// `proxyd check` or by a reload that was called off never checks anything), on the
-    /// runtime this runs on; backends added later get theirs as they are added. A no-op
-    /// without `health:`, or when already started.
+    /// Starts the health checks of every backend, on the runtime this runs on (a group
+    /// built only to be checked, by `proxyd check`, never starts them; they stop when the
+    /// group is dropped); backends added later get theirs as they are added. A no-op without
+    /// `health:`, or when already started.
     pub fn start_health_checks(&self) {
         let Some(checks) = &self.checks else { return };
-        if checks
-            .runtime
-            .set(tokio::runtime::Handle::current())
-            .is_err()
-        {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(upstream = %self.name, "health checks not started: no runtime");
+            return;
+        };
+        if checks.runtime.set(runtime).is_err() {
             return;
         }
         for b in self.backends.load().iter() {
