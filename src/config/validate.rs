@@ -148,7 +148,7 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         validate_upstream_tls(loaded, name, up)?;
         validate_balancing(file, name, up)?;
         if let Some(h) = up.health.as_ref().filter(|_| up.workers.is_none()) {
-            health_path(file, &format!("upstreams.{name}.health"), h.path.as_ref())?;
+            check_path(file, &format!("upstreams.{name}.health"), h.path.as_ref())?;
         }
     }
 
@@ -614,7 +614,7 @@ fn validate_workers(
     if let Some(count) = &w.count {
         validate_count(&key, &count.value).map_err(|m| at(&count.referenced, m))?;
     }
-    health_path(file, &format!("{key}.health"), w.health.path.as_ref())?;
+    check_path(file, &format!("{key}.health"), w.health.path.as_ref())?;
     if w.restart.max_backoff < w.restart.backoff {
         return Err(ConfigError::new(
             file,
@@ -661,16 +661,21 @@ fn validate_workers(
     Ok(())
 }
 
-/// A health check's `path`, if set, is an origin-form path.
-fn health_path(file: &str, key: &str, path: Option<&Spanned<String>>) -> Result<(), ConfigError> {
-    match path {
-        Some(p) if !p.value.starts_with('/') => Err(ConfigError::at(
-            file,
-            &p.referenced,
-            format!("{key}.path: must start with /"),
-        )),
-        _ => Ok(()),
-    }
+/// A health check's `path`, if set: a request target as sent (`/healthz`, `/up?full=1`).
+fn check_path(file: &str, key: &str, path: Option<&Spanned<String>>) -> Result<(), ConfigError> {
+    let Some(p) = path else { return Ok(()) };
+    let wrong = if !p.value.starts_with('/') {
+        "must start with /"
+    } else if p.value.parse::<http::uri::PathAndQuery>().is_err() {
+        "not a request path (spaces and control characters are written percent-encoded)"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::at(
+        file,
+        &p.referenced,
+        format!("{key}.path: {wrong}"),
+    ))
 }
 
 /// Keys written where they have no effect, though their values could be the defaults: each
@@ -876,6 +881,11 @@ mod tests {
             SERVERS,
             "    health: {path: up}\n",
             "p.yaml:6:20: upstreams.app.health.path: must start with /",
+        );
+        assert_error(
+            SERVERS,
+            "    health: {path: \"/a b\"}\n",
+            "p.yaml:6:20: upstreams.app.health.path: not a request path",
         );
         assert_error(
             SERVERS,
