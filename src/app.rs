@@ -1,5 +1,6 @@
 //! The wiring, in order: bind the listeners (or take those an old proxyd handed over), open
-//! the access logs, build the runtime state, start the workers, then make what acts on the
+//! the access logs, build the runtime state, start the workers and the lookups of upstream
+//! host names, then make what acts on the
 //! running proxy from those parts (the listener set, the reload, the upgrade, the admin).
 //! Each part gets what it uses when it is made: nothing is wired in after it starts. `main`
 //! runs this in its runtime, the tests in theirs.
@@ -79,6 +80,9 @@ impl App {
         // Before the workers start: a log that cannot be opened stops startup.
         let access_logs = crate::obs::access_log::open(loaded)?;
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
+        // Names are looked up from now on; requests for an upstream with none resolved yet
+        // wait in its queue.
+        snapshot.start_discovery(loaded)?;
         let metrics = Arc::new(crate::obs::metrics::Metrics::new());
         snapshot.prepare_metrics(&metrics);
         let observers = Observers::new(

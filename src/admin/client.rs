@@ -231,11 +231,25 @@ pub fn render(s: &Value) -> String {
         if let Some(f) = u["failure"].as_str() {
             out += &format!("FAILING   : {}\n", f.lines().next().unwrap_or_default());
         }
+        for n in list(&u["names"]) {
+            out += &format!(
+                "NAME      : {} {} ({} backends){}\n",
+                txt(&n["name"]),
+                txt(&n["state"]),
+                txt(&n["backends"]),
+                n["error"]
+                    .as_str()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            );
+        }
         let backends: Vec<Vec<String>> = list(&u["backends"])
             .iter()
             .map(|b| {
                 vec![
-                    txt(&b["address"]),
+                    match b["source"].as_str() {
+                        Some(name) => format!("{} ({name})", txt(&b["address"])),
+                        None => txt(&b["address"]),
+                    },
                     txt(&b["state"]),
                     format!(
                         "{}/{}",

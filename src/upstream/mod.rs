@@ -2,7 +2,8 @@
 //! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
 //! (`stats`), new connections (`connect`, with TLS from `tls`), the keepalive pool (`pool`),
 //! and the transport (`transport`) that sends a request (`body`, spooled by `spool`) and reads
-//! its response.
+//! its response; servers from host names and SRV records looked up again and again
+//! (`discovery`).
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
@@ -15,6 +16,7 @@ pub mod body;
 pub mod budget;
 pub mod clock;
 pub mod connect;
+pub mod discovery;
 pub mod h1;
 pub mod pool;
 pub mod queue;
@@ -73,64 +75,79 @@ pub struct Upstream {
     /// Its workers keep crashing: answer at once instead of queueing.
     failed: AtomicBool,
     pub stats: Stats,
+    /// Names its servers come from besides fixed addresses (`discovery`).
+    pub names: discovery::Names,
     me: Weak<Upstream>,
 }
 
 impl Upstream {
-    /// A group over fixed `servers` (address, weight), reached through `connector`; empty for
-    /// one whose workers are still starting. `queue_max` is `queue.max` in force.
+    /// A group over fixed `servers` (address, weight) and the servers `names` resolve to
+    /// (once `discovery::start` runs), reached through `connector`; empty for one whose
+    /// workers are still starting. `queue_max` is `queue.max` in force.
     pub fn new(
         name: &str,
         servers: Vec<(BackendAddr, u32)>,
+        names: Vec<discovery::Target>,
         cfg: &config::Upstream,
         connector: Connector,
         queue_max: usize,
     ) -> Arc<Upstream> {
-        Arc::new_cyclic(|me: &Weak<Upstream>| {
-            let pool = cfg.effective_pool();
-            let concurrency = cfg.concurrency();
-            let backends = servers
-                .into_iter()
-                .map(|(addr, weight)| {
-                    let spec = BackendSpec {
-                        addr,
-                        pool: Pool::new(pool.max_idle, pool.idle_timeout),
-                        worker: None,
-                        limit: concurrency,
-                        weight,
-                        fresh: false,
-                    };
-                    Arc::new(Backend::new(spec, me.clone()))
-                })
-                .collect();
-            Upstream {
-                name: name.into(),
-                backends: ArcSwap::from_pointee(backends),
-                connect_timeout: cfg.connect_timeout,
-                connector,
-                response_timeout: cfg.effective_response_timeout(),
-                buffer_bodies: cfg.workers.is_some(),
-                pool,
-                concurrency,
-                policy: Policy::new(cfg.balance),
-                hash_key: cfg
-                    .hash_key
-                    .as_ref()
-                    .and_then(|k| config::HashKey::parse(k).ok()),
-                queue_max,
-                queue_timeout: cfg.queue.timeout,
-                waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
-                next_waiter: AtomicU64::new(0),
-                budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
-                retries: cfg.retries.clone(),
-                eject: cfg.eject.clone(),
-                slow_start_ns: u64::try_from(cfg.slow_start.as_nanos()).unwrap_or(u64::MAX),
-                dynamic: cfg.workers.is_some(),
-                failed: AtomicBool::new(false),
-                stats: Stats::default(),
-                me: me.clone(),
-            }
-        })
+        let up = Arc::new_cyclic(|me: &Weak<Upstream>| Upstream {
+            name: name.into(),
+            backends: ArcSwap::from_pointee(Vec::new()),
+            connect_timeout: cfg.connect_timeout,
+            connector,
+            response_timeout: cfg.effective_response_timeout(),
+            buffer_bodies: cfg.workers.is_some(),
+            pool: cfg.effective_pool(),
+            concurrency: cfg.concurrency(),
+            policy: Policy::new(cfg.balance),
+            hash_key: cfg
+                .hash_key
+                .as_ref()
+                .and_then(|k| config::HashKey::parse(k).ok()),
+            queue_max,
+            queue_timeout: cfg.queue.timeout,
+            waiters: Waiters::new(cfg.queue.target, cfg.queue.interval),
+            next_waiter: AtomicU64::new(0),
+            budget: RetryBudget::new(cfg.retries.budget, cfg.retries.min_per_second),
+            retries: cfg.retries.clone(),
+            eject: cfg.eject.clone(),
+            slow_start_ns: u64::try_from(cfg.slow_start.as_nanos()).unwrap_or(u64::MAX),
+            dynamic: cfg.workers.is_some(),
+            failed: AtomicBool::new(false),
+            stats: Stats::default(),
+            names: discovery::Names::new(names),
+            me: me.clone(),
+        });
+        let initial = servers
+            .into_iter()
+            .map(|(addr, weight)| up.server_backend(addr, weight, false, None))
+            .collect();
+        up.backends.store(Arc::new(initial));
+        up
+    }
+
+    /// A backend for one of this group's servers: a fixed address (`fresh` false: the group
+    /// starts with it) or one a name resolved to (`source`; `fresh` once the group served:
+    /// slow start applies). Every server backend is made here.
+    pub fn server_backend(
+        &self,
+        addr: BackendAddr,
+        weight: u32,
+        fresh: bool,
+        source: Option<Arc<str>>,
+    ) -> Arc<Backend> {
+        let spec = BackendSpec {
+            addr,
+            pool: Pool::new(self.pool.max_idle, self.pool.idle_timeout),
+            worker: None,
+            limit: self.concurrency,
+            weight,
+            fresh,
+            source,
+        };
+        Arc::new(Backend::new(spec, self.me.clone()))
     }
 
     /// A backend for a new worker of this group, with the group's pool and limits.
@@ -142,6 +159,7 @@ impl Upstream {
             limit: self.concurrency,
             weight: 1,
             fresh: true,
+            source: None,
         };
         Arc::new(Backend::new(spec, self.me.clone()))
     }
@@ -393,6 +411,13 @@ impl Upstream {
             pool_reused: reused,
             pool_opened: opened,
             backends,
+            dns: (!self.names.is_empty()).then(|| crate::obs::figures::DnsFigures {
+                ok: get(&s.dns_ok),
+                empty: get(&s.dns_empty),
+                failed: get(&s.dns_failed),
+                joined: get(&s.backends_joined),
+                left: get(&s.backends_left),
+            }),
         }
     }
 
