@@ -42,7 +42,19 @@ pub struct Discovery {
 /// without pause.
 pub const MIN_REFRESH_FLOOR: Duration = Duration::from_millis(100);
 
+impl Resolver {
+    /// Nothing written: the system's resolver.
+    pub fn is_unset(&self) -> bool {
+        self.nameservers.is_empty() && self.timeout.is_none()
+    }
+}
+
 impl Discovery {
+    /// Nothing written: the defaults.
+    pub fn is_unset(&self) -> bool {
+        self.min_refresh.is_none() && self.max_refresh.is_none() && self.family == Family::Any
+    }
+
     pub fn min_refresh(&self) -> Duration {
         self.min_refresh
             .as_ref()

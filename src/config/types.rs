@@ -66,10 +66,10 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
     /// Where the host names of `servers` and `srv` are looked up (default: /etc/resolv.conf).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Resolver::is_unset")]
     pub resolver: Resolver,
     /// How often those names are looked up again.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Discovery::is_unset")]
     pub discovery: Discovery,
 }
 
