@@ -1,7 +1,7 @@
 //! The wiring, in order: bind the listeners (or take those an old proxyd handed over), open
 //! the access logs, build the runtime state, start the workers and the lookups of upstream
-//! host names, then make what acts on the
-//! running proxy from those parts (the listener set, the reload, the upgrade, the admin).
+//! host names, then make what acts on the running proxy from those parts (the listener set,
+//! the reload, the upgrade, the admin).
 //! Each part gets what it uses when it is made: nothing is wired in after it starts. `main`
 //! runs this in its runtime, the tests in theirs.
 

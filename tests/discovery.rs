@@ -644,3 +644,68 @@ fn check_accepts_names_that_do_not_resolve_and_places_errors() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+async fn reload(proxy: &TestProxy, yaml: &str) {
+    std::fs::write(proxy.config_path(), yaml).unwrap();
+    let got = H1::connect(proxy.admin.unwrap())
+        .await
+        .send(
+            Request::post("/reload")
+                .header("host", "admin")
+                .body(common::full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_lookups_of_a_kept_upstream_and_ends_those_of_a_replaced_one() {
+    let (_release_tx, release) = watch::channel(false);
+    let (port, _backends) = trio(&release).await;
+    let dns = Dns::start().await;
+    dns.set_a("a.test", &[V2], 0);
+    dns.set_a("b.test", &[V3], 0);
+    let first = yaml(&dns, &format!("    servers: [\"a.test:{port}\"]\n"));
+    let proxy = TestProxy::from_yaml(&first).await;
+    wait_backends(&proxy, &[at(V2, port)]).await;
+
+    // Another setting changes: the upstream and its lookup go on as they were.
+    let before = proxy.upstream("app");
+    reload(
+        &proxy,
+        &first.replace(
+            "headers: { debug: true }",
+            "headers: { debug: true, request_id: x-req }",
+        ),
+    )
+    .await;
+    assert!(Arc::ptr_eq(&before, &proxy.upstream("app")));
+    drop(before);
+    let s = wait_backends(&proxy, &[at(V2, port)]).await;
+    assert_eq!(counter(&s, "backends_joined"), 1);
+
+    // The upstream's name changes: a new upstream looks up the new name, the old one's
+    // lookups end with it.
+    reload(
+        &proxy,
+        &yaml(&dns, &format!("    servers: [\"b.test:{port}\"]\n")),
+    )
+    .await;
+    wait_backends(&proxy, &[at(V3, port)]).await;
+    let asked = dns.queries("a.test", RecordType::A).len();
+    let b_asked = dns.queries("b.test", RecordType::A).len();
+    dns.wait_queries("b.test", RecordType::A, b_asked + 5, PATIENCE)
+        .await;
+    // At most one lookup of a.test was under way as the old upstream went.
+    assert!(
+        dns.queries("a.test", RecordType::A).len() <= asked + 1,
+        "a.test still looked up: {} after {asked}",
+        dns.queries("a.test", RecordType::A).len()
+    );
+    assert_eq!(
+        get(proxy.addr, "/").await.text(),
+        format!("OK from {}", at(V3, port))
+    );
+    proxy.shutdown().await;
+}

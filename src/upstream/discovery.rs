@@ -543,9 +543,9 @@ impl Task {
 
 /// Takes `b` out of `up` for good: no new request picks it (it is draining before it leaves
 /// the list, so a request that loaded the list a moment ago skips it too), and its idle
-/// connections close; requests in flight on it finish.
+/// connections close before it is seen gone; requests in flight on it finish.
 fn leave(up: &Upstream, b: &Arc<Backend>) {
     b.set_state(BackendState::Draining);
-    up.remove(b);
     b.pool.close();
+    up.remove(b);
 }
