@@ -351,6 +351,7 @@ async fn answers_that_change_under_steady_load_fail_no_request() {
     let mut total = 0;
     let mut after = 0;
     let mut after_on_new = 0;
+    let mut before_on_leaving = 0;
     for c in clients {
         for (started_after, status, backend, text) in
             tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap()
@@ -361,11 +362,17 @@ async fn answers_that_change_under_steady_load_fail_no_request() {
                 after += 1;
                 assert_ne!(backend, a2.to_string(), "a request sent after the change");
                 after_on_new += usize::from(backend == a4.to_string());
+            } else {
+                before_on_leaving += usize::from(backend == a2.to_string());
             }
         }
     }
     assert_eq!(after, 160);
     assert!(after_on_new > 0, "the new address got no request");
+    assert!(
+        before_on_leaving > 0,
+        "127.0.0.2 served nothing before the change"
+    );
     assert!(total > after);
 
     // The slow request on the address that left finishes whole; its connection is not
@@ -384,6 +391,8 @@ async fn answers_that_change_under_steady_load_fail_no_request() {
     let s = status(&proxy).await;
     assert_eq!(counter(&s, "backends_joined"), 3);
     assert_eq!(counter(&s, "backends_left"), 1);
+    // Four clients on fewer free slots: requests waited in the queue, and none failed.
+    assert!(counter(&s, "queued") > 0);
     proxy.shutdown().await;
 }
 
