@@ -52,6 +52,10 @@ pub struct App {
     reloader: Arc<Reloader>,
     upgrader: Arc<Upgrader>,
     grace: std::time::Duration,
+    /// `timeouts.shutdown_delay`.
+    delay: std::time::Duration,
+    /// `admin.ready`.
+    admin_ready: crate::config::Ready,
 }
 
 impl App {
@@ -99,6 +103,7 @@ impl App {
             observers: observers.clone(),
             metrics: metrics.clone(),
             closing: Arc::new(AtomicBool::new(false)),
+            leaving: Arc::new(AtomicBool::new(false)),
             shape: start.shape.clone(),
         }));
         let reloader = Arc::new(Reloader::new(
@@ -135,6 +140,11 @@ impl App {
             reloader,
             upgrader,
             grace: cfg.timeouts.shutdown_grace,
+            delay: cfg.timeouts.shutdown_delay,
+            admin_ready: cfg
+                .admin
+                .as_ref()
+                .map_or(crate::config::Ready::Every, |a| a.ready),
         })
     }
 
@@ -182,6 +192,7 @@ impl App {
                     reloader: self.reloader.clone(),
                     listeners: self.listeners.clone(),
                     token: self.admin_token,
+                    ready: self.admin_ready,
                     started: std::time::SystemTime::now(),
                     metrics: self.metrics.clone(),
                     upgrader: self.upgrader.clone(),
@@ -189,6 +200,8 @@ impl App {
             ))
         });
         let upgrader = self.upgrader.clone();
+        let listeners = self.listeners.clone();
+        let delay = self.delay;
         let stop = async move {
             let why = tokio::select! {
                 _ = shutdown => {
@@ -200,6 +213,18 @@ impl App {
             };
             // /readyz says 503 from now on.
             let _ = stop_tx.send(true);
+            if why == Stop::Shutdown {
+                // So do the listeners' health paths; after a hand-over the new proxyd answers
+                // them on the same sockets, and this instance stays in service.
+                listeners.leaving();
+                if !delay.is_zero() {
+                    tracing::info!(
+                        ?delay,
+                        "shutting down: health checks say 503; accepting for shutdown_delay before draining"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
             why
         };
         let server = Server {

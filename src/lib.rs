@@ -22,7 +22,8 @@
 //! - [`proxy`]: the request pipeline, its phases plain functions over one
 //!   [`proxy::RequestCtx`] (check → route → limit → body → admit → forward with retries →
 //!   respond), the header rules, and the ONE error-to-response mapping
-//!   ([`proxy::error::error_response`]).
+//!   ([`proxy::error::error_response`]); a listener's `health_path` is answered before it
+//!   ([`proxy::health`]).
 //! - [`files`]: static routes' files, beside the proxy (which calls it after the limit
 //!   phase): paths resolved beneath the root in the kernel (`openat2`), conditionals,
 //!   ranges, precompressed variants.

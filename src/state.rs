@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::config::fingerprint::fingerprint;
-use crate::config::{addr, compression, ConfigError, Loaded, ServerAddr};
+use crate::config::{addr, compression, ConfigError, Loaded, Ready, ServerAddr};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
@@ -95,6 +95,18 @@ impl Snapshot {
             discovery::start(up, r);
         }
         Ok(())
+    }
+
+    /// Whether the upstreams are ready by `rule` (`health_path`, `/readyz`): an upstream is
+    /// when it has a ready backend and its workers are not crash-looping (it refuses all
+    /// requests then).
+    pub fn ready_by(&self, rule: Ready) -> bool {
+        let ready = |u: &Arc<Upstream>| u.ready_count() > 0 && !u.is_failed();
+        match rule {
+            Ready::Any => self.upstreams.iter().any(ready),
+            Ready::Every => self.upstreams.iter().all(ready),
+            Ready::Serving => true,
+        }
     }
 
     pub fn build(loaded: &Loaded) -> Result<Snapshot, ConfigError> {

@@ -1,10 +1,11 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every upstream has a ready
-//! backend; 503 once shutdown has begun, so load balancers stop sending before the drain
-//! ends), `/status` (JSON: listeners, upstreams, backends, workers; see `status`), `/` (the
-//! live status page, `status.html`), `POST /reload` (TLS certificates; a bad new one is
-//! refused and the old one stays), and `POST /upstreams/{name}/restart` (a rolling restart of
-//! that upstream's workers), and `POST /upgrade` (hand the listening sockets to a new proxyd
-//! binary and answer once it serves, or with why it did not). With `admin.token` set, every POST needs
+//! backend, or any one by `admin.ready`; 503 once shutdown has begun, so load balancers stop
+//! sending before the listeners close, given `timeouts.shutdown_delay`), `/status` (JSON:
+//! listeners, upstreams, backends, workers; see `status`), `/` (the live status page,
+//! `status.html`), `POST /reload` (TLS certificates; a bad new one is refused and the old one
+//! stays), `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers),
+//! and `POST /upgrade` (hand the listening sockets to a new proxyd binary and answer once it
+//! serves, or with why it did not). With `admin.token` set, every POST needs
 //! `Authorization: Bearer <token>`; GETs stay open (the listener binds loopback by default).
 //! `client` is the other side: `proxyd status`.
 
@@ -24,6 +25,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::Ready;
 use crate::obs::Observers;
 use crate::proxy::body::{FromClient, ResponseBody};
 use crate::proxy::{ConnInfo, ListenerSettings, Pending};
@@ -49,6 +51,8 @@ pub struct Admin {
     pub listeners: Arc<ListenerSet>,
     /// `admin.token`: required on POSTs when set.
     pub token: Option<String>,
+    /// `admin.ready`: when `/readyz` says 200.
+    pub ready: Ready,
     /// When proxyd started, for /status.
     pub started: std::time::SystemTime,
     pub metrics: Arc<crate::obs::metrics::Metrics>,
@@ -217,19 +221,26 @@ impl Admin {
         if *self.stop.borrow() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
         }
+        let failures = self.supervisors.failures();
+        let snap = self.state.load();
         let mut problems = String::new();
-        for (name, why) in self.supervisors.failures() {
+        for (name, why) in &failures {
             let _ = writeln!(problems, "{name}: {why}");
         }
-        for u in &self.state.load().upstreams {
+        for u in &snap.upstreams {
             if u.ready_count() == 0 {
                 let _ = writeln!(problems, "{}: no ready backend", u.name);
             }
         }
-        if problems.is_empty() {
-            text(StatusCode::OK, "ready\n".into())
-        } else {
-            text(StatusCode::SERVICE_UNAVAILABLE, problems)
+        let ready = match self.ready {
+            // As before `admin.ready`: any problem at all is one.
+            Ready::Every => problems.is_empty(),
+            rule => snap.ready_by(rule),
+        };
+        match ready {
+            // What is not ready is still said when the rule lets it pass.
+            true => text(StatusCode::OK, format!("ready\n{problems}")),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, problems),
         }
     }
 }

@@ -75,6 +75,11 @@ pub fn with_defaults(cfg: &Config) -> Config {
     let max_connections = cfg.limits.max_connections;
     for l in &mut cfg.listen {
         l.max_connections.get_or_insert(max_connections);
+        if l.health_path.is_some() {
+            let ready = l.health_ready();
+            l.health_ready
+                .get_or_insert(Spanned::new(ready, here, here));
+        }
     }
     if cfg.upstreams.values().any(|u| u.uses_names()) {
         let (min, max) = (cfg.discovery.min_refresh(), cfg.discovery.max_refresh());

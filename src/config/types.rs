@@ -101,6 +101,34 @@ pub struct Listen {
     /// becomes the client's; a connection without a valid one is closed.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// A path proxyd answers itself on this listener, whatever the host (HAProxy's
+    /// `monitor-uri`): 200 while serving, 503 while shutting down or while the upstreams are
+    /// not ready by `health_ready`. For load balancers that cannot reach the admin listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<Spanned<String>>,
+    /// When `health_path` says ready (default `any`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_ready: Option<Spanned<Ready>>,
+}
+
+impl Listen {
+    /// `health_ready` in force.
+    pub fn health_ready(&self) -> Ready {
+        self.health_ready.as_ref().map_or(Ready::Any, |r| r.value)
+    }
+}
+
+/// When proxyd calls itself ready (`listen[].health_ready`, `admin.ready`); never while it
+/// shuts down.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ready {
+    /// At least one upstream has a ready backend.
+    Any,
+    /// Every upstream has a ready backend.
+    Every,
+    /// Whatever the upstreams: ready until shutdown begins.
+    Serving,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,6 +187,9 @@ pub struct Admin {
     /// When set, the admin's POST endpoints need `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Spanned<String>>,
+    /// When `/readyz` says 200 (default `every`).
+    #[serde(default = "every")]
+    pub ready: Ready,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -454,6 +485,11 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(default = "default_shutdown_grace", with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT, before the listeners close: this long they still accept and serve
+    /// while `health_path` and `/readyz` say 503, so a load balancer takes the instance out
+    /// before it stops accepting (HAProxy's `grace`). Then the drain (`shutdown_grace`).
+    #[serde(default = "zero", with = "units::duration")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -464,6 +500,7 @@ impl Default for Timeouts {
             client_send: default_client_send(),
             keepalive: default_keepalive(),
             shutdown_grace: default_shutdown_grace(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -562,6 +599,9 @@ fn default_subject_header() -> String {
 }
 fn zero() -> Duration {
     Duration::ZERO
+}
+fn every() -> Ready {
+    Ready::Every
 }
 fn yes() -> bool {
     true

@@ -74,6 +74,16 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
                 "listen: redirect_https_port is only used with redirect_https: true".into(),
             ));
         }
+        if let Some(p) = &l.health_path {
+            health_path(&p.value).map_err(|m| err(p, format!("listen: health_path: {m}")))?;
+        }
+        if let (Some(r), None) = (&l.health_ready, &l.health_path) {
+            return Err(ConfigError::at(
+                file,
+                &r.referenced,
+                "listen: health_ready is only used with health_path",
+            ));
+        }
     }
     if let Some(admin) = &cfg.admin {
         let addr =
@@ -282,6 +292,28 @@ fn validate_discovery(loaded: &Loaded) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// A listener's `health_path`: a path as a client sends it, compared byte for byte.
+fn health_path(p: &str) -> Result<(), String> {
+    const MAX: usize = 1024;
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with /"));
+    }
+    if p.contains(['?', '#']) {
+        return Err(format!(
+            "{p:?}: a path only (no query or fragment); the query of a request is ignored"
+        ));
+    }
+    if p.len() > MAX {
+        return Err(format!("at most {MAX} bytes"));
+    }
+    match p.parse::<http::uri::PathAndQuery>() {
+        Ok(pq) if pq.path() == p => Ok(()),
+        _ => Err(format!(
+            "{p:?} is not a request path (spaces and control characters are written percent-encoded)"
+        )),
+    }
 }
 
 /// `name` is one of the upstreams.
@@ -904,6 +936,50 @@ mod tests {
             SERVERS,
             "limits:\n  rate: { max_clients: 10 }\n",
             "p.yaml:7:24: limits.rate.max_clients: only used with limits.rate.per_ip or a route's rate",
+        );
+    }
+
+    #[test]
+    fn health_path_errors_say_where() {
+        let on_listener = |keys: &str| SERVERS.replace("0\"\n", &format!("0\"\n{keys}"));
+        for (keys, want) in [
+            (
+                "    health_path: healthz\n",
+                "p.yaml:3:18: listen: health_path: \"healthz\" must start with /",
+            ),
+            (
+                "    health_path: \"/healthz?x=1\"\n",
+                "p.yaml:3:18: listen: health_path: \"/healthz?x=1\": a path only",
+            ),
+            (
+                "    health_path: \"/a b\"\n",
+                "p.yaml:3:18: listen: health_path: \"/a b\" is not a request path",
+            ),
+            (
+                "    health_ready: every\n",
+                "p.yaml:3:19: listen: health_ready is only used with health_path",
+            ),
+            (
+                "    health_path: /h\n    health_ready: all\n",
+                "p.yaml:4:19: unknown variant `all`, expected one of any, every, serving",
+            ),
+        ] {
+            assert_error(&on_listener(keys), "", want);
+        }
+        let ok = load_str(
+            &on_listener("    health_path: /healthz\n"),
+            "p.yaml",
+            ".".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.config.listen[0].health_ready(),
+            crate::config::Ready::Any
+        );
+        assert_error(
+            SERVERS,
+            "admin: { addr: \"127.0.0.1:0\", ready: some }\n",
+            "p.yaml:6:38: unknown variant `some`, expected one of any, every, serving",
         );
     }
 

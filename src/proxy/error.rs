@@ -39,7 +39,7 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
         );
     }
     if cause == Cause::MethodNotAllowed {
-        // Only static routes refuse a method.
+        // Only static routes and the health path refuse a method.
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     if cause.closes_connection() {

@@ -12,6 +12,8 @@
 //! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's;
 //!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
+//! - `health`: a listener's `health_path`, answered before any phase (the server asks it
+//!   first, and neither logs nor counts what it answers)
 
 pub mod body;
 pub mod check;
@@ -20,6 +22,7 @@ pub mod ctx;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod health;
 pub mod respond;
 pub mod retry;
 pub mod route;
@@ -88,6 +91,8 @@ pub struct ListenerSettings {
     pub hsts: Option<HeaderValue>,
     /// Where a verified client certificate's subject goes upstream (mTLS listeners).
     pub subject_header: Option<http::HeaderName>,
+    /// `health_path`: answered by proxyd itself (`health`).
+    pub health: Option<health::HealthPath>,
 }
 
 impl ListenerSettings {
@@ -104,6 +109,10 @@ impl ListenerSettings {
             subject_header: tls
                 .and_then(|t| t.client_auth.as_ref())
                 .and_then(|a| http::HeaderName::from_bytes(a.subject_header.as_bytes()).ok()),
+            health: l.health_path.as_ref().map(|p| health::HealthPath {
+                path: p.value.as_str().into(),
+                ready: l.health_ready(),
+            }),
         }
     }
 }

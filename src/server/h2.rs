@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::drain::Watcher;
+use super::h1::Pipeline;
 use crate::obs::Observers;
 use crate::proxy::body::{BoxError, ResponseBody};
 use crate::proxy::{self, ConnInfo, Pending};
-use crate::state::Snapshot;
 
 pub type Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
 
@@ -32,7 +32,7 @@ pub async fn serve<T>(
     info: ConnInfo,
     builder: &Builder,
     clocks: Clocks,
-    state: Arc<arc_swap::ArcSwap<Snapshot>>,
+    pipeline: Pipeline,
     observers: Observers,
     watcher: Watcher,
 ) where
@@ -42,12 +42,24 @@ pub async fn serve<T>(
     let activity = Arc::new(Activity::default());
     let io = IdleIo::new(stream, activity.clone(), clocks);
     let info = Arc::new(info);
+    let Pipeline { state, leaving } = pipeline;
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = activity.begin();
         let snap = state.load_full();
         let info = info.clone();
         let observers = observers.clone();
+        // The health path is answered first, and neither logged nor counted.
+        let health = proxy::health::answer(&req, &snap, &info, leaving.load(Ordering::Relaxed));
         async move {
+            if let Some(resp) = health {
+                return Ok(resp.map(|body| Reported {
+                    body,
+                    _guard: guard,
+                    pending: None,
+                    observers,
+                    sent: 0,
+                }));
+            }
             let (resp, pending) = Box::pin(proxy::handle(req, snap, &info)).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| Reported {
                 body,

@@ -76,6 +76,8 @@ pub struct Spawner {
     pub metrics: Arc<crate::obs::metrics::Metrics>,
     /// Set when a new proxyd has taken over: HTTP/1 responses say `Connection: close`.
     pub closing: Arc<AtomicBool>,
+    /// Set when shutdown begins (not at a hand-over): the listeners' health paths say 503.
+    pub leaving: Arc<AtomicBool>,
     pub shape: Shape,
 }
 
@@ -208,6 +210,19 @@ impl ListenerSet {
             .as_ref()
         {
             s.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Shutdown has begun: the listeners' health paths say 503 from now on (while they still
+    /// accept, for `timeouts.shutdown_delay`, so load balancers take this instance out first).
+    pub fn leaving(&self) {
+        if let Some(s) = self
+            .spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            s.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

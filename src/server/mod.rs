@@ -252,6 +252,7 @@ pub(crate) async fn accept_loop(accept: AcceptLoop) {
         observers,
         metrics,
         closing,
+        leaving,
         ..
     } = shared;
     loop {
@@ -283,6 +284,7 @@ pub(crate) async fn accept_loop(accept: AcceptLoop) {
             listener: serving.settings.clone(),
             observers: observers.clone(),
             closing: closing.clone(),
+            leaving: leaving.clone(),
         };
         tokio::spawn(connection(Accepted {
             stream,
@@ -381,6 +383,8 @@ struct Conn {
     observers: Observers,
     /// Set once a new proxyd has taken over (an upgrade).
     closing: Arc<AtomicBool>,
+    /// Set once shutdown has begun (the health path says 503).
+    leaving: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -394,7 +398,10 @@ impl Conn {
     /// What serving HTTP/1.1 on this connection takes.
     fn h1(self, info: ConnInfo) -> h1::Ctx<h1::Pipeline> {
         h1::Ctx {
-            handler: h1::Pipeline { state: self.state },
+            handler: h1::Pipeline {
+                state: self.state,
+                leaving: self.leaving,
+            },
             info,
             observers: self.observers,
             closing: self.closing,
@@ -419,7 +426,10 @@ impl Conn {
             info,
             &self.setup.h2,
             clocks,
-            self.state,
+            h1::Pipeline {
+                state: self.state,
+                leaving: self.leaving,
+            },
             self.observers,
             self.watcher,
         )

@@ -196,6 +196,11 @@ impl Upstream {
         self.backends.load().iter().filter(|b| b.is_ready()).count()
     }
 
+    /// Crash-looping workers: requests get 503 at once, whatever backends are ready.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// Marks the group as crash-looping (or recovered): while set, requests get 503 at once
     /// and queued ones are answered.
     pub fn set_failed(&self, failed: bool) {

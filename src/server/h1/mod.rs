@@ -69,9 +69,12 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send;
 }
 
-/// The proxy's request pipeline (`proxy::handle`), over the live runtime state.
+/// The proxy's request pipeline (`proxy::handle`), over the live runtime state (for h2
+/// connections too: `h2::serve`).
 pub struct Pipeline {
     pub state: Arc<ArcSwap<Snapshot>>,
+    /// Set once shutdown has begun: the listener's health path says 503.
+    pub leaving: Arc<AtomicBool>,
 }
 
 impl Handler for Pipeline {
@@ -82,7 +85,12 @@ impl Handler for Pipeline {
     ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send {
         // Loaded per request: a reload applies to the next request of an open connection.
         let snap = self.state.load_full();
+        // The health path is answered first, and neither logged nor counted.
+        let health = proxy::health::answer(&req, &snap, info, self.leaving.load(Ordering::Relaxed));
         async move {
+            if let Some(resp) = health {
+                return (resp, None);
+            }
             let (resp, pending) = proxy::handle(req, snap, info).await;
             (resp, Some(pending))
         }
