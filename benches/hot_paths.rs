@@ -180,6 +180,7 @@ fn backends(n: usize) -> Vec<Arc<Backend>> {
                     limit: usize::MAX,
                     weight: 1 + (i % 3) as u32,
                     fresh: false,
+                    source: None,
                 },
                 Weak::new(),
             ))

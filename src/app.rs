@@ -1,6 +1,7 @@
 //! The wiring, in order: bind the listeners (or take those an old proxyd handed over), open
-//! the access logs, build the runtime state, start the workers, then make what acts on the
-//! running proxy from those parts (the listener set, the reload, the upgrade, the admin).
+//! the access logs, build the runtime state, start the workers and the lookups of upstream
+//! host names, then make what acts on the running proxy from those parts (the listener set,
+//! the reload, the upgrade, the admin).
 //! Each part gets what it uses when it is made: nothing is wired in after it starts. `main`
 //! runs this in its runtime, the tests in theirs.
 
@@ -86,6 +87,9 @@ impl App {
         let supervisors = Arc::new(Supervisors::start(loaded, &snapshot)?);
         // Servers with `health:` join the rotation as their first checks pass.
         snapshot.start_health_checks();
+        // Names are looked up from now on; requests for an upstream with none resolved yet
+        // wait in its queue.
+        snapshot.start_discovery(loaded)?;
         let metrics = Arc::new(crate::obs::metrics::Metrics::new());
         snapshot.prepare_metrics(&metrics);
         let observers = Observers::new(

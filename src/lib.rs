@@ -29,7 +29,8 @@
 //!   ranges, precompressed variants.
 //! - [`limits`]: what one client may take and who the client is: request rate limits (429),
 //!   the per-IP connection cap, and `trusted_proxies` (client IP from `X-Forwarded-For`).
-//! - [`upstream`]: upstream groups, backends, balancing, and each backend's keepalive pool.
+//! - [`upstream`]: upstream groups, backends, balancing, each backend's keepalive pool, and
+//!   servers from DNS names looked up again as their TTL says (`upstream::discovery`).
 //! - [`workers`]: the supervisor of app workers: spawn, readiness, restart with back-off,
 //!   recycling, rolling restarts, and an adaptive count that follows the queue.
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/status`, `/metrics`, reload,

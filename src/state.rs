@@ -12,10 +12,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::config::fingerprint::fingerprint;
-use crate::config::{addr, compression, BackendAddr, ConfigError, Loaded, Ready};
+use crate::config::{addr, compression, ConfigError, Loaded, Ready, ServerAddr};
 // The pipeline's body limits: moves here once proxy/body.rs is free (tests/house.rs PENDING).
 use crate::limits::RateLimiter;
 use crate::upstream::connect::Connector;
+use crate::upstream::discovery::{self, Target};
 use crate::upstream::Upstream;
 use route::{HostMatch, Router};
 pub use site::StaticSite;
@@ -98,6 +99,29 @@ impl Snapshot {
         self.upstreams.iter().map(|u| u.figures()).collect()
     }
 
+    /// Starts looking up the host names and SRV names of its upstreams that are not looked
+    /// up yet (at start; after a reload, those of new or changed upstreams), with the
+    /// resolver `loaded` sets. Fails only when there is no resolver to ask (no
+    /// /etc/resolv.conf and no `resolver.nameservers`); a name that does not resolve is no
+    /// error. Runs in the runtime the lookups are to run in.
+    pub fn start_discovery(&self, loaded: &Loaded) -> Result<(), ConfigError> {
+        let mut resolver = None;
+        for up in &self.upstreams {
+            if up.names.is_empty() || up.names.started() {
+                continue;
+            }
+            let r = match &resolver {
+                Some(r) => r,
+                None => resolver.insert(Arc::new(
+                    discovery::Resolver::new(&loaded.config)
+                        .map_err(|m| ConfigError::new(&loaded.file, None, m))?,
+                )),
+            };
+            discovery::start(up, r);
+        }
+        Ok(())
+    }
+
     /// Whether the upstreams are ready by `rule` (`health_path`, `/readyz`): an upstream is
     /// when it has a ready backend and its workers are not crash-looping (it refuses all
     /// requests then).
@@ -129,7 +153,20 @@ impl Snapshot {
                 // A derived queue.max follows limits.max_connections.
                 let same_max = before.queue.max_or(old.config.limits.max_connections)
                     == up.queue.max_or(cfg.limits.max_connections);
-                (old.dir == loaded.dir && fingerprint(before) == fingerprint(up) && same_max)
+                // Its names' tasks keep the resolver they started with.
+                let same_dns = !up.uses_names() || {
+                    let dns = |c: &crate::config::Config| {
+                        crate::config::fingerprint::strip_locations(&format!(
+                            "{:?}{:?}",
+                            c.resolver, c.discovery
+                        ))
+                    };
+                    dns(&old.config) == dns(cfg)
+                };
+                (old.dir == loaded.dir
+                    && fingerprint(before) == fingerprint(up)
+                    && same_max
+                    && same_dns)
                     .then(|| snap.upstreams.iter().find(|u| *u.name == **name).cloned())
                     .flatten()
             });
@@ -138,18 +175,26 @@ impl Snapshot {
                 continue;
             }
             // A workers upstream starts empty: its supervisor adds each worker once ready.
-            let addrs = up
-                .servers
-                .iter()
-                .map(|s| addr::parse_server_entry(&s.value))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
-            let https = addrs
-                .iter()
-                .any(|(a, _)| matches!(a, BackendAddr::Tls { .. }));
+            // Host names start empty too: `start_discovery` looks them up.
+            let mut fixed = Vec::new();
+            let mut names = Vec::new();
+            let mut https = false;
+            for s in &up.servers {
+                let (server, weight) = addr::parse_server_entry(&s.value).map_err(fail)?;
+                https |= server.is_tls();
+                match server {
+                    ServerAddr::Fixed(a) => fixed.push((a, weight)),
+                    ServerAddr::Name(n) => names.push(Target::Host(n, weight)),
+                }
+            }
+            if let Some(s) = &up.srv {
+                let srv = addr::parse_srv(&s.value).map_err(fail)?;
+                https |= srv.tls;
+                names.push(Target::Srv(srv));
+            }
             let connector = Connector::new(name, up, &loaded.dir, https).map_err(fail)?;
             let queue_max = up.queue.max_or(cfg.limits.max_connections);
-            upstreams.push(Upstream::new(name, addrs, up, connector, queue_max));
+            upstreams.push(Upstream::new(name, fixed, names, up, connector, queue_max));
         }
         let kept = previous.map(|(snap, old)| crate::limits::rate::Kept {
             loaded: old,

@@ -356,6 +356,7 @@ async fn a_backend_added_at_run_time_joins_after_its_first_pass_and_its_checks_e
         proxyd::config::BackendAddr::Tcp(c.addr()),
         1,
         true,
+        None,
         Some("c.internal:8000"),
     );
     assert!(

@@ -7,9 +7,8 @@
 //! keep for every input (a complete head stays complete when cut to its length, the request
 //! sent upstream carries no hop-by-hop header, a route is the best match, ...).
 //!
-//! Nothing here touches the network: the config loader resolves host names in `servers:`
-//! with the system resolver, so configs naming anything but an IP address or `localhost`
-//! are parsed and not validated ([`needs_dns`]).
+//! Nothing here touches the network: the config loader keeps host names in `servers:` as
+//! names (they are looked up by the running proxy only), so every config is validated.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,10 +18,12 @@ use arbitrary::{Result, Unstructured};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use proxyd::config::addr::{parse_listen, parse_server, parse_server_entry, BackendAddr};
+use proxyd::config::addr::{
+    parse_listen, parse_server, parse_server_entry, BackendAddr, ServerAddr,
+};
 use proxyd::config::balance::HashKey;
 use proxyd::config::load::expand_env;
-use proxyd::config::{load_str, Config};
+use proxyd::config::load_str;
 use proxyd::fuzzing::{combined, healthd, json};
 use proxyd::http1::{self, Framing, Limits};
 use proxyd::limits::{Cidr, Rate, TrustedProxies};
@@ -65,28 +66,6 @@ fn config_dir() -> PathBuf {
     root.join("config")
 }
 
-/// Whether `config::addr::parse_server_entry` could ask the system resolver about `entry`:
-/// conservatively, anything but an IP literal, `localhost` (from /etc/hosts) or a unix
-/// socket. The fuzzer sends no DNS queries.
-pub fn needs_dns(entry: &str) -> bool {
-    let s = entry.split_whitespace().next().unwrap_or("");
-    if s.starts_with("unix:") {
-        return false;
-    }
-    let hostport = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s)
-        .trim_end_matches('/');
-    if hostport.contains('/') || hostport.parse::<SocketAddr>().is_ok() {
-        return false;
-    }
-    match hostport.rsplit_once(':') {
-        Some((host, port)) => port.parse::<u16>().is_ok() && host != "localhost",
-        None => false,
-    }
-}
-
 /// Config text (any bytes, read as UTF-8 with replacement) through `${VAR}` expansion, the
 /// YAML parser and validation, as `proxyd check` does; a config that validates must also
 /// build the runtime snapshot `proxyd` serves from.
@@ -101,14 +80,6 @@ pub fn config_loader(data: &[u8]) {
         let (line, col) = e.at.expect("expansion errors have a place");
         assert!(line >= 1 && col >= 1, "{e}");
         assert!(line as usize <= text.split('\n').count(), "{e}");
-    }
-    if let Ok(expanded) = expand_env(&text, "fuzz.yaml", |n| std::env::var(n).ok()) {
-        if let Ok(cfg) = serde_saphyr::from_str::<Config>(&expanded) {
-            let servers = cfg.upstreams.values().flat_map(|u| &u.servers);
-            if servers.into_iter().any(|s| needs_dns(&s.value)) {
-                return;
-            }
-        }
     }
     match load_str(&text, "fuzz.yaml", config_dir()) {
         Ok(loaded) => {
@@ -784,14 +755,19 @@ pub fn parsers(data: &[u8]) {
             }
         }
         1 => {
-            if needs_dns(s) {
-                return;
-            }
             if let Ok((addr, weight)) = parse_server_entry(s) {
                 assert!(weight >= 1);
-                let _ = addr.host_header();
-                if let BackendAddr::Tcp(_) = addr {
-                    assert_eq!(parse_server(&addr.to_string()), Ok(addr));
+                match &addr {
+                    ServerAddr::Fixed(a) => {
+                        let _ = a.host_header();
+                        if let BackendAddr::Tcp(_) = a {
+                            assert_eq!(parse_server(&a.to_string()), Ok(addr));
+                        }
+                    }
+                    // A name is kept as written, and reads back the same.
+                    ServerAddr::Name(n) => {
+                        assert_eq!(parse_server(&n.to_string()), Ok(addr.clone()));
+                    }
                 }
             }
         }

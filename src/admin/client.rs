@@ -243,12 +243,26 @@ pub fn render(s: &Value) -> String {
                 h.get("unhealthy").map_or("-".into(), txt),
             );
         }
+        for n in list(&u["names"]) {
+            out += &format!(
+                "NAME      : {} {} ({} backends){}\n",
+                txt(&n["name"]),
+                txt(&n["state"]),
+                txt(&n["backends"]),
+                n["error"]
+                    .as_str()
+                    .map_or(String::new(), |e| format!(": {e}"))
+            );
+        }
         let checked = u["health"].is_object();
         let backends: Vec<Vec<String>> = list(&u["backends"])
             .iter()
             .map(|b| {
                 let mut row = vec![
-                    txt(&b["address"]),
+                    match b["source"].as_str() {
+                        Some(name) => format!("{} ({name})", txt(&b["address"])),
+                        None => txt(&b["address"]),
+                    },
                     txt(&b["state"]),
                     format!(
                         "{}/{}",

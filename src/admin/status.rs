@@ -51,6 +51,8 @@ pub struct UpstreamStatus {
     /// Why its workers are not restarted any more (crash loop), with their last output.
     pub failure: Option<String>,
     pub backends: Vec<BackendStatus>,
+    /// The host names and SRV name its servers come from, with their last lookup.
+    pub names: Vec<NameStatus>,
     /// Null for an upstream of fixed servers.
     pub workers: Option<Vec<WorkerStatus>>,
     /// The worker count: its bounds, now and wanted; null for fixed servers.
@@ -141,6 +143,20 @@ pub struct BackendStatus {
     pub worker_id: Option<u64>,
     /// Its active health checks; null without `health:`.
     pub health: Option<HealthStatus>,
+    /// The DNS name it was found under, if any.
+    pub source: Option<String>,
+}
+
+/// A name an upstream's servers come from (`upstream::discovery`).
+#[derive(Serialize)]
+pub struct NameStatus {
+    /// `dns app.internal` or `srv _http._tcp.app`.
+    pub name: String,
+    /// pending (not looked up yet), ok, empty (NXDOMAIN or no records: no backends from
+    /// it), failing (the resolver failed: its last addresses are kept).
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub backends: usize,
 }
 
 #[derive(Serialize)]
@@ -226,6 +242,20 @@ fn upstream(u: &Upstream, group: Option<&Group>, now: SystemTime) -> UpstreamSta
         counters,
         failure: group.and_then(Group::failure),
         backends: backends.iter().map(|b| backend(b, t)).collect(),
+        names: u
+            .names
+            .sources
+            .iter()
+            .map(|s| {
+                let st = s.status();
+                NameStatus {
+                    name: s.target.describe(),
+                    state: st.state,
+                    error: st.error,
+                    backends: st.backends,
+                }
+            })
+            .collect(),
         workers: group.map(|g| {
             let mut ws: Vec<WorkerStatus> = g.workers().iter().map(|w| worker(w, t, now)).collect();
             ws.sort_by_key(|w| w.slot);
@@ -282,6 +312,7 @@ fn backend(b: &Backend, now: u64) -> BackendStatus {
         ewma_ms: b.latency_ns() as f64 / 1e6,
         weight: b.weight,
         worker_id: b.worker.as_ref().map(|w| w.id),
+        source: b.source.as_deref().map(str::to_string),
         health: b.health.as_deref().map(health),
     }
 }

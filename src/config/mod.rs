@@ -1,7 +1,9 @@
 //! Configuration: the file's types and defaults (`types`), durations, sizes and counts with
 //! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
-//! the `workers:` block (`workers`), active health checks of servers (`health`), an upstream's protocol and TLS (`upstream_tls`), the
-//! binary upgrade's settings (`upgrade`), the checks that `proxyd check` runs (`validate`),
+//! the `workers:` block (`workers`), active health checks of servers (`health`), an
+//! upstream's protocol and TLS (`upstream_tls`), the binary upgrade's settings (`upgrade`),
+//! host names re-resolved (`discovery`: `resolver:`, `discovery:`), the checks that
+//! `proxyd check` runs (`validate`),
 //! `proxyd check --print` (`print`), the keys a file writes and where (`written`), the
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
 //! and `proxyd proxy` make of their flags (`oneliner`).
@@ -10,6 +12,7 @@ pub mod access_log;
 pub mod addr;
 pub mod balance;
 pub mod compression;
+pub mod discovery;
 pub mod expand;
 pub mod fingerprint;
 pub mod health;
@@ -27,7 +30,7 @@ pub mod validate;
 pub mod workers;
 pub mod written;
 
-pub use addr::BackendAddr;
+pub use addr::{BackendAddr, NamedServer, ServerAddr, SrvName};
 pub use host::HostMatch;
 pub use load::{load_file, load_file_with, load_str, load_str_with, Checks, ConfigError, Loaded};
 pub use types::*;

@@ -81,6 +81,12 @@ pub fn with_defaults(cfg: &Config) -> Config {
                 .get_or_insert(Spanned::new(ready, here, here));
         }
     }
+    if cfg.upstreams.values().any(|u| u.uses_names()) {
+        let (min, max) = (cfg.discovery.min_refresh(), cfg.discovery.max_refresh());
+        let d = &mut cfg.discovery;
+        d.min_refresh = Some(Spanned::new(super::units::Secs(min), here, here));
+        d.max_refresh = Some(Spanned::new(super::units::Secs(max), here, here));
+    }
     let upstreams: BTreeMap<_, _> = std::mem::take(&mut cfg.upstreams);
     for (name, mut up) in upstreams {
         let queue_max = up.queue.max_or(max_connections);

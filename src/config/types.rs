@@ -11,6 +11,7 @@ use serde_saphyr::Spanned;
 
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::compression::{Compression, Encoding, RouteCompression};
+pub use super::discovery::{Discovery, Family, Resolver};
 pub use super::health::Health;
 pub use super::limits::{Cidr, Rate};
 pub use super::upgrade::Upgrade;
@@ -65,6 +66,12 @@ pub struct Config {
     /// Upstream responses compressed on the fly (off when absent); routes may override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Where the host names of `servers` and `srv` are looked up (default: /etc/resolv.conf).
+    #[serde(default, skip_serializing_if = "Resolver::is_unset")]
+    pub resolver: Resolver,
+    /// How often those names are looked up again.
+    #[serde(default, skip_serializing_if = "Discovery::is_unset")]
+    pub discovery: Discovery,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -189,9 +196,14 @@ pub struct Admin {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `host:port`, `[v6]:port`, or `unix:/path`.
+    /// `host:port`, `[v6]:port`, or `unix:/path`; every address a host name resolves to is
+    /// a server, looked up again as its TTL says.
     #[serde(default)]
     pub servers: Vec<Spanned<String>>,
+    /// An SRV name (`_http._tcp.app.service.consul`) whose targets are servers too, with
+    /// their ports and weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<Spanned<String>>,
     #[serde(default = "default_connect_timeout", with = "units::nonzero_duration")]
     pub connect_timeout: Duration,
     /// Time allowed from sending the request to receiving the response head (504 past it;
@@ -234,6 +246,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Its servers come (also) from names looked up again and again.
+    pub fn uses_names(&self) -> bool {
+        self.srv.is_some()
+            || self.servers.iter().any(|s| {
+                matches!(
+                    super::addr::parse_server_entry(&s.value),
+                    Ok((super::ServerAddr::Name(_), _))
+                )
+            })
+    }
+
     /// The pool settings in force: for workers, idle connections close well before the
     /// worker's own keep-alive could close them (so a reused connection never races it).
     pub fn effective_pool(&self) -> Pool {

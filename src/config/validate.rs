@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use http::HeaderName;
 use serde_saphyr::Spanned;
 
-use super::addr::{parse_listen, parse_server_entry};
+use super::addr::{parse_listen, parse_nameserver, parse_server_entry, parse_srv};
 use super::balance::{Balance, HashKey};
 use super::host::HostMatch;
 use super::load::{Checks, ConfigError, Loaded};
@@ -119,19 +119,20 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         ));
     }
     for (name, up) in &cfg.upstreams {
-        match (&up.workers, up.servers.first()) {
+        match (&up.workers, up.servers.first().or(up.srv.as_ref())) {
             (Some(_), Some(s)) => {
+                let key = if up.servers.is_empty() { "srv" } else { "servers" };
                 return Err(err(
                     s,
-                    format!("upstreams.{name}: has both servers and workers; use one"),
-                ))
+                    format!("upstreams.{name}: has both {key} and workers; use one"),
+                ));
             }
             (None, None) => {
                 return Err(ConfigError::new(
                     file,
                     None,
                     format!(
-                        "upstreams.{name}: needs servers (addresses) or workers (a command to run)"
+                        "upstreams.{name}: needs servers (addresses), srv (an SRV name) or workers (a command to run)"
                     ),
                 ))
             }
@@ -144,6 +145,9 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         for s in &up.servers {
             parse_server_entry(&s.value)
                 .map_err(|m| err(s, format!("upstreams.{name}.servers: {m}")))?;
+        }
+        if let Some(s) = &up.srv {
+            parse_srv(&s.value).map_err(|m| err(s, format!("upstreams.{name}.srv: {m}")))?;
         }
         validate_upstream_tls(loaded, name, up)?;
         validate_balancing(file, name, up)?;
@@ -249,6 +253,47 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         ));
     }
     validate_access_logs(loaded)?;
+    validate_discovery(loaded)?;
+    Ok(())
+}
+
+/// `resolver:` and `discovery:`: name server addresses, and refresh bounds in order. Names
+/// themselves are not looked up here: one that does not resolve yet is no error.
+fn validate_discovery(loaded: &Loaded) -> Result<(), ConfigError> {
+    use super::discovery::MIN_REFRESH_FLOOR;
+    use super::units::show_duration;
+    let file = loaded.file.as_str();
+    let cfg = &loaded.config;
+    for ns in &cfg.resolver.nameservers {
+        parse_nameserver(&ns.value).map_err(|m| {
+            ConfigError::at(file, &ns.referenced, format!("resolver.nameservers: {m}"))
+        })?;
+    }
+    let d = &cfg.discovery;
+    if let Some(min) = &d.min_refresh {
+        if min.value.0 < MIN_REFRESH_FLOOR {
+            return Err(ConfigError::at(
+                file,
+                &min.referenced,
+                format!(
+                    "discovery.min_refresh: at least {} (a name with a TTL of 0 is asked for this often)",
+                    show_duration(MIN_REFRESH_FLOOR)
+                ),
+            ));
+        }
+    }
+    if d.max_refresh() < d.min_refresh() {
+        let msg = format!(
+            "discovery.max_refresh: shorter than discovery.min_refresh ({} < {})",
+            show_duration(d.max_refresh()),
+            show_duration(d.min_refresh())
+        );
+        let place = d.max_refresh.as_ref().or(d.min_refresh.as_ref());
+        return Err(match place {
+            Some(p) => ConfigError::at(file, &p.referenced, msg),
+            None => ConfigError::new(file, None, msg),
+        });
+    }
     Ok(())
 }
 
@@ -463,7 +508,7 @@ fn validate_upstream_tls(
     name: &str,
     up: &super::Upstream,
 ) -> Result<(), ConfigError> {
-    use super::{BackendAddr, UpstreamProtocol};
+    use super::UpstreamProtocol;
     let file = loaded.file.as_str();
     let at = |s: &Spanned<String>, msg: String| ConfigError::at(file, &s.referenced, msg);
     let key = format!("upstreams.{name}");
@@ -478,18 +523,27 @@ fn validate_upstream_tls(
         }
     }
     let mut https = false;
-    for s in &up.servers {
-        let Ok((addr, _)) = parse_server_entry(&s.value) else {
-            continue;
-        };
-        let tls = matches!(addr, BackendAddr::Tls { .. });
+    let srv = up
+        .srv
+        .iter()
+        .filter_map(|s| Some((s, parse_srv(&s.value).ok()?.tls)));
+    let servers = up
+        .servers
+        .iter()
+        .filter_map(|s| Some((s, parse_server_entry(&s.value).ok()?.0.is_tls())));
+    for (s, tls) in servers.chain(srv) {
         https |= tls;
         let wrong = match (protocol, tls) {
             (UpstreamProtocol::H2, false) => "protocol: h2 needs https:// servers (HTTP/2 is agreed by ALPN); h2c is HTTP/2 in cleartext",
             (UpstreamProtocol::H2c, true) => "protocol: h2c is HTTP/2 in cleartext; use protocol: h2 with https:// servers",
             _ => continue,
         };
-        return Err(at(s, format!("{key}.servers: {wrong}")));
+        let list = if up.srv.as_ref().is_some_and(|x| std::ptr::eq(x, s)) {
+            "srv"
+        } else {
+            "servers"
+        };
+        return Err(at(s, format!("{key}.{list}: {wrong}")));
     }
     let Some(tls) = &up.tls else {
         return Ok(());
@@ -497,7 +551,7 @@ fn validate_upstream_tls(
     if !https {
         let msg = format!("{key}.tls: only used with https:// servers");
         let place = tls.ca.as_ref().or(tls.server_name.as_ref());
-        return Err(match place.or(up.servers.first()) {
+        return Err(match place.or(up.servers.first()).or(up.srv.as_ref()) {
             Some(s) => at(s, msg),
             None => ConfigError::new(file, None, msg),
         });
@@ -721,6 +775,14 @@ pub fn no_effect(cfg: &super::Config, written: &Written) -> Vec<(String, (u64, u
             if let (true, Some(at)) = (no_effect, written.at(&path)) {
                 let msg = format!("{path}: {why}");
                 found.push((path, at, msg));
+            }
+        }
+    }
+    if !cfg.upstreams.values().any(|u| u.uses_names()) {
+        let why = "only used when a server is a host name (servers: [\"app.internal:8000\"]) or an upstream has srv";
+        for section in ["resolver", "discovery"] {
+            if let Some(at) = written.at(section) {
+                found.push((section.to_string(), at, format!("{section}: {why}")));
             }
         }
     }

@@ -32,6 +32,21 @@ pub struct UpstreamFigures {
     pub pool_reused: u64,
     pub pool_opened: u64,
     pub backends: Vec<BackendFigures>,
+    /// Its names' lookups and the backends they brought and took; None without names.
+    pub dns: Option<DnsFigures>,
+}
+
+/// The lookups of an upstream's host names and SRV name (`upstream::discovery`).
+#[derive(Debug, Clone, Default)]
+pub struct DnsFigures {
+    /// Lookups that found addresses.
+    pub ok: u64,
+    /// Lookups that found none (NXDOMAIN, no records).
+    pub empty: u64,
+    /// Lookups the resolver failed (the last addresses were kept).
+    pub failed: u64,
+    pub joined: u64,
+    pub left: u64,
 }
 
 /// One backend now.

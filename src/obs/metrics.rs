@@ -10,7 +10,8 @@
 //! - read when scraped from the live state: in-flight requests and queue depth, the counters
 //!   each upstream already keeps (errors by cause, retries, queue rejections, ejections,
 //!   failing open), keepalive pool reuse, backend health (active checks by result) and
-//!   latency, and the workers (state,
+//!   latency, the lookups of upstream host names (by result) and the backends they brought
+//!   and took, and the workers (state,
 //!   restarts by reason, RSS, requests served), handed over as plain [`super::figures`] by
 //!   their owners;
 //! - about proxyd itself: `proxyd_build_info` and the standard `process_*` metrics (the
@@ -600,8 +601,26 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
         "The backend's peak-EWMA response-head latency (what the balancer sees).",
         &["upstream", "backend"],
     );
+    let resolutions = counter(
+        "proxyd_dns_resolutions_total",
+        "Lookups of an upstream's host names and SRV name, by result: ok (addresses found), empty (NXDOMAIN or no records: no backends from the name), failed (the resolver failed: the last addresses were kept).",
+        &["upstream", "result"],
+    );
+    let changes = counter(
+        "proxyd_dns_backend_changes_total",
+        "Backends that joined or left an upstream as its names' answers changed, by change (joined, left).",
+        &["upstream", "change"],
+    );
     for u in upstreams {
         let name = &*u.name;
+        if let Some(d) = &u.dns {
+            for (result, n) in [("ok", d.ok), ("empty", d.empty), ("failed", d.failed)] {
+                resolutions.with_label_values(&[name, result]).inc_by(n);
+            }
+            for (change, n) in [("joined", d.joined), ("left", d.left)] {
+                changes.with_label_values(&[name, change]).inc_by(n);
+            }
+        }
         let mut flight = 0usize;
         let mut by_state = [0i64; 3];
         for b in &u.backends {
@@ -779,6 +798,8 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
         rss.collect(),
         served.collect(),
         started.collect(),
+        resolutions.collect(),
+        changes.collect(),
         access_log_dropped().collect(),
     ]
     .into_iter()

@@ -131,6 +131,12 @@ impl Reloader {
             .collect();
         let snap = self.state.load_full();
         let next = Snapshot::build_reusing(&new, Some((&snap, &old))).map_err(|e| e.to_string())?;
+        // New or changed upstreams' names: looked up from now (a reload called off below
+        // drops those upstreams, and their lookups end with them).
+        next.start_discovery(&new).map_err(|e| {
+            tracing::error!("config not reloaded: {e}");
+            e.to_string()
+        })?;
 
         // Workers: keep the groups of kept upstreams, start groups for new ones.
         let mut groups = Vec::new();

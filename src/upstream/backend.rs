@@ -84,6 +84,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// It just became healthy (a new worker): slow start applies.
     pub fresh: bool,
+    /// The name it was found under (`upstream::discovery`), if any.
+    pub source: Option<Arc<str>>,
 }
 
 pub struct Backend {
@@ -96,6 +98,8 @@ pub struct Backend {
     pub served: AtomicU64,
     /// Set for a worker proxyd supervises.
     pub worker: Option<WorkerLink>,
+    /// The DNS name it was found under, if any.
+    pub source: Option<Arc<str>>,
     pub limit: usize,
     pub weight: u32,
     /// For rendezvous hashing: a stable number for this backend.
@@ -121,7 +125,11 @@ const EWMA_DECAY_NS: f64 = 10e9;
 
 impl Backend {
     pub fn new(spec: BackendSpec, upstream: Weak<Upstream>) -> Backend {
-        let label = spec.addr.to_string();
+        let label = match (&spec.source, &spec.addr) {
+            // One name's addresses share its host: the address tells them apart.
+            (Some(_), BackendAddr::Tls { addr, .. }) => format!("https://{addr}"),
+            (_, a) => a.to_string(),
+        };
         let now = now_ns();
         Backend {
             hash_id: hash_str(&label),
@@ -132,6 +140,7 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             worker: spec.worker,
+            source: spec.source,
             limit: spec.limit.max(1),
             weight: spec.weight.max(1),
             // 0: healthy since before anyone counted (no slow start).
@@ -360,6 +369,7 @@ mod tests {
             limit: 2,
             weight: 4,
             fresh,
+            source: None,
         };
         Backend::new(spec, Weak::new())
     }

@@ -193,6 +193,7 @@ mod tests {
                     limit: usize::MAX,
                     weight: *w,
                     fresh: false,
+                    source: None,
                 };
                 Arc::new(Backend::new(spec, std::sync::Weak::new()))
             })

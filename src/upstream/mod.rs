@@ -2,7 +2,8 @@
 //! (`balancer`), the admission queue (`queue`), the retry budget (`budget`), counters
 //! (`stats`), new connections (`connect`, with TLS from `tls`), the keepalive pool (`pool`),
 //! and the transport (`transport`) that sends a request (`body`, spooled by `spool`) and reads
-//! its response; active health checks and the probe they share with workers (`health`).
+//! its response; active health checks and the probe they share with workers (`health`);
+//! servers from host names and SRV records looked up again and again (`discovery`).
 //!
 //! A request takes a slot on a backend (`acquire`): a backend never has more requests in
 //! flight than its `concurrency`; when every healthy backend is full, requests wait in a FIFO
@@ -15,6 +16,7 @@ pub mod body;
 pub mod budget;
 pub mod clock;
 pub mod connect;
+pub mod discovery;
 pub mod h1;
 pub mod health;
 pub mod pool;
@@ -76,18 +78,21 @@ pub struct Upstream {
     pub stats: Stats,
     /// Active health checks of the servers (`health:`).
     checks: Option<Arc<health::Checks>>,
+    /// Names its servers come from besides fixed addresses (`discovery`).
+    pub names: discovery::Names,
     me: Weak<Upstream>,
 }
 
 impl Upstream {
     /// A group over fixed `servers` (address, weight, in the order of the config's
-    /// `servers:`), reached through `connector`; empty for one whose workers are still
-    /// starting. `queue_max` is `queue.max` in force. With `health:` every server starts out
-    /// of the rotation until its first check passes; the checks run once
-    /// [`Upstream::start_health_checks`] is called.
+    /// `servers:`) and the servers `names` resolve to (once `discovery::start` runs), reached
+    /// through `connector`; empty for one whose workers are still starting. `queue_max` is
+    /// `queue.max` in force. With `health:` every server starts out of the rotation until its
+    /// first check passes; the checks run once [`Upstream::start_health_checks`] is called.
     pub fn new(
         name: &str,
         servers: Vec<(BackendAddr, u32)>,
+        names: Vec<discovery::Target>,
         cfg: &config::Upstream,
         connector: Connector,
         queue_max: usize,
@@ -129,39 +134,47 @@ impl Upstream {
             failed: AtomicBool::new(false),
             stats: Stats::default(),
             checks,
+            names: discovery::Names::new(names),
             me: me.clone(),
         });
-        // The Host of each server's checks: its entry as written (names are resolved by now).
-        let written = (servers.len() == cfg.servers.len()).then(|| {
-            cfg.servers
-                .iter()
-                .map(|s| config::addr::written_host(&s.value))
-                .collect::<Vec<_>>()
-        });
+        // The Host of each fixed server's checks: its entry as written.
+        let written: Vec<String> = cfg
+            .servers
+            .iter()
+            .filter(|s| {
+                matches!(
+                    config::addr::parse_server_entry(&s.value),
+                    Ok((config::addr::ServerAddr::Fixed(_), _))
+                )
+            })
+            .map(|s| config::addr::written_host(&s.value))
+            .collect();
+        let written = (written.len() == servers.len()).then_some(written);
         let initial = servers
             .into_iter()
             .enumerate()
             .map(|(i, (addr, weight))| {
                 let host = written.as_ref().and_then(|w| w.get(i)).map(String::as_str);
-                up.server_backend(addr, weight, false, host)
+                up.server_backend(addr, weight, false, None, host)
             })
             .collect();
         up.backends.store(Arc::new(initial));
         up
     }
 
-    /// A backend for one of this group's servers, with the group's pool and limits: one the
-    /// group starts with (`fresh` false), or one that joins at run time, an address
-    /// discovery found (`fresh`: it ramps up over `slow_start` once it serves). `host` is
-    /// the server as written (`app.internal:8000`), the Host of its health checks (default:
-    /// the address). With `health:` it starts out of the rotation and joins when its first
-    /// check passes (its checks start when it is [`Upstream::add`]ed); without, it serves as
-    /// soon as it is added.
+    /// A backend for one of this group's servers, with the group's pool and limits: a fixed
+    /// address the group starts with (`fresh` false), or one a name resolved to at run time
+    /// (`source`; `fresh`: it ramps up over `slow_start` once it serves). Every server backend
+    /// is made here. `host` is the server as written (`app.internal:8000`), the Host of its
+    /// health checks (default: the address). With `health:` it starts out of the rotation and
+    /// joins when its first check passes (its checks start when it is [`Upstream::add`]ed);
+    /// without, it serves as soon as it is added.
     pub fn server_backend(
         &self,
         addr: BackendAddr,
         weight: u32,
         fresh: bool,
+        source: Option<Arc<str>>,
         host: Option<&str>,
     ) -> Arc<Backend> {
         let host = match (host, &addr) {
@@ -176,6 +189,7 @@ impl Upstream {
             limit: self.concurrency,
             weight,
             fresh,
+            source,
         };
         let b = Backend::new(spec, self.me.clone());
         Arc::new(match self.checks.is_some() {
@@ -193,6 +207,7 @@ impl Upstream {
             limit: self.concurrency,
             weight: 1,
             fresh: true,
+            source: None,
         };
         Arc::new(Backend::new(spec, self.me.clone()))
     }
@@ -500,6 +515,13 @@ impl Upstream {
             pool_reused: reused,
             pool_opened: opened,
             backends,
+            dns: (!self.names.is_empty()).then(|| crate::obs::figures::DnsFigures {
+                ok: get(&s.dns_ok),
+                empty: get(&s.dns_empty),
+                failed: get(&s.dns_failed),
+                joined: get(&s.backends_joined),
+                left: get(&s.backends_left),
+            }),
         }
     }
 

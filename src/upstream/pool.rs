@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub struct Pool {
     shared: tokio::sync::Mutex<SharedSlot>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Its backend left the group: connections coming back are closed, not kept.
+    closed: AtomicBool,
     pub reused: AtomicU64,
     pub opened: AtomicU64,
 }
@@ -72,6 +74,7 @@ impl Pool {
             shared: tokio::sync::Mutex::new(SharedSlot::default()),
             max_idle,
             idle_timeout,
+            closed: AtomicBool::new(false),
             reused: AtomicU64::new(0),
             opened: AtomicU64::new(0),
         }
@@ -101,6 +104,10 @@ impl Pool {
             return;
         }
         let mut idle = self.lock();
+        // Checked under the lock `close` empties the list with: none slips in after it.
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         if idle.len() >= self.max_idle {
             // Drop the oldest: it is the likeliest to be closed by the backend anyway.
             idle.remove(0);
@@ -155,11 +162,14 @@ impl Pool {
         };
         slot.next_id += 1;
         let id = slot.next_id;
-        slot.conn = Some(Shared {
-            sender: h2.clone(),
-            id,
-            used: Instant::now(),
-        });
+        // Opened for a request that was on its way as the backend left: not kept for others.
+        if !self.closed.load(Ordering::Acquire) {
+            slot.conn = Some(Shared {
+                sender: h2.clone(),
+                id,
+                used: Instant::now(),
+            });
+        }
         Ok(Conn {
             sender: Sender::Http2(h2),
             reused: false,
@@ -173,6 +183,26 @@ impl Pool {
         if slot.conn.as_ref().is_some_and(|s| s.id == id) {
             slot.conn = None;
         }
+    }
+
+    /// Closes the idle connections and keeps none from now on (the backend left its group;
+    /// requests still in flight on it finish on their own connections). A shared HTTP/2
+    /// connection is let go: its open streams finish, then it closes.
+    pub fn close(&self) {
+        let idle = {
+            let mut list = self.lock();
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *list)
+        };
+        drop(idle);
+        if let Ok(mut slot) = self.shared.try_lock() {
+            slot.conn = None;
+        }
+    }
+
+    /// Idle connections kept now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {

@@ -54,6 +54,14 @@ pub struct Stats {
     pub bad_response: AtomicU64,
     pub response_timeout: AtomicU64,
     pub no_backend: AtomicU64,
+    /// Lookups of the group's names (`discovery`) by result: addresses, none (NXDOMAIN or
+    /// no records), resolver failure.
+    pub dns_ok: AtomicU64,
+    pub dns_empty: AtomicU64,
+    pub dns_failed: AtomicU64,
+    /// Backends that joined or left as the names' answers changed.
+    pub backends_joined: AtomicU64,
+    pub backends_left: AtomicU64,
     /// Keepalive pool counts of backends no longer in the group (replaced workers).
     pub pool_reused_retired: AtomicU64,
     pub pool_opened_retired: AtomicU64,
@@ -112,6 +120,11 @@ impl Stats {
             ("bad_response", get(&self.bad_response)),
             ("response_timeout", get(&self.response_timeout)),
             ("no_backend", get(&self.no_backend)),
+            ("dns_ok", get(&self.dns_ok)),
+            ("dns_empty", get(&self.dns_empty)),
+            ("dns_failed", get(&self.dns_failed)),
+            ("backends_joined", get(&self.backends_joined)),
+            ("backends_left", get(&self.backends_left)),
         ]
     }
 }

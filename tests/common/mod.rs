@@ -2,6 +2,7 @@
 //! in-process on port 0 or as the real binary, and real clients (HTTP/1.1, h2c, raw bytes).
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod procs;
 pub mod tools;
 pub mod workers;
@@ -71,6 +72,14 @@ impl TestBackend {
             Arc::new(handler),
         )
         .await
+    }
+
+    /// Like `start`, on a listener the test bound (127.0.0.2:PORT, say).
+    pub async fn start_with(
+        listener: TcpListener,
+        handler: impl Fn(&Seen) -> Response<BoxBody> + Send + Sync + 'static,
+    ) -> TestBackend {
+        TestBackend::start_on(listener, Arc::new(handler)).await
     }
 
     async fn start_on(listener: TcpListener, handler: Handler) -> TestBackend {
