@@ -718,3 +718,94 @@ async fn a_reload_keeps_the_lookups_of_a_kept_upstream_and_ends_those_of_a_repla
     );
     proxy.shutdown().await;
 }
+
+/// A backend on `ip`:`port` whose `/health` answers 200 or 500 as `healthy` says; every
+/// other path "OK from ADDR".
+async fn checked(ip: Ipv4Addr, port: u16, healthy: Arc<AtomicBool>) -> TestBackend {
+    let l = TcpListener::bind((ip, port)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    TestBackend::start_with(l, move |seen| {
+        if seen.uri.path() == "/health" {
+            let mut r = Response::new(common::full(""));
+            if !healthy.load(Ordering::SeqCst) {
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            return r;
+        }
+        Response::new(common::full(format!("OK from {addr}")))
+    })
+    .await
+}
+
+/// app's backend at `addr` in status `s`.
+fn backend(s: &Value, addr: SocketAddr) -> Option<&Value> {
+    app(s)["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == addr.to_string())
+}
+
+/// Polls /status until `ok` holds for app's backend at `addr`.
+async fn wait_backend(proxy: &TestProxy, addr: SocketAddr, ok: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = status(proxy).await;
+        if backend(&s, addr).is_some_and(&ok) {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "backend {addr}: {:?}",
+            backend(&s, addr)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With active checks on, an address a new answer brings joins only once its check passes:
+/// while it fails, every request goes to the address that passes; when it passes, it serves.
+#[tokio::test]
+async fn a_new_address_joins_only_after_its_health_check_passes() {
+    let (good, bad) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let first = checked(V2, 0, good).await;
+    let port = first.addr.port();
+    let second = checked(V3, port, bad.clone()).await;
+    let (a2, a3) = (at(V2, port), at(V3, port));
+    let dns = Dns::start().await;
+    dns.set_a("app.test", &[V2], 0);
+    let proxy = TestProxy::from_yaml(&yaml(
+        &dns,
+        &format!(
+            "    servers: [\"app.test:{port}\"]\n    health: {{ path: /health, interval: 100ms, timeout: 2s, healthy: 1, unhealthy: 1 }}\n"
+        ),
+    ))
+    .await;
+    wait_backend(&proxy, a2, |b| b["state"] == "ready").await;
+
+    dns.set_a("app.test", &[V2, V3], 0);
+    // Joined the list, checked, and failed: out of the rotation.
+    wait_backend(&proxy, a3, |b| b["health"]["failures"].as_u64() >= Some(1)).await;
+    let mut h1 = H1::connect(proxy.addr).await;
+    for _ in 0..20 {
+        let got = h1.get("/").await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.text(), format!("OK from {a2}"));
+    }
+    let served = |b: &TestBackend| b.requests().iter().filter(|r| r.uri.path() == "/").count();
+    assert_eq!(served(&second), 0, "the failing address was served");
+
+    bad.store(true, Ordering::SeqCst);
+    wait_backend(&proxy, a3, |b| b["state"] == "ready").await;
+    let start = Instant::now();
+    loop {
+        if h1.get("/").await.text() == format!("OK from {a3}") {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{a3} never served once healthy");
+    }
+    assert!(served(&first) >= 20);
+}
