@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # proxyd against nginx and HAProxy, side by side in one run (issues 8, 16 and 17):
 #
-#   benches/compare.sh          # everything: about 15 minutes on a quiet machine, plus the
+#   benches/compare.sh          # everything: about 13 minutes on a quiet machine, plus the
 #                               # build; up to about 25 on a busy one (quiet waits)
 #   VARIANTS="keepalive close" DURATION=5 benches/compare.sh
 #   VARIANTS="static1k static1m gzip br zstd" DURATION=5 benches/compare.sh   # issue 17's

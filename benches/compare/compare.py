@@ -515,6 +515,11 @@ def measure(variant, front, tool, url, extra=(), env=None, label=None):
         if r["other"] <= BUSY_LIMIT:
             break
     RESULTS[key] = best
+    if best["errors"]:
+        kinds = [f"socket errors: {best['socket']}" if "socket" in best else "",
+                 f"{best['non2xx']} non-2xx" if best.get("non2xx") else ""]
+        kinds = "; ".join(k for k in kinds if k)
+        NOTES.append(f"{key[0]}/{key[1]}: {best['errors']} errors" + (f" ({kinds})" if kinds else ""))
     if best["other"] > BUSY_LIMIT and front.name != "direct":
         BUSY_ROWS.append(f"{key[0]}/{key[1]}")
     return best
