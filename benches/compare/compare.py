@@ -771,6 +771,7 @@ def check_response(variant, f, label):
         msg = f"{variant}/{label}: CHECK FAILED before the load ({url}): {problem}; not measured"
         say(f"  !!! {msg}")
         CHECK_FAILED.append(msg)
+        NOTES.append(f"**{msg}**")
         return None
     return len(got)
 
