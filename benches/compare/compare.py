@@ -5,13 +5,17 @@ Run it through benches/compare.sh (which installs the tools, builds proxyd and r
 open-files limit); see that file for the knobs. This script:
 
 - makes a temp dir with a throwaway CA and an ECDSA P-256 server certificate for
-  localhost/127.0.0.1, the backend's static files (1 KiB, 1 MiB) and the handshake shim;
+  localhost/127.0.0.1, the static files (1 KiB, 1 MiB, a ~100 KiB JSON document) and the
+  handshake shim;
 - starts the backend (nginx, 1 worker, benches/compare/backend-nginx.conf) pinned to the
   load core, and keeps it for the whole run;
 - for every variant, starts each front end in turn (direct = no front end, the ceiling;
   nginx; HAProxy; proxyd) pinned to the front core with its config rendered from
   benches/compare/, waits for it, warms it up, runs the load generator (pinned to the load
-  core) and stops it again, so every run starts from a fresh process;
+  core) and stops it again, so every run starts from a fresh process; for the static and
+  compression variants a curl first checks what it sends (the file byte for byte, the JSON in
+  the variant's coding and decoding to the original) and a front end that fails is not
+  measured, named loudly and makes the script exit 1;
 - records per run: requests/s, p50/p99, errors (non-2xx + socket errors), the CPU the front
   end's processes spent (utime+stime from /proc/PID/stat, all threads, nginx master+worker)
   per request, their RSS (VmRSS summed) at the end of the run, how busy that made the front
@@ -20,7 +24,10 @@ open-files limit); see that file for the knobs. This script:
 """
 
 import datetime
+import gzip
+import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -54,8 +61,12 @@ QUIET_WAIT = env_int("QUIET_WAIT", 10)
 BUSY_LIMIT = env_int("BUSY_LIMIT", 50)
 BUSY_RETRIES = env_int("BUSY_RETRIES", 0)
 KEEP = os.environ.get("KEEP", "0") == "1"
-ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "https", "handshake", "h2", "idle", "scaling",
-                "instructions"]
+ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "static1k", "static1m", "https", "handshake", "h2",
+                "gzip", "br", "zstd", "idle", "scaling", "instructions"]
+# Served by the front end itself from the disk (issue 17): variant -> file name.
+STATIC = {"static1k": "1k", "static1m": "1m"}
+# A JSON response compressed on the fly by the front end (issue 17): variant -> coding.
+COMPRESS = {"gzip": "gzip", "br": "br", "zstd": "zstd"}
 ALL_FRONTS = ["direct", "nginx", "haproxy", "proxyd"]
 VARIANTS = os.environ.get("VARIANTS", " ".join(ALL_VARIANTS)).replace(",", " ").split()
 FRONTS = os.environ.get("FRONTENDS", " ".join(ALL_FRONTS)).replace(",", " ").split()
@@ -65,7 +76,42 @@ for v in VARIANTS:
 for f in FRONTS:
     if f not in ALL_FRONTS:
         sys.exit(f"compare: unknown front end {f!r}; known: {' '.join(ALL_FRONTS)}")
-PROXYD = os.environ.get("PROXYD", os.path.join(ROOT, "target/release/proxyd"))
+PROXYD = os.environ.get("PROXYD", os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"),
+                                                "release/proxyd"))
+
+
+def env_levels(name, default, lo, hi):
+    try:
+        levels = [int(x) for x in os.environ.get(name, default).replace(",", " ").split()]
+    except ValueError:
+        sys.exit(f"compare: {name} must be numbers")
+    if any(not lo <= x <= hi for x in levels):
+        sys.exit(f"compare: {name} must be within {lo}..{hi}")
+    return levels
+
+
+# nginx's levels in the gzip and br variants: every on-the-fly gzip level worth having (nginx's
+# default is 1), and brotli at proxyd's quality (4) and at the module's default (6).
+GZIP_LEVELS = env_levels("GZIP_LEVELS", "1 2 3 4 5 6", 1, 9)
+BR_LEVELS = env_levels("BR_LEVELS", "4 6", 0, 11)
+# Debian's libnginx-mod-http-brotli-filter; there is no zstd module for Debian's nginx.
+BROTLI_MODULE = "/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so"
+
+
+def proxyd_levels():
+    """proxyd's fixed levels, read from the source (src/proxy/compress.rs) so the table says
+    what was built; "?" where the source says otherwise."""
+    levels = {"gzip": "?", "br": "?", "zstd": "?"}
+    try:
+        with open(os.path.join(ROOT, "src/proxy/compress.rs")) as f:
+            src = f.read()
+    except OSError:
+        return levels
+    for coding, const in (("gzip", "GZIP_LEVEL"), ("br", "BROTLI_QUALITY"), ("zstd", "ZSTD_LEVEL")):
+        m = re.search(rf"const {const}: \w+ = (\d+);", src)
+        if m:
+            levels[coding] = m.group(1)
+    return levels
 
 NCPU = os.cpu_count() or 1
 PINNED = NCPU >= 2
@@ -401,31 +447,37 @@ class Front:
         return tree(self.proc.pid)
 
 
-def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thread"):
+def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thread", extra=None, tag=""):
     """`wrap` goes before the front end's command (valgrind for the instructions variant);
-    `runtime` is proxyd's runtime shape when threads > 1."""
+    `runtime` is proxyd's runtime shape when threads > 1; `extra` fills the templates'
+    per-variant placeholders (front_extra), `tag` names the rendered config."""
     port, tls_port = free_ports(2)
     cpu = FRONT_CPU if pinned else None
     wrap = list(wrap)
+    extra = extra or {}
     if name == "nginx":
         d = os.path.join(DIR, "nginx")
         os.makedirs(d, exist_ok=True)
-        conf = render("nginx.conf", os.path.join(d, "nginx.conf"), DIR=DIR, PORT=port,
+        conf = render("nginx.conf", os.path.join(d, f"nginx{tag}.conf"), DIR=DIR, PORT=port,
                       TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
-                      KEY=f"{CERTS}/ec.key", TEMP_PATHS=nginx_temp_paths(d))
+                      KEY=f"{CERTS}/ec.key", TEMP_PATHS=nginx_temp_paths(d),
+                      MODULES=extra.get("MODULES", ""), HTTP_EXTRA=extra.get("HTTP_EXTRA", ""),
+                      SERVER_EXTRA=extra.get("SERVER_EXTRA", ""))
         argv = ["nginx", "-p", d + "/", "-c", conf, "-e", f"{d}/error.log"]
         if wrap:  # one process, so that the tool sees the worker's instructions
             argv += ["-g", "master_process off;"]
         p = start("nginx", wrap + argv, cpu)
     elif name == "haproxy":
-        conf = render("haproxy.cfg", os.path.join(DIR, "haproxy.cfg"), PORT=port,
+        conf = render("haproxy.cfg", os.path.join(DIR, f"haproxy{tag}.cfg"), PORT=port,
                       TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT,
-                      PEM=f"{CERTS}/ec-combined.pem", MAXCONN=IDLE_CONNS + 500)
+                      PEM=f"{CERTS}/ec-combined.pem", MAXCONN=IDLE_CONNS + 500,
+                      BACKEND_EXTRA=extra.get("BACKEND_EXTRA", ""))
         p = start("haproxy", wrap + ["haproxy", "-db", "-f", conf], cpu)
     elif name == "proxyd":
-        conf = render("proxyd.yaml", os.path.join(DIR, f"proxyd-t{threads}-{runtime}.yaml"), PORT=port,
+        conf = render("proxyd.yaml", os.path.join(DIR, f"proxyd-t{threads}-{runtime}{tag}.yaml"), PORT=port,
                       TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
-                      KEY=f"{CERTS}/ec.key", THREADS=threads, RUNTIME=runtime)
+                      KEY=f"{CERTS}/ec.key", THREADS=threads, RUNTIME=runtime,
+                      EXTRA=extra.get("EXTRA", ""))
         p = start("proxyd", wrap + [PROXYD, "-c", conf], cpu)
     else:
         raise ValueError(name)
@@ -463,6 +515,11 @@ def measure(variant, front, tool, url, extra=(), env=None, label=None):
         if r["other"] <= BUSY_LIMIT:
             break
     RESULTS[key] = best
+    if best["errors"]:
+        kinds = [f"socket errors: {best['socket']}" if "socket" in best else "",
+                 f"{best['non2xx']} non-2xx" if best.get("non2xx") else ""]
+        kinds = "; ".join(k for k in kinds if k)
+        NOTES.append(f"{key[0]}/{key[1]}: {best['errors']} errors" + (f" ({kinds})" if kinds else ""))
     if best["other"] > BUSY_LIMIT and front.name != "direct":
         BUSY_ROWS.append(f"{key[0]}/{key[1]}")
     return best
@@ -551,6 +608,11 @@ def variant_target(variant, f):
         "https": ("wrk", host_https + "/", [], None),
         "handshake": ("wrk", host_https + "/", ["-H", "Connection: close"], shim_env),
         "h2": ("h2load", host_https + "/", [], None),
+        "static1k": ("wrk", host_http + "/static/1k", [], None),
+        "static1m": ("wrk", host_http + "/static/1m", [], None),
+        "gzip": ("wrk", host_http + "/data.json", ["-H", "Accept-Encoding: gzip"], None),
+        "br": ("wrk", host_http + "/data.json", ["-H", "Accept-Encoding: br"], None),
+        "zstd": ("wrk", host_http + "/data.json", ["-H", "Accept-Encoding: zstd"], None),
     }[variant]
 
 
@@ -564,6 +626,12 @@ DESCRIBE = {
     "handshake": "GET / over HTTPS with `Connection: close`: a full TLS 1.3 handshake per request "
                  "(req/s = handshakes/s, CPU per handshake)",
     "h2": f"HTTP/2 over TLS (ALPN h2): h2load -c {H2_CLIENTS} -m {H2_STREAMS}",
+    "static1k": "GET /static/1k, a 1 KiB file the front end serves from the disk, keepalive",
+    "static1m": "GET /static/1m, a 1 MiB file the front end serves from the disk, keepalive",
+    "gzip": "GET /data.json (~100 KiB of JSON from the backend) with `Accept-Encoding: gzip`, "
+            "compressed by the front end, keepalive",
+    "br": "the same with `Accept-Encoding: br`",
+    "zstd": "the same with `Accept-Encoding: zstd`",
 }
 
 
@@ -589,6 +657,209 @@ def run_variant(variant):
             measure(variant, f, tool, url, extra, env)
             if f.proc.poll() is not None:
                 NOTES.append(f"{variant}: {name} exited during the run")
+        finally:
+            stop(f.proc)
+
+
+# ------------------------------------------------------------------ static files, compression
+
+CHECK_FAILED = []  # front ends that sent the wrong thing: named loudly, exit status 1
+JSON_BODY = b""
+
+
+def make_json(size=100 * 1024):
+    """A JSON document just under `size` bytes as an API would send it (compact, as Flask's
+    jsonify): records with the same keys and varied numbers, names, words, ids. Seeded, so
+    every run compresses the same bytes."""
+    rng = random.Random(17)
+    first = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Ken", "Dennis", "Margaret", "Linus",
+             "Frances", "John", "Radia", "Leslie", "Tony", "Niklaus", "Sophie", "Guido", "Hedy", "Claude"]
+    last = ["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Thompson", "Ritchie",
+            "Hamilton", "Torvalds", "Allen", "McCarthy", "Perlman", "Lamport", "Hoare", "Wirth", "Wilson",
+            "van Rossum", "Lamarr", "Shannon"]
+    words = ("the of and to in is was for on are with as by at from this that be it or an have not "
+             "order shipped pending refund invoice customer account priority standard express warehouse "
+             "north south east west blue green red large small returned delivered tracking note gift").split()
+    cities = ["Lisbon", "Oslo", "Austin", "Kyoto", "Nairobi", "Lima", "Perth", "Ghent", "Quebec", "Pune"]
+    records, n, last_text = [], 0, "[]"
+    while True:
+        f, la = rng.choice(first), rng.choice(last)
+        n += 1
+        records.append({
+            "id": 100000 + n * rng.randint(1, 7),
+            "uuid": f"{rng.getrandbits(128):032x}",
+            "name": f"{f} {la}",
+            "email": f"{f.lower()}.{la.lower().replace(' ', '')}{rng.randint(1, 999)}@example.com",
+            "created_at": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T"
+                          f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z",
+            "status": rng.choice(["pending", "shipped", "delivered", "returned"]),
+            "total": round(rng.lognormvariate(3.5, 1.2), 2),
+            "items": rng.randint(1, 12),
+            "score": round(rng.random(), 4),
+            "active": rng.random() < 0.8,
+            "tags": rng.sample(words, rng.randint(0, 4)),
+            "address": {"street": f"{rng.randint(1, 9999)} {rng.choice(last)} St", "city": rng.choice(cities),
+                        "zip": f"{rng.randint(0, 99999):05d}"},
+            "note": " ".join(rng.choice(words) for _ in range(rng.randint(3, 18))),
+        })
+        text = json.dumps(records, separators=(",", ":"))
+        if len(text) > size:
+            return last_text.encode()
+        last_text = text
+
+
+def decode(coding, body):
+    """The body decoded from `coding` (gzip in Python, br and zstd by their command-line tools)."""
+    if coding == "gzip":
+        return gzip.decompress(body)
+    tool = {"br": ["brotli", "-d", "-c"], "zstd": ["zstd", "-d", "-c", "-q"]}[coding]
+    if shutil.which(tool[0]) is None:
+        raise RuntimeError(f"{tool[0]} is not installed (apt-get install {tool[0]})")
+    p = subprocess.run(tool, input=body, capture_output=True, timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError(f"{tool[0]} -d failed: {p.stderr.decode(errors='replace').strip()}")
+    return p.stdout
+
+
+def check_response(variant, f, label):
+    """One GET with curl before the load. Static variants: 200 and the file byte for byte.
+    Compression variants: 200, Content-Encoding of the variant's coding, and a body that
+    decodes to the JSON document. Returns the body's size as sent, or None after saying
+    loudly what was wrong (the run is then not measured)."""
+    tool, url, extra, _env = variant_target(variant, f)
+    head = os.path.join(DIR, f"check-{variant}-{label}.head")
+    body = os.path.join(DIR, f"check-{variant}-{label}.body")
+    argv = ["curl", "-s", "--max-time", "10", "-D", head, "-o", body]
+    for i in range(0, len(extra), 2):
+        argv += [extra[i], extra[i + 1]]
+    problem = None
+    if subprocess.run(argv + [url], stdin=subprocess.DEVNULL).returncode != 0:
+        problem = "curl failed"
+    else:
+        with open(head, errors="replace") as fh:
+            lines = fh.read().splitlines()
+        status = lines[0].split()[1] if lines and len(lines[0].split()) > 1 else "?"
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        with open(body, "rb") as fh:
+            got = fh.read()
+        enc = headers.get("content-encoding", "")
+        if status != "200":
+            problem = f"status {status}"
+        elif variant in STATIC:
+            with open(os.path.join(DIR, "www", STATIC[variant]), "rb") as fh:
+                want = fh.read()
+            if enc:
+                problem = f"Content-Encoding {enc} on a static file"
+            elif got != want:
+                problem = f"{len(got)} bytes, not the file's {len(want)}" if len(got) != len(want) else \
+                    "bytes differ from the file's"
+        else:
+            coding = COMPRESS[variant]
+            if enc != coding:
+                problem = f"Content-Encoding {enc or '(none)'}, not {coding} ({len(got)} bytes)"
+            else:
+                try:
+                    if decode(coding, got) != JSON_BODY:
+                        problem = f"the {coding} body does not decode to the JSON document"
+                except Exception as e:  # noqa: BLE001 - any decoding failure is the finding
+                    problem = f"the body does not decode as {coding}: {e}"
+    if problem:
+        msg = f"{variant}/{label}: CHECK FAILED before the load ({url}): {problem}; not measured"
+        say(f"  !!! {msg}")
+        CHECK_FAILED.append(msg)
+        NOTES.append(f"**{msg}**")
+        return None
+    return len(got)
+
+
+def front_extra(variant, name, level):
+    """The templates' per-variant placeholders for front end `name` (nginx.conf's MODULES,
+    HTTP_EXTRA and SERVER_EXTRA, haproxy.cfg's BACKEND_EXTRA, proxyd.yaml's EXTRA)."""
+    if variant in STATIC:
+        if name == "nginx":
+            # As nginx users serve files; open_file_cache stays off (nginx's default), so
+            # nginx opens and stats the file per request, as proxyd does.
+            return {"SERVER_EXTRA": "\n".join([
+                "    location /static/ {",
+                f"      alias {DIR}/www/;",
+                "      sendfile on;",
+                "      tcp_nopush on;",
+                "    }"])}
+        return {"EXTRA": "\n".join([
+            "routes:",
+            "  - path: /static/",
+            "    static:",
+            f'      root: "{DIR}/www"',
+            "  - path: /",
+            "    upstream: app"])}
+    coding = COMPRESS[variant]
+    if name == "nginx" and coding == "gzip":
+        return {"HTTP_EXTRA": f"  gzip on;\n  gzip_comp_level {level};\n  gzip_types application/json;"}
+    if name == "nginx" and coding == "br":
+        return {"MODULES": f"load_module {BROTLI_MODULE};",
+                "HTTP_EXTRA": f"  brotli on;\n  brotli_comp_level {level};\n  brotli_types application/json;"}
+    if name == "haproxy":
+        return {"BACKEND_EXTRA": "  compression algo gzip\n  compression type application/json"}
+    return {"EXTRA": f"compression:\n  algorithms: [{coding}]"}
+
+
+def feature_runs(variant):
+    """(front end, label, level) of a static or compression variant, in the order they run.
+    Static: nginx and proxyd (HAProxy serves no files; direct would be the backend serving
+    them from the load core). gzip: nginx at each of GZIP_LEVELS, HAProxy (libslz, which has
+    no levels), proxyd. br: nginx at each of BR_LEVELS (where Debian's brotli module is
+    installed), proxyd. zstd: proxyd only (no such module for Debian's nginx)."""
+    runs = []
+    levels = proxyd_levels()
+    for name in FRONTS:
+        if name == "direct":
+            continue
+        if variant in STATIC:
+            if name != "haproxy":
+                runs.append((name, name, None))
+        elif variant == "gzip":
+            if name == "nginx":
+                runs += [(name, f"nginx-{lv}", lv) for lv in GZIP_LEVELS]
+            elif name == "haproxy":
+                runs.append((name, name, "slz"))
+            else:
+                runs.append((name, name, levels["gzip"]))
+        elif variant == "br":
+            if name == "nginx":
+                if os.path.exists(BROTLI_MODULE):
+                    runs += [(name, f"nginx-{lv}", lv) for lv in BR_LEVELS]
+                else:
+                    NOTES.append(f"br: no nginx rows: {BROTLI_MODULE} is not installed "
+                                 "(apt-get install libnginx-mod-http-brotli-filter)")
+            elif name == "proxyd":
+                runs.append((name, name, levels["br"]))
+        elif name == "proxyd":
+            runs.append((name, name, levels["zstd"]))
+    return runs
+
+
+def run_feature(variant):
+    say(f"== {t()} {variant}: {DESCRIBE[variant]}")
+    for name, label, level in feature_runs(variant):
+        try:
+            f = start_front(name, extra=front_extra(variant, name, level), tag=f"-{variant}-{label}")
+        except RuntimeError as e:
+            say(f"  {label}: {e}")
+            NOTES.append(f"{variant}: {label} did not start")
+            continue
+        try:
+            size = check_response(variant, f, label)
+            if size is None:
+                continue
+            tool, url, extra, env = variant_target(variant, f)
+            r = measure(variant, f, tool, url, extra, env, label=label)
+            r["front"], r["level"], r["bytes"] = name, level, size
+            if f.proc.poll() is not None:
+                NOTES.append(f"{variant}: {label} exited during the run")
         finally:
             stop(f.proc)
 
@@ -731,7 +1002,8 @@ def ratio(a, b, d=2):
 def report(header):
     lines = list(header)
     add = lines.append
-    order = [v for v in ALL_VARIANTS if v in VARIANTS and v not in ("idle", "scaling", "instructions")]
+    order = [v for v in ALL_VARIANTS if v in VARIANTS and v not in ("idle", "scaling", "instructions")
+             and v not in COMPRESS]
     if order:
         add("")
         add("| variant | front end | req/s | p50 ms | p99 ms | errors | CPU µs/req | RSS MiB | core busy % | other % |")
@@ -760,6 +1032,27 @@ def report(header):
                 for other in (n, h):
                     cells.append(fmt(ratio(p[k], other[k]) if other else None, 2))
             add(f"| {v} | " + " | ".join(cells) + " |")
+    compress = [v for v in ALL_VARIANTS if v in VARIANTS and v in COMPRESS]
+    if any(k[0] in compress for k in RESULTS):
+        add("")
+        add(f"On-the-fly compression of a {len(JSON_BODY):,}-byte JSON document (application/json) proxied "
+            "from the backend: level (proxyd's is fixed), requests/s, CPU µs per request of the front end "
+            "alone (not the backend's), the body as sent (bytes, and % of the original), and proxyd's CPU "
+            "per request and body size ÷ this row's, same variant.")
+        add("")
+        add("| variant | front end | level | req/s | p50 ms | p99 ms | errors | CPU µs/req | bytes sent | % of original | "
+            "proxyd CPU ÷ this | proxyd bytes ÷ this | core busy % | other % |")
+        add("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for v in compress:
+            rows = [(k[1], r) for k, r in RESULTS.items() if k[0] == v]
+            p = RESULTS.get((v, "proxyd"))
+            for label, r in rows:
+                add(f"| {v} | {r['front']} | {r['level']} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | "
+                    f"{fmt(r['p99'], 2)} | {r['errors']} | {fmt(r['cpu_us'], 1)} | {r['bytes']:,} | "
+                    f"{100 * r['bytes'] / len(JSON_BODY):.1f} | "
+                    f"{fmt(ratio(p['cpu_us'], r['cpu_us']) if p else None, 2)} | "
+                    f"{fmt(ratio(p['bytes'], r['bytes']) if p else None, 2)} | "
+                    f"{fmt(r['busy'], 0)} | {r['other']:.0f} |")
     if INSTR:
         add("")
         add(f"User-space instructions per proxied keep-alive GET (callgrind; {INSTR_REQUESTS} requests "
@@ -815,7 +1108,7 @@ def report(header):
     targets = target_lines()
     if targets:
         add("")
-        add("Issue 16's targets, from this run:")
+        add("Issue 16's and 17's targets, from this run:")
         add("")
         add("| target | figure | met |")
         add("| --- | --- | --- |")
@@ -865,6 +1158,13 @@ def target_lines():
         p99, theirs = get("keepalive", "proxyd", "p99"), get("keepalive", b, "p99")
         if p99 is not None and theirs is not None:
             row(f"keepalive: p99 ≤ {label[b]}'s", f"{p99:.2f} ms vs {theirs:.2f} ms", p99 <= theirs)
+    for v in STATIC:
+        c, n = get(v, "proxyd", "cpu_us"), get(v, "nginx", "cpu_us")
+        if c is not None and n is not None:
+            row(f"{v}: CPU/req ≤ nginx's (sendfile on)", f"{c:.1f} vs {n:.1f} µs ({c / n:.2f} ×)", c <= n)
+        c, n = get(v, "proxyd", "rps"), get(v, "nginx", "rps")
+        if c and n:
+            row(f"{v}: req/s ≥ nginx's", f"{c:,.0f} vs {n:,.0f} ({c / n:.2f} ×)", c >= n)
     rss = get("keepalive", "proxyd", "rss")
     if rss is not None:
         row(f"RSS with {CONNS} busy connections ≤ 20 MiB", f"{rss:.1f} MiB", rss <= 20)
@@ -924,6 +1224,18 @@ def run():
         "CPU µs/req = the front end's utime+stime (/proc/PID/stat, all its processes and threads) over the run ÷ requests; "
         f"RSS = VmRSS summed at the end of the run; other % = CPU of processes that are none of front end, backend, load generator ({1000 // HZ} ms ticks).",
     ]
+    if any(v in STATIC for v in VARIANTS):
+        header.append("static files: nginx `location /static/ { alias ...; sendfile on; tcp_nopush on; }` "
+                      "(open_file_cache off: nginx's default), proxyd `routes[].static` (its defaults); "
+                      "HAProxy serves no files, direct is not run")
+    if any(v in COMPRESS for v in VARIANTS):
+        lv = proxyd_levels()
+        header.append(f"compression: nginx `gzip on; gzip_comp_level N; gzip_types application/json;` "
+                      f"(N = {' '.join(map(str, GZIP_LEVELS))}) and Debian's brotli filter module "
+                      f"(`brotli_comp_level N`, N = {' '.join(map(str, BR_LEVELS))}); HAProxy "
+                      f"`compression algo gzip` (libslz: no levels); proxyd `compression: {{algorithms: [X]}}` "
+                      f"(fixed levels: gzip {lv['gzip']}, brotli {lv['br']}, zstd {lv['zstd']}); wrk sends "
+                      "`Accept-Encoding` naming the variant's coding only; direct is not run")
     say("\n".join(header))
     say(f"variants: {' '.join(VARIANTS)}; front ends: {' '.join(FRONTS)}; work dir {DIR}")
 
@@ -938,7 +1250,11 @@ def run():
         f.write(b"x" * 1024)
     with open(os.path.join(www, "1m"), "wb") as f:
         f.write(os.urandom(1 << 20))
-    for p in (www, os.path.join(www, "1k"), os.path.join(www, "1m")):
+    global JSON_BODY
+    JSON_BODY = make_json()
+    with open(os.path.join(www, "data.json"), "wb") as f:
+        f.write(JSON_BODY)
+    for p in (www, os.path.join(www, "1k"), os.path.join(www, "1m"), os.path.join(www, "data.json")):
         os.chmod(p, 0o755 if os.path.isdir(p) else 0o644)
 
     (BACKEND_PORT,) = free_ports(1)
@@ -958,6 +1274,8 @@ def run():
             run_instructions()
         elif v == "scaling":
             run_scaling()
+        elif v in STATIC or v in COMPRESS:
+            run_feature(v)
         else:
             run_variant(v)
 
@@ -973,6 +1291,11 @@ def run():
     with open(out, "w") as f:
         f.write(text)
     say(f"written to {os.path.relpath(out, ROOT)}")
+    if CHECK_FAILED:
+        say("")
+        for m in CHECK_FAILED:
+            say(f"!!! {m}")
+        return 1
     return 0
 
 
