@@ -2,7 +2,8 @@
 """The demo app: a WSGI app on the standard library's one-request-at-a-time server (wsgiref),
 the shape of a Flask app on its development server. Nothing to install.
 
-proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment. Paths:
+proxyd starts it with PORT (or SOCKET, for a unix socket) in the environment; it listens on
+127.0.0.1, or on APP_HOST when set (0.0.0.0 in a container other containers reach). Paths:
   /           a greeting naming this process
   /pid        this worker's process id
   /healthz    200 ok (500 once /sick was called)
@@ -122,7 +123,8 @@ def main():
         server.set_app(app)
     else:
         port = int(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PORT", "5001"))
-        server = make_server("127.0.0.1", port, app, handler_class=Handler)
+        host = os.environ.get("APP_HOST", "127.0.0.1")
+        server = make_server(host, port, app, handler_class=Handler)
     server.serve_forever()
 
 
