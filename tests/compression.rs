@@ -329,7 +329,7 @@ async fn the_head_says_it_is_compressed() {
 
 /// A streaming decoder of one coding, fed the compressed frames as they arrive.
 enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
@@ -337,7 +337,7 @@ enum Decoder {
 impl Decoder {
     fn new(encoding: &str) -> Decoder {
         match encoding {
-            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             _ => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
         }

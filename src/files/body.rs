@@ -1,7 +1,7 @@
 //! A file's bytes as a response body, read when the body is first polled: a small file (or
 //! range) at once into one buffer (a page-cache read, as nginx does on its event loop), a
-//! larger one in large chunks by tokio's blocking pool. A plain HTTP/1.1 listener takes the
-//! file out unread instead (`take_unread`) and `sendfile(2)`s it.
+//! larger one in large chunks by tokio's blocking pool. A plain HTTP/1.1 listener takes a
+//! larger file out unread instead (`take_for_sendfile`) and `sendfile(2)`s it.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -60,8 +60,14 @@ impl FileBody {
         }
     }
 
-    /// The file and its part when nothing of it was read yet; the body is empty after.
-    pub fn take_unread(&mut self) -> Option<Unread> {
+    /// The file and its part, for `sendfile(2)`, when it is larger than `AT_ONCE` and
+    /// nothing of it was read yet; the body is empty after. A smaller one is better read
+    /// and written with the head in one call (measured: 1 KiB files cost more CPU by
+    /// sendfile than by a read and one vectored write).
+    pub fn take_for_sendfile(&mut self) -> Option<Unread> {
+        if self.left <= AT_ONCE {
+            return None;
+        }
         match std::mem::replace(&mut self.inner, Inner::Done) {
             Inner::Unread(file, start) => Some(Unread {
                 file,

@@ -370,12 +370,12 @@ where
     let mut out = Vec::with_capacity(128 + parts.headers.len() * 48);
     http1::write_response_head(&mut out, &parts, &framing);
     let mut sent = 0;
-    // A whole static file to a plain TCP client goes by sendfile(2).
+    // A large static file to a plain TCP client goes by sendfile(2).
     let unread = match (&mut body, framing, split::tcp(&writer.io)) {
         (ResponseBody::File(f), Framing::Length(n), Some(_))
             if f.size_hint().exact() == Some(n) =>
         {
-            f.take_unread()
+            f.take_for_sendfile()
         }
         _ => None,
     };
