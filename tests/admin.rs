@@ -82,13 +82,6 @@ async fn wait_readyz(admin: SocketAddr) {
     }
 }
 
-async fn status(admin: SocketAddr) -> Value {
-    let got = admin_get(admin, "/status").await;
-    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    assert_eq!(got.header("content-type"), Some("application/json"));
-    serde_json::from_slice(&got.body).unwrap()
-}
-
 fn app(s: &Value) -> &Value {
     s["upstreams"]
         .as_array()
@@ -105,22 +98,6 @@ fn worker_pids(s: &Value) -> HashSet<u32> {
         .iter()
         .map(|w| w["pid"].as_u64().unwrap() as u32)
         .collect()
-}
-
-/// Polls /status until `cond` holds on it; returns that report.
-async fn status_until(admin: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = status(admin).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::dns::{Dns, Entry, Mode};
-use common::{check, get, BoxBody, TestBackend, TestProxy, H1};
+use common::{check, get, status, BoxBody, TestBackend, TestProxy, H1};
 use hickory_resolver::proto::rr::RecordType;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -90,12 +90,6 @@ async fn one(ip: Ipv4Addr, release: &watch::Receiver<bool>) -> TestBackend {
     TestBackend::start_with(l, handler(addr, release.clone())).await
 }
 
-async fn status(proxy: &TestProxy) -> Value {
-    let got = get(proxy.admin.unwrap(), "/status").await;
-    assert_eq!(got.status, StatusCode::OK);
-    serde_json::from_slice(&got.body).unwrap()
-}
-
 fn app(s: &Value) -> &Value {
     s["upstreams"]
         .as_array()
@@ -119,7 +113,7 @@ async fn wait_backends(proxy: &TestProxy, want: &[SocketAddr]) -> Value {
     let want: BTreeSet<String> = want.iter().map(|a| a.to_string()).collect();
     let start = Instant::now();
     loop {
-        let s = status(proxy).await;
+        let s = status(proxy.admin.unwrap()).await;
         if addresses(&s) == want {
             return s;
         }
@@ -137,7 +131,7 @@ async fn wait_backends(proxy: &TestProxy, want: &[SocketAddr]) -> Value {
 async fn wait_name_state(proxy: &TestProxy, state: &str) -> Value {
     let start = Instant::now();
     loop {
-        let s = status(proxy).await;
+        let s = status(proxy.admin.unwrap()).await;
         if app(&s)["names"][0]["state"] == state {
             return s;
         }
@@ -388,7 +382,7 @@ async fn answers_that_change_under_steady_load_fail_no_request() {
     }
     assert_eq!(leaving.in_flight.load(Ordering::SeqCst), 0);
     assert_eq!(leaving.pool.idle_count(), 0);
-    let s = status(&proxy).await;
+    let s = status(proxy.admin.unwrap()).await;
     assert_eq!(counter(&s, "backends_joined"), 3);
     assert_eq!(counter(&s, "backends_left"), 1);
     // Four clients on fewer free slots: requests waited in the queue, and none failed.
@@ -565,7 +559,7 @@ async fn a_resolver_that_fails_keeps_the_last_good_addresses() {
         .await;
     let start = Instant::now();
     let s = loop {
-        let s = status(&proxy).await;
+        let s = status(proxy.admin.unwrap()).await;
         if counter(&s, "dns_failed") > failed {
             break s;
         }
@@ -750,7 +744,7 @@ fn backend(s: &Value, addr: SocketAddr) -> Option<&Value> {
 async fn wait_backend(proxy: &TestProxy, addr: SocketAddr, ok: impl Fn(&Value) -> bool) {
     let start = Instant::now();
     loop {
-        let s = status(proxy).await;
+        let s = status(proxy.admin.unwrap()).await;
         if backend(&s, addr).is_some_and(&ok) {
             return;
         }

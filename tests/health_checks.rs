@@ -24,7 +24,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -94,12 +93,6 @@ fn config(servers: &[String], upstream_extra: &str) -> String {
     )
 }
 
-async fn status(admin: SocketAddr) -> Value {
-    let got = within("GET /status", get(admin, "/status")).await;
-    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    serde_json::from_slice(&got.body).unwrap()
-}
-
 /// The backend `addr` of upstream `app` in a /status report.
 fn backend(s: &Value, addr: &str) -> Value {
     s["upstreams"][0]["backends"]
@@ -116,22 +109,6 @@ fn health_state(s: &Value, addr: SocketAddr) -> String {
         .as_str()
         .unwrap_or("-")
         .to_string()
-}
-
-/// Polls /status until `cond` holds; returns that report.
-async fn status_until(admin: SocketAddr, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = status(admin).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until each backend's checks say `state` ("healthy", "unhealthy").

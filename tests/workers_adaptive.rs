@@ -48,13 +48,6 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// GET /status, parsed.
-async fn status(admin: SocketAddr) -> Value {
-    let got = get(admin, "/status").await;
-    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
-    serde_json::from_slice(&got.body).expect("/status is JSON")
-}
-
 /// The `worker_count` of upstream `app` in /status.
 async fn worker_count(admin: SocketAddr) -> Value {
     let s = status(admin).await;

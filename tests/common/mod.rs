@@ -517,6 +517,36 @@ impl H2 {
     }
 }
 
+/// The /status report of the admin listener at `admin`.
+pub async fn status(admin: SocketAddr) -> serde_json::Value {
+    let got = tokio::time::timeout(Duration::from_secs(30), get(admin, "/status"))
+        .await
+        .expect("GET /status timed out");
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&got.body).expect("/status is JSON")
+}
+
+/// Polls /status until `cond` holds on it (30 s at most); returns that report.
+pub async fn status_until(
+    admin: SocketAddr,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(admin).await;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends raw bytes on a new connection and returns everything read until the proxy closes
 /// the connection. Panics when the connection is still open after 10 s.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
