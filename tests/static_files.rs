@@ -363,6 +363,33 @@ async fn a_changed_file_is_served_fresh() {
     );
 }
 
+/// The cache of open files never serves what the path no longer names: a rewrite of the same
+/// length, a file deleted, and a file replaced by a symlink that leaves the root (which must
+/// not be followed, nor the file it replaced served).
+#[tokio::test]
+async fn a_cached_file_follows_its_path() {
+    let site = Site::new();
+    let p = proxy(&site.root(), "", None).await;
+    let mut client = H1::connect(p.addr).await;
+    let path = site.file("sub/plain.txt");
+    assert_eq!(client.get("/static/sub/plain.txt").await.text(), "plain\n");
+    // Same length, new bytes (the modification time moves on).
+    std::fs::write(&path, "PLAIN\n").unwrap();
+    assert_eq!(client.get("/static/sub/plain.txt").await.text(), "PLAIN\n");
+    // Gone.
+    std::fs::remove_file(&path).unwrap();
+    let got = client.get("/static/sub/plain.txt").await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    // Back, served, then swapped for a symlink out of the root.
+    std::fs::write(&path, "plain\n").unwrap();
+    assert_eq!(client.get("/static/sub/plain.txt").await.text(), "plain\n");
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(site.dir.path().join("secret.txt"), &path).unwrap();
+    let got = client.get("/static/sub/plain.txt").await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
+    assert!(!got.text().contains(SECRET) && !got.text().contains("plain"));
+}
+
 #[tokio::test]
 async fn precompressed_variants_by_q_value() {
     let site = Site::new();

@@ -1,18 +1,20 @@
 //! A file's bytes as a response body, read when the body is first polled: a small file (or
 //! range) at once into one buffer (a page-cache read, as nginx does on its event loop), a
-//! larger one in large chunks by tokio's blocking pool. A plain HTTP/1.1 listener takes a
+//! larger one in large chunks on tokio's blocking pool. Reads say where (`pread`): the file
+//! may be shared with other requests through the site's cache of open files. A plain HTTP/1.1 listener takes a
 //! larger file out unread instead (`take_for_sendfile`) and `sendfile(2)`s it.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::future::Future;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, Take};
-use tokio_util::io::poll_read_buf;
+use tokio::task::JoinHandle;
 
 /// Read whole when at most this long.
 const AT_ONCE: u64 = 64 * 1024;
@@ -27,14 +29,15 @@ pub struct FileBody {
 
 enum Inner {
     Done,
-    Unread(File, u64),
-    // Boxed: tokio's File is large, and only files past `AT_ONCE` over TLS or h2 need it.
-    Chunks(Box<Take<tokio::fs::File>>),
+    /// The file and where the bytes still to send start.
+    Unread(Arc<File>, u64),
+    /// A chunk being read on the blocking pool, and where the next one starts.
+    Reading(Arc<File>, u64, JoinHandle<io::Result<Bytes>>),
 }
 
 /// `len` bytes of `file` from `start`, not read yet.
 pub struct Unread {
-    pub file: File,
+    pub file: Arc<File>,
     pub start: u64,
     pub len: u64,
 }
@@ -49,7 +52,7 @@ impl FileBody {
     }
 
     /// `len` bytes of `file` from `start`.
-    pub fn new(file: File, start: u64, len: u64) -> FileBody {
+    pub fn new(file: Arc<File>, start: u64, len: u64) -> FileBody {
         FileBody {
             inner: if len > 0 {
                 Inner::Unread(file, start)
@@ -82,37 +85,35 @@ impl FileBody {
     }
 
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        loop {
-            match &mut self.inner {
-                Inner::Done => return Poll::Ready(None),
-                Inner::Unread(file, start) if self.left <= AT_ONCE => {
-                    let read = read_at(file, *start, self.left as usize);
-                    self.inner = Inner::Done;
-                    return Poll::Ready(Some(read));
-                }
-                Inner::Unread(..) => {
-                    if let Inner::Unread(mut file, start) =
-                        std::mem::replace(&mut self.inner, Inner::Done)
-                    {
-                        if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        let reader = tokio::fs::File::from_std(file).take(self.left);
-                        self.inner = Inner::Chunks(Box::new(reader));
-                    }
-                }
-                Inner::Chunks(reader) => {
-                    if self.left == 0 {
-                        return Poll::Ready(None);
-                    }
-                    let mut buf = BytesMut::with_capacity(CHUNK.min(self.left as usize));
-                    return match poll_read_buf(Pin::new(&mut **reader), cx, &mut buf) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-                        Poll::Ready(Ok(0)) => Poll::Ready(None),
-                        Poll::Ready(Ok(_)) => Poll::Ready(Some(Ok(buf.freeze()))),
-                    };
-                }
+        match &mut self.inner {
+            Inner::Done => Poll::Ready(None),
+            Inner::Unread(file, start) if self.left <= AT_ONCE => {
+                let read = read_at(file, *start, self.left as usize);
+                self.inner = Inner::Done;
+                Poll::Ready(Some(read))
+            }
+            Inner::Unread(file, start) => {
+                let (file, at) = (file.clone(), *start);
+                let len = CHUNK.min(self.left as usize);
+                let f = file.clone();
+                let reading = tokio::task::spawn_blocking(move || read_at(&f, at, len));
+                self.inner = Inner::Reading(file, at + len as u64, reading);
+                self.poll_data(cx)
+            }
+            Inner::Reading(file, next, reading) => {
+                let read = match Pin::new(reading).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(read)) => read,
+                    Poll::Ready(Err(e)) => Err(io::Error::other(e)),
+                };
+                let left = self
+                    .left
+                    .saturating_sub(read.as_ref().map_or(0, |b| b.len() as u64));
+                self.inner = match (&read, left) {
+                    (Ok(_), 1..) => Inner::Unread(file.clone(), *next),
+                    _ => Inner::Done,
+                };
+                Poll::Ready(Some(read))
             }
         }
     }

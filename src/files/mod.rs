@@ -79,7 +79,7 @@ fn find(site: &StaticSite, rel: PathBuf) -> Result<(PathBuf, Opened), ProxyError
 
 /// `rel` opened beneath the root; None when it is not there for the client.
 fn open(site: &StaticSite, rel: &Path) -> Result<Option<Opened>, ProxyError> {
-    match open::beneath(&site.root, rel) {
+    match open::cached(site, rel) {
         Ok(o) => Ok(Some(o)),
         Err(e) if open::is_miss(&e) => Ok(None),
         Err(e) => Err(ProxyError::new(

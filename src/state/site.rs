@@ -2,8 +2,10 @@
 //! opened beneath it), index names, precompressed encodings, the Cache-Control value and
 //! how much of the request path the route takes off.
 
-use std::fs::File;
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 
@@ -19,6 +21,15 @@ pub struct StaticSite {
     pub cache_control: Option<HeaderValue>,
     /// The route's path: taken off the request's path to name a file beneath the root.
     pub prefix: String,
+    /// Regular files opened beneath the root, by their path beneath it: `files::open` serves
+    /// from here while the path still names the same file.
+    pub open_files: Mutex<HashMap<PathBuf, OpenFile>>,
+}
+
+/// A file held open, and what `fstat` said of it when it was opened.
+pub struct OpenFile {
+    pub file: Arc<File>,
+    pub meta: Metadata,
 }
 
 impl StaticSite {
@@ -40,6 +51,7 @@ impl StaticSite {
             precompressed: f.precompressed.iter().map(|p| p.value).collect(),
             cache_control,
             prefix: prefix.to_string(),
+            open_files: Mutex::new(HashMap::new()),
         })
     }
 }
