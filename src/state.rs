@@ -183,7 +183,8 @@ impl Snapshot {
                 let (server, weight) = addr::parse_server_entry(&s.value).map_err(fail)?;
                 https |= server.is_tls();
                 match server {
-                    ServerAddr::Fixed(a) => fixed.push((a, weight)),
+                    // With the entry as written: the Host of its health checks.
+                    ServerAddr::Fixed(a) => fixed.push((a, weight, addr::written_host(&s.value))),
                     ServerAddr::Name(n) => names.push(Target::Host(n, weight)),
                 }
             }

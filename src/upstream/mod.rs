@@ -84,14 +84,14 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A group over fixed `servers` (address, weight, in the order of the config's
-    /// `servers:`) and the servers `names` resolve to (once `discovery::start` runs), reached
+    /// A group over fixed `servers` (address, weight, and the entry as written: the Host of
+    /// its checks) and the servers `names` resolve to (once `discovery::start` runs), reached
     /// through `connector`; empty for one whose workers are still starting. `queue_max` is
     /// `queue.max` in force. With `health:` every server starts out of the rotation until its
     /// first check passes; the checks run once [`Upstream::start_health_checks`] is called.
     pub fn new(
         name: &str,
-        servers: Vec<(BackendAddr, u32)>,
+        servers: Vec<(BackendAddr, u32, String)>,
         names: Vec<discovery::Target>,
         cfg: &config::Upstream,
         connector: Connector,
@@ -137,26 +137,9 @@ impl Upstream {
             names: discovery::Names::new(names),
             me: me.clone(),
         });
-        // The Host of each fixed server's checks: its entry as written.
-        let written: Vec<String> = cfg
-            .servers
-            .iter()
-            .filter(|s| {
-                matches!(
-                    config::addr::parse_server_entry(&s.value),
-                    Ok((config::addr::ServerAddr::Fixed(_), _))
-                )
-            })
-            .map(|s| config::addr::written_host(&s.value))
-            .collect();
-        let written = (written.len() == servers.len()).then_some(written);
         let initial = servers
             .into_iter()
-            .enumerate()
-            .map(|(i, (addr, weight))| {
-                let host = written.as_ref().and_then(|w| w.get(i)).map(String::as_str);
-                up.server_backend(addr, weight, false, None, host)
-            })
+            .map(|(addr, weight, host)| up.server_backend(addr, weight, false, None, Some(&host)))
             .collect();
         up.backends.store(Arc::new(initial));
         up
