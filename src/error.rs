@@ -28,8 +28,16 @@ pub enum Cause {
     NoRoute,
     /// A static route has no file for the request (and no fallback).
     NotFound,
-    /// A static route answers GET and HEAD only (and has no fallback).
+    /// A static route answers GET and HEAD only (and has no fallback), or the route's
+    /// `methods` leave the request's out; the error carries the `Allow` header.
     MethodNotAllowed,
+    /// The client's address is refused by the route's `allow`/`deny` lists.
+    Forbidden,
+    /// The route's `basic_auth` refused the request's credentials (or it had none); the
+    /// error carries the `WWW-Authenticate` challenge.
+    Unauthorized,
+    /// The route is in maintenance (`maintenance`): 503 with the maintenance page.
+    Maintenance,
     NoBackend,
     /// Every backend slot is taken and the queue holds `queue.max` requests (a memory guard).
     QueueFull,
@@ -64,6 +72,9 @@ impl Cause {
             Cause::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Cause::NoRoute | Cause::NotFound => StatusCode::NOT_FOUND,
             Cause::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Cause::Forbidden => StatusCode::FORBIDDEN,
+            Cause::Unauthorized => StatusCode::UNAUTHORIZED,
+            Cause::Maintenance => StatusCode::SERVICE_UNAVAILABLE,
             Cause::NoBackend
             | Cause::QueueFull
             | Cause::QueueTimeout
@@ -92,6 +103,9 @@ impl Cause {
             Cause::NoRoute => "no-route",
             Cause::NotFound => "not-found",
             Cause::MethodNotAllowed => "method-not-allowed",
+            Cause::Forbidden => "forbidden",
+            Cause::Unauthorized => "unauthorized",
+            Cause::Maintenance => "maintenance",
             Cause::NoBackend => "no-healthy-backend",
             Cause::QueueFull => "queue-full",
             Cause::QueueTimeout => "queue-timeout",
@@ -117,8 +131,11 @@ impl Cause {
             | Cause::ClientBodyTimeout
             | Cause::RateLimited
             | Cause::NotFound
-            | Cause::MethodNotAllowed => Side::Client,
+            | Cause::MethodNotAllowed
+            | Cause::Forbidden
+            | Cause::Unauthorized => Side::Client,
             Cause::NoRoute
+            | Cause::Maintenance
             | Cause::NoBackend
             | Cause::QueueFull
             | Cause::QueueTimeout
@@ -129,14 +146,18 @@ impl Cause {
         }
     }
 
-    /// After these the client connection is not trusted for another request (a rate-limited
-    /// request, or one for a missing file or with a method a static route does not take, was
-    /// well-formed: its connection stays).
+    /// After these the client connection is not trusted for another request (a request
+    /// refused by a rule of its route, or for a missing file, was well-formed: its
+    /// connection stays).
     pub fn closes_connection(self) -> bool {
         self.side() == Side::Client
             && !matches!(
                 self,
-                Cause::RateLimited | Cause::NotFound | Cause::MethodNotAllowed
+                Cause::RateLimited
+                    | Cause::NotFound
+                    | Cause::MethodNotAllowed
+                    | Cause::Forbidden
+                    | Cause::Unauthorized
             )
     }
 }
@@ -150,6 +171,8 @@ pub struct ProxyError {
     pub detail: String,
     /// Seconds for `Retry-After` (a 503 says 1 without it).
     pub retry_after: Option<u32>,
+    /// A header the response must carry: `Allow` with a 405, `WWW-Authenticate` with a 401.
+    pub header: Option<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl ProxyError {
@@ -159,7 +182,14 @@ impl ProxyError {
             nothing_sent: false,
             detail: detail.to_string(),
             retry_after: None,
+            header: None,
         }
+    }
+
+    /// Adds `name: value` to the error's response.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> ProxyError {
+        self.header = Some((name, value));
+        self
     }
 
     /// Tells the client to come back in `secs` seconds.

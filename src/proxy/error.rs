@@ -38,8 +38,10 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
             HeaderValue::from(RETRY_AFTER.as_secs()),
         );
     }
-    if cause == Cause::MethodNotAllowed {
-        // Only static routes and the health path refuse a method.
+    if let Some((name, value)) = &err.header {
+        h.insert(name.clone(), value.clone());
+    } else if cause == Cause::MethodNotAllowed {
+        // Static files and the health path take these.
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     if cause.closes_connection() {
