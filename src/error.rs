@@ -172,7 +172,8 @@ pub struct ProxyError {
     /// Seconds for `Retry-After` (a 503 says 1 without it).
     pub retry_after: Option<u32>,
     /// A header the response must carry: `Allow` with a 405, `WWW-Authenticate` with a 401.
-    pub header: Option<(http::HeaderName, http::HeaderValue)>,
+    /// (Boxed: most errors carry none, and the error travels in every `Result`.)
+    pub header: Option<Box<(http::HeaderName, http::HeaderValue)>>,
 }
 
 impl ProxyError {
@@ -188,7 +189,7 @@ impl ProxyError {
 
     /// Adds `name: value` to the error's response.
     pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> ProxyError {
-        self.header = Some((name, value));
+        self.header = Some(Box::new((name, value)));
         self
     }
 

@@ -38,8 +38,8 @@ pub fn error_response(err: &ProxyError) -> Response<ResponseBody> {
             HeaderValue::from(RETRY_AFTER.as_secs()),
         );
     }
-    if let Some((name, value)) = &err.header {
-        h.insert(name.clone(), value.clone());
+    if let Some(extra) = &err.header {
+        h.insert(extra.0.clone(), extra.1.clone());
     } else if cause == Cause::MethodNotAllowed {
         // Static files and the health path take these.
         h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
