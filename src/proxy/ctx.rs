@@ -44,7 +44,12 @@ impl<'a> RequestCtx<'a> {
             conn,
             client,
             started,
-            begun: Begun::of(req, client, request_id),
+            begun: Begun::of(
+                req,
+                client,
+                request_id,
+                super::forward::client_proto(conn, req.headers()),
+            ),
             trace: Trace::default(),
             compressed: None,
         }
@@ -104,6 +109,8 @@ pub struct Begun {
     pub(super) user_agent: Option<HeaderValue>,
     pub(super) referer: Option<HeaderValue>,
     pub(super) request_id: HeaderValue,
+    /// `http` or `https`: as the client connected, or as a trusted proxy says.
+    pub(super) scheme: &'static str,
 }
 
 impl Begun {
@@ -111,6 +118,7 @@ impl Begun {
         req: &Request<B>,
         client: Option<IpAddr>,
         request_id: HeaderValue,
+        scheme: &'static str,
     ) -> Begun {
         let h = req.headers();
         let target = req
@@ -134,6 +142,7 @@ impl Begun {
             user_agent: h.get(header::USER_AGENT).cloned(),
             referer: h.get(header::REFERER).cloned(),
             request_id,
+            scheme,
         }
     }
 }

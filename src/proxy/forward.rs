@@ -56,7 +56,7 @@ pub fn prepare(
     let conn = ctx.conn;
     let side = ClientSide {
         client_ip: ctx.client,
-        proto: client_proto(conn, &parts.headers),
+        proto: ctx.begun.scheme,
         preserve_host: ctx.snap.preserve_host,
     };
     // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade: the request goes without it.

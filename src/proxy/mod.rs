@@ -12,6 +12,7 @@
 //! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's;
 //!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
+//! - `vars`: the request's values for route rules' `{variable}` templates
 //! - `health`: a listener's `health_path`, answered before any phase (the server asks it
 //!   first, and neither logs nor counts what it answers)
 
@@ -27,6 +28,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod spool;
+pub mod vars;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
