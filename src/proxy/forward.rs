@@ -270,7 +270,10 @@ mod tests {
         req: Request<()>,
     ) -> (request::Parts, Attempt) {
         let (mut parts, ()) = req.into_parts();
+        // The context sees the request as the pipeline's does.
         let mut ctx_req = Request::new(());
+        *ctx_req.headers_mut() = parts.headers.clone();
+        *ctx_req.uri_mut() = parts.uri.clone();
         let ctx = RequestCtx::new(&mut ctx_req, snap, conn);
         let upstream = &snap.upstreams[0];
         let attempt = prepare(&ctx, upstream, &mut parts, &RequestBody::Empty);
