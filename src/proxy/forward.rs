@@ -301,7 +301,9 @@ mod tests {
         let h = &parts.headers;
         assert_eq!(h["x-client-subject"], "CN=alice");
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.1");
+        // The trusted peer names the client, which is appended (nginx's realip with
+        // $proxy_add_x_forwarded_for; tests/limits.rs has the whole story).
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 192.0.2.7");
         assert_eq!(h["host"], "site.test");
         assert!(!h.contains_key("connection"));
         assert!(attempt.idempotent);
