@@ -3,6 +3,7 @@
 //! (keeping what did not change) and swaps it in; requests in flight finish on the one they
 //! started with.
 
+pub mod answer;
 pub mod route;
 pub mod site;
 
@@ -53,6 +54,15 @@ pub struct RouteInfo {
     pub rate: Option<Arc<RateLimiter>>,
     /// The compression in force on this route (its own, else the top level's); None: off.
     pub compression: Option<Arc<crate::config::Compression>>,
+    /// `routes[].redirect`: the route answers every request with it.
+    pub redirect: Option<Box<answer::RedirectRule>>,
+    /// `routes[].methods`: the methods it takes (others: 405).
+    pub methods: Option<Box<answer::Methods>>,
+    /// The body limits with the route's `max_body` and `timeouts.client_body`, when it has
+    /// either (else the snapshot's).
+    pub body_limits: Option<BodyLimits>,
+    /// `routes[].timeouts.response`: its upstream's response time-out on this route.
+    pub response_timeout: Option<Duration>,
 }
 
 impl Snapshot {
@@ -204,6 +214,12 @@ impl Snapshot {
         });
         let (rate, mut route_rates) = crate::limits::rate::build(loaded, kept);
         let index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+        let body_limits = BodyLimits {
+            max_body: cfg.limits.max_body,
+            buffer_body: cfg.limits.buffer_body,
+            read_timeout: cfg.timeouts.client_body,
+            buffer_response: cfg.limits.buffer_response,
+        };
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),
@@ -211,6 +227,10 @@ impl Snapshot {
                 files: None,
                 rate: None,
                 compression: cfg.compression.clone().map(Arc::new),
+                redirect: None,
+                methods: None,
+                body_limits: None,
+                response_timeout: None,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -253,6 +273,19 @@ impl Snapshot {
                         r.compression.as_ref(),
                     )
                     .map(|c| Arc::new(c.into_owned())),
+                    redirect: r
+                        .redirect
+                        .as_ref()
+                        .map(|rd| Box::new(answer::RedirectRule::new(rd))),
+                    methods: r.methods.as_ref().map(|m| {
+                        Box::new(answer::Methods::new(m.iter().map(|s| s.value.as_str())))
+                    }),
+                    body_limits: route_body_limits(&body_limits, r),
+                    response_timeout: r
+                        .timeouts
+                        .as_ref()
+                        .and_then(|t| t.response.as_ref())
+                        .map(|s| s.value.0),
                 });
             }
             (Router::new(entries), routes)
@@ -263,18 +296,30 @@ impl Snapshot {
             router,
             routes,
             upstreams,
-            body_limits: BodyLimits {
-                max_body: cfg.limits.max_body,
-                buffer_body: cfg.limits.buffer_body,
-                read_timeout: cfg.timeouts.client_body,
-                buffer_response: cfg.limits.buffer_response,
-            },
+            body_limits,
             request_id,
             preserve_host: cfg.headers.preserve_host,
             debug_headers: cfg.headers.debug,
             rate,
         })
     }
+}
+
+/// `all` with a route's `max_body` and `timeouts.client_body`; None when it sets neither.
+fn route_body_limits(all: &BodyLimits, r: &crate::config::Route) -> Option<BodyLimits> {
+    let read_timeout = r
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.client_body.as_ref())
+        .map(|s| s.value.0);
+    if r.max_body.is_none() && read_timeout.is_none() {
+        return None;
+    }
+    Some(BodyLimits {
+        max_body: r.max_body.unwrap_or(all.max_body),
+        read_timeout: read_timeout.unwrap_or(all.read_timeout),
+        ..*all
+    })
 }
 
 /// Limits applied while reading a client's request body.

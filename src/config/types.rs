@@ -341,6 +341,61 @@ pub struct Route {
     /// This route's compression: its own settings, or `false` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<RouteCompression>,
+    /// Answer with a redirect instead (nginx's `return 301 URL`): a route with neither
+    /// upstream nor static.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// The methods this route takes (GET brings HEAD); others get 405 with `Allow`
+    /// (nginx's `limit_except`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// This route's largest request body, in place of `limits.max_body` (413 past it).
+    #[serde(
+        default,
+        with = "units::opt_any_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_body: Option<u64>,
+    /// This route's time-outs, in place of the top level's and its upstream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+/// `routes[].redirect`: `{ to: "https://example.com{path}", status: 301, query: keep }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// The `Location`: a template (`{host}`, `{path}`, `{request_uri}`, ...).
+    pub to: Spanned<super::template::Template>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Spanned<u16>>,
+    /// `keep` (default): the request's query goes after `to` (`?` or `&`); `drop`: it does
+    /// not. Not with a `to` that places it itself (`{query}`, `{request_uri}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Spanned<RedirectQuery>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectQuery {
+    #[default]
+    Keep,
+    Drop,
+}
+
+/// `routes[].timeouts`: a route's own time-outs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// How long its upstream has for a response, in place of the upstream's
+    /// `response_timeout` (a worker's `request_timeout`, with its effect: a worker past it
+    /// is hung and replaced). 504 past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Spanned<Secs>>,
+    /// Between two reads of a request body, in place of `timeouts.client_body` (408).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_body: Option<Spanned<Secs>>,
 }
 
 /// `routes[].static`: files under `root` (relative to the config file) answer the route's

@@ -188,6 +188,17 @@ pub mod opt_size {
     }
 }
 
+/// `with = "units::opt_any_size"`: an optional size, 0 included (`routes[].max_body`).
+pub mod opt_any_size {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        size::deserialize(d).map(Some)
+    }
+
+    pub use super::opt_size::serialize;
+}
+
 /// A whole number from `MIN` to `MAX`: `deserialize_with = "units::count::<_, _, 1, 100>"`.
 pub fn count<'de, D, T, const MIN: u64, const MAX: u64>(d: D) -> Result<T, D::Error>
 where

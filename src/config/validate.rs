@@ -11,6 +11,7 @@ use super::addr::{parse_listen, parse_nameserver, parse_server_entry, parse_srv}
 use super::balance::{Balance, HashKey};
 use super::host::HostMatch;
 use super::load::{Checks, ConfigError, Loaded};
+use super::route_limits;
 use super::units::in_range;
 use super::workers::{WorkerCount, Workers, MAX_WORKERS};
 use super::written::Written;
@@ -175,7 +176,9 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
             Some(p) => err(p, msg),
             None => ConfigError::new(file, None, msg),
         };
+        route_limits::validate(file, r)?;
         match (&r.upstream, &r.files) {
+            (None, None) if r.redirect.is_some() => {}
             (Some(u), None) => known_upstream(loaded, u, "routes")?,
             (None, Some(f)) => validate_static(loaded, f)?,
             (Some(u), Some(_)) => {
@@ -186,7 +189,7 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
             }
             (None, None) => {
                 return Err(at(format!(
-                    "routes[{i}] (path {:?}): needs upstream (where requests go) or static (a directory to serve)",
+                    "routes[{i}] (path {:?}): needs upstream (where requests go), static (a directory to serve) or redirect",
                     r.path
                 )))
             }

@@ -57,7 +57,9 @@ pub async fn read<B: FromClient>(
     Box::pin(read_request_body(
         incoming,
         declared(headers),
-        &ctx.snap.body_limits,
+        ctx.route
+            .and_then(|r| r.body_limits.as_ref())
+            .unwrap_or(&ctx.snap.body_limits),
         upstream.buffer_bodies,
     ))
     .await

@@ -40,18 +40,23 @@ pub fn redirect_https<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> 
         443 => format!("https://{host}{target}"),
         p => format!("https://{host}:{p}{target}"),
     };
-    let mut resp = Response::new(ResponseBody::empty());
-    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-            resp
-        }
-        Err(_) => error_response(&ProxyError::new(
+    redirect(StatusCode::PERMANENT_REDIRECT, &location).unwrap_or_else(|e| error_response(&e))
+}
+
+/// A `status` redirect to `location`, with no body (as nginx's `return 301 URL` sends
+/// none worth reading); a location that cannot be a header value (from a request's
+/// strange host) is a bad request.
+pub fn redirect(status: StatusCode, location: &str) -> Result<Response<ResponseBody>, ProxyError> {
+    let v = HeaderValue::from_str(location).map_err(|_| {
+        ProxyError::new(
             Cause::BadRequest("bad-host"),
-            "unusable host",
-        )),
-    }
+            format_args!("unusable redirect location {location:?}"),
+        )
+    })?;
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, v);
+    Ok(resp)
 }
 
 #[cfg(test)]

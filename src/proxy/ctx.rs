@@ -14,7 +14,7 @@ use super::headers;
 use super::ConnInfo;
 use crate::config::Encoding;
 use crate::obs::{Compressed, Outcome, Trace};
-use crate::state::Snapshot;
+use crate::state::{RouteInfo, Snapshot};
 
 /// What the phases of one request share. It borrows the snapshot the request started on, so
 /// a reload cannot change a request half way.
@@ -23,6 +23,8 @@ pub struct RequestCtx<'a> {
     pub conn: &'a ConnInfo,
     /// The client, as `ConnInfo::client_ip` names it.
     pub client: Option<IpAddr>,
+    /// The route the request took (the route phase sets it).
+    pub route: Option<&'a RouteInfo>,
     /// When the request arrived (the outcome's duration).
     pub started: tokio::time::Instant,
     /// The request as it arrived, its id included, for its outcome.
@@ -43,6 +45,7 @@ impl<'a> RequestCtx<'a> {
             snap,
             conn,
             client,
+            route: None,
             started,
             begun: Begun::of(
                 req,

@@ -28,6 +28,8 @@ pub struct Attempt {
     /// `limits.buffer_response`: a worker's response is read this far before the client
     /// gets its head.
     pub buffer_response: u64,
+    /// The upstream's response time-out, or the route's (`routes[].timeouts.response`).
+    pub response_timeout: std::time::Duration,
 }
 
 /// The scheme the client used, for `X-Forwarded-Proto`: a trusted proxy in front (a load
@@ -79,6 +81,10 @@ pub fn prepare(
         backend_host,
         key,
         buffer_response: ctx.snap.body_limits.buffer_response,
+        response_timeout: ctx
+            .route
+            .and_then(|r| r.response_timeout)
+            .unwrap_or(upstream.response_timeout),
     }
 }
 
@@ -167,22 +173,15 @@ async fn attempts(
             None
         };
         let started = tokio::time::Instant::now();
-        let sent = transport::send(
-            &backend,
-            req,
-            &upstream.connector,
-            upstream.response_timeout,
-        )
-        .await;
+        let sent =
+            transport::send(&backend, req, &upstream.connector, attempt.response_timeout).await;
         let failed = match sent {
             Ok(sent) => {
                 ctx.trace.upstream_time = Some(started.elapsed());
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
                 let status = sent.head.status;
-                match respond::receive(upstream, sent, flight, started, attempt.buffer_response)
-                    .await
-                {
+                match respond::receive(upstream, sent, flight, started, &attempt).await {
                     Ok(answer) => {
                         upstream.record(&backend, status.is_server_error());
                         return Ok(answer);

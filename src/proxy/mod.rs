@@ -160,7 +160,11 @@ async fn phases<B: FromClient>(
     let (mut parts, incoming) = req.into_parts();
     check::check(&parts)?;
     let route = route::route(ctx, &parts);
+    if let Some(rule) = route.and_then(|r| r.redirect.as_deref()) {
+        return route::redirect(ctx, rule, &parts);
+    }
     route::limit(ctx, route)?;
+    route::methods(route, &parts.method)?;
     if let Some(site) = route.and_then(|r| r.files.as_deref()) {
         // A static route: its files answer; a miss goes on to its fallback, if it has one.
         match crate::files::serve(site, &parts.method, parts.uri.path(), &parts.headers) {

@@ -40,8 +40,9 @@ pub async fn receive(
     sent: transport::Sent,
     flight: InFlight,
     started: tokio::time::Instant,
-    buffer_response: u64,
+    attempt: &super::forward::Attempt,
 ) -> Result<Answer, ProxyError> {
+    let (buffer_response, response_timeout) = (attempt.buffer_response, attempt.response_timeout);
     let backend = flight.backend().clone();
     let reused = sent.reused;
     let mut head = sent.head;
@@ -55,7 +56,7 @@ pub async fn receive(
         let hung = backend.clone();
         let on_timeout: OnTimeout = Box::new(move || hung.report(WorkerEvent::Hung));
         if headers::take_stream_hint(&mut head.headers) {
-            let silence = BodyTimer::Silence(upstream.response_timeout);
+            let silence = BodyTimer::Silence(response_timeout);
             ResponseBody::Spooled(SpooledResponse::start(
                 body,
                 buffer_response,
@@ -63,7 +64,7 @@ pub async fn receive(
                 on_timeout,
             ))
         } else {
-            let deadline = started + upstream.response_timeout;
+            let deadline = started + response_timeout;
             let read = SpooledResponse::read_ahead(body, buffer_response, deadline, on_timeout);
             let spooled = Box::pin(read).await.map_err(|e| {
                 ProxyError::new(e.cause, format_args!("{}: {}", backend.label, e.detail))

@@ -1,10 +1,14 @@
-//! The route and limit phases: which route a request takes, whether its client may send it
-//! now, and the upstream it goes to.
+//! The route and limit phases: which route a request takes (and whether it answers with a
+//! redirect), whether its client may send it now, whether the route takes its method, and
+//! the upstream it goes to.
 
-use http::{header, request};
+use http::{header, request, Response};
 
+use super::body::ResponseBody;
 use super::ctx::RequestCtx;
 use super::error::{Cause, ProxyError};
+use crate::config::template::Var;
+use crate::state::answer::RedirectRule;
 use crate::state::route::host_only;
 use crate::state::RouteInfo;
 use crate::upstream::Upstream;
@@ -31,7 +35,43 @@ pub fn route<'a>(ctx: &mut RequestCtx<'a>, parts: &request::Parts) -> Option<&'a
     if let Some(r) = route {
         ctx.trace.route = Some(r.name.clone());
     }
+    ctx.route = route;
     route
+}
+
+/// A redirecting route's answer: its template rendered from the request, the request's
+/// query after it unless the rule drops it (or places it itself).
+pub fn redirect(
+    ctx: &RequestCtx<'_>,
+    rule: &RedirectRule,
+    parts: &request::Parts,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if rule.to.uses(Var::Host) && host(parts).is_none_or(str::is_empty) {
+        return Err(ProxyError::new(
+            Cause::BadRequest("missing-host"),
+            "a redirect to {host} needs the request's host",
+        ));
+    }
+    let mut location = super::vars::render(&rule.to, ctx);
+    if rule.keep_query {
+        if let Some(q) = parts.uri.query() {
+            location.push(if location.contains('?') { '&' } else { '?' });
+            location.push_str(q);
+        }
+    }
+    super::check::redirect(rule.status, &location)
+}
+
+/// The route's `methods`: another method gets 405 with the route's `Allow`.
+pub fn methods(route: Option<&RouteInfo>, method: &http::Method) -> Result<(), ProxyError> {
+    match route.and_then(|r| r.methods.as_deref()) {
+        Some(m) if !m.takes(method) => Err(ProxyError::new(
+            Cause::MethodNotAllowed,
+            format_args!("{method} is not among the route's methods"),
+        )
+        .with_header(header::ALLOW, m.allow.clone())),
+        _ => Ok(()),
+    }
 }
 
 /// The limit phase: the proxy's rate limit per client, then the route's. A client over a
