@@ -492,7 +492,7 @@ fn check_locates_static_route_errors() {
         (
             "  - path: /s/\n    name: x\n".to_string(),
             "proxy.yaml",
-            "needs upstream (where requests go) or static",
+            "needs upstream (where requests go), static (a directory to serve) or redirect",
         ),
         (
             format!("  - path: /s/\n    upstream: app\n    static: {{ root: \"{root}\" }}\n"),
