@@ -53,6 +53,8 @@ pub struct RouteInfo {
     pub rate: Option<Arc<RateLimiter>>,
     /// The compression in force on this route (its own, else the top level's); None: off.
     pub compression: Option<Arc<crate::config::Compression>>,
+    /// `routes[].allow`, `deny` and `basic_auth`; None: anyone may use the route.
+    pub access: Option<Arc<crate::limits::access::Access>>,
 }
 
 impl Snapshot {
@@ -211,9 +213,15 @@ impl Snapshot {
                 files: None,
                 rate: None,
                 compression: cfg.compression.clone().map(Arc::new),
+                access: None,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
+            let kept_access = previous.map(|(snap, old)| {
+                let rules: Vec<_> = snap.routes.iter().map(|r| r.access.clone()).collect();
+                (old, rules)
+            });
+            let kept_access = kept_access.as_ref().map(|(o, r)| (*o, r.as_slice()));
             let mut entries = Vec::with_capacity(cfg.routes.len());
             let mut routes = Vec::with_capacity(cfg.routes.len());
             for (i, r) in cfg.routes.iter().enumerate() {
@@ -253,6 +261,7 @@ impl Snapshot {
                         r.compression.as_ref(),
                     )
                     .map(|c| Arc::new(c.into_owned())),
+                    access: crate::limits::access::build(loaded, r, kept_access)?,
                 });
             }
             (Router::new(entries), routes)
