@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use base64::Engine as _;
-use common::{check, full, get, H1, TestBackend, TestProxy};
+use common::{check, full, get, TestBackend, TestProxy, H1};
 use http::Request;
 
 fn basic(user: &str, pw: &str) -> String {
@@ -80,10 +80,19 @@ async fn allow_and_deny_by_ipv4_and_ipv6_client() {
         for (_, path, want) in rows {
             let before = backend.request_count();
             let got = send(&mut conn, path, &[]).await;
-            assert_eq!(got.status.as_u16(), *want, "{listen} {path}: {}", got.text());
+            assert_eq!(
+                got.status.as_u16(),
+                *want,
+                "{listen} {path}: {}",
+                got.text()
+            );
             if *want == 403 {
                 assert_eq!(got.header("proxyd-error"), Some("forbidden"));
-                assert_eq!(backend.request_count(), before, "{listen} {path} reached it");
+                assert_eq!(
+                    backend.request_count(),
+                    before,
+                    "{listen} {path} reached it"
+                );
             } else {
                 passed += 1;
                 assert_eq!(backend.request_count(), before + 1);
@@ -128,7 +137,11 @@ async fn trusted_x_forwarded_for_names_the_client_and_a_spoof_does_not_get_in() 
         let got = send(&mut H1::connect(proxy.addr).await, path, &headers).await;
         assert_eq!(got.status.as_u16(), *want, "{behind} {xff:?} {path}");
         let reached = backend.request_count() - before;
-        assert_eq!(reached, usize::from(*want == 200), "{behind} {xff:?} {path}");
+        assert_eq!(
+            reached,
+            usize::from(*want == 200),
+            "{behind} {xff:?} {path}"
+        );
     }
 }
 
@@ -144,7 +157,10 @@ fn htpasswd_lines() -> String {
         .format_for_version(bcrypt::Version::TwoY);
     [
         format!("bcrypt:{bcrypt_y}"),
-        format!("apr1:{}", proxyd::limits::auth::apr1(pw("apr1").as_bytes(), b"Zq9/aB.c")),
+        format!(
+            "apr1:{}",
+            proxyd::limits::auth::apr1(pw("apr1").as_bytes(), b"Zq9/aB.c")
+        ),
         format!("sha:{{SHA}}{}", b64.encode(sha1::Sha1::digest(pw("sha")))),
         format!("crypt:{crypt}"),
     ]
@@ -211,14 +227,20 @@ async fn basic_auth_for_every_htpasswd_format() {
                     "{what}"
                 );
                 assert_eq!(got.header("proxyd-error"), Some("unauthorized"));
-                assert_eq!(backend.request_count(), before, "{what} reached the backend");
+                assert_eq!(
+                    backend.request_count(),
+                    before,
+                    "{what} reached the backend"
+                );
             } else {
                 passed += 1;
                 let seen = backend.requests();
                 let last = seen.last().unwrap();
                 // As nginx does, the credentials go on to the upstream.
                 assert_eq!(
-                    last.headers.get("authorization").and_then(|v| v.to_str().ok()),
+                    last.headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok()),
                     authorization.as_deref(),
                     "{what}"
                 );
@@ -279,7 +301,12 @@ async fn a_changed_htpasswd_file_takes_effect() {
     let backend = TestBackend::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("htpasswd");
-    let line = |pw: &str| format!("ann:{}\n", proxyd::limits::auth::apr1(pw.as_bytes(), b"salt"));
+    let line = |pw: &str| {
+        format!(
+            "ann:{}\n",
+            proxyd::limits::auth::apr1(pw.as_bytes(), b"salt")
+        )
+    };
     std::fs::write(&file, line("first")).unwrap();
     let proxy = TestProxy::from_yaml(&proxy_yaml(
         "127.0.0.1:0",
@@ -291,7 +318,12 @@ async fn a_changed_htpasswd_file_takes_effect() {
     let mut conn = H1::connect(proxy.addr).await;
     let first = basic("ann", "first");
     let second = basic("ann", "second");
-    assert_eq!(send(&mut conn, "/admin/", &[("authorization", &first)]).await.status, 200);
+    assert_eq!(
+        send(&mut conn, "/admin/", &[("authorization", &first)])
+            .await
+            .status,
+        200
+    );
     // Replaced as editors and deploy tools do: a new file renamed over the old one.
     let tmp = dir.path().join("htpasswd.new");
     std::fs::write(&tmp, line("second")).unwrap();
@@ -309,7 +341,10 @@ async fn a_changed_htpasswd_file_takes_effect() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let got = send(&mut conn, "/admin/", &[("authorization", &first)]).await;
-    assert_eq!(got.status, 401, "the old password (cached before) no longer works");
+    assert_eq!(
+        got.status, 401,
+        "the old password (cached before) no longer works"
+    );
 }
 
 #[test]
@@ -318,7 +353,11 @@ fn check_names_the_place_of_each_mistake() {
     let good = dir.path().join("good");
     std::fs::write(&good, "ann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
     let bad = dir.path().join("bad");
-    std::fs::write(&bad, "ann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\nbob:hunter2\n").unwrap();
+    std::fs::write(
+        &bad,
+        "ann:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\nbob:hunter2\n",
+    )
+    .unwrap();
     let head = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\nroutes:\n";
     let (ok, out) = check(&format!(
         "{head}  - path: /\n    upstream: app\n    basic_auth: {{ htpasswd: \"{}\" }}\n",

@@ -42,12 +42,18 @@ fn default_failures() -> Rate {
 /// that exists (its lines are read, and checked, when the runtime state is built).
 pub fn validate(loaded: &Loaded, auth: &BasicAuth) -> Result<(), ConfigError> {
     let at = |s: &Spanned<String>, msg: String| {
-        ConfigError::at(&loaded.file, &s.referenced, format!("routes: basic_auth.{msg}"))
+        ConfigError::at(
+            &loaded.file,
+            &s.referenced,
+            format!("routes: basic_auth.{msg}"),
+        )
     };
     let realm = &auth.realm.value;
     if realm.is_empty()
         || realm.len() > 200
-        || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control())
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
     {
         return Err(at(
             &auth.realm,

@@ -76,7 +76,10 @@ pub enum Verdict {
 pub enum Hash {
     Bcrypt(String),
     /// `$apr1$SALT$HASH`: the salt and the whole text.
-    Apr1 { salt: String, full: String },
+    Apr1 {
+        salt: String,
+        full: String,
+    },
     /// `{SHA}`: the SHA-1 digest.
     Sha1([u8; 20]),
     /// crypt(3): DES, `$1$`, `$5$`, `$6$`.
@@ -582,7 +585,11 @@ mod tests {
         assert!(h.verify(b"password"));
         assert!(!h.verify(b"Password"));
         // The same algorithm under $1$ is glibc's MD5 crypt: pwhash agrees.
-        for (pw, salt) in [("", "ab"), ("x", "saltsalt"), ("a longer password than 16", "s")] {
+        for (pw, salt) in [
+            ("", "ab"),
+            ("x", "saltsalt"),
+            ("a longer password than 16", "s"),
+        ] {
             let ours = md5_crypt(b"$1$", pw.as_bytes(), salt.as_bytes());
             let theirs = pwhash::md5_crypt::hash_with(format!("$1${salt}").as_str(), pw).unwrap();
             assert_eq!(ours, theirs, "{pw:?}");
@@ -635,7 +642,10 @@ mod tests {
             "# comment\n\nalice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\r\nbob\n:nobody\ncarol:plain\nalice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
         );
         assert_eq!(users.len(), 1);
-        assert!(users.map["alice"].verify(b"password"), "the first line wins");
+        assert!(
+            users.map["alice"].verify(b"password"),
+            "the first line wins"
+        );
         let at: Vec<(u64, u64)> = bad.iter().map(|b| (b.line, b.column)).collect();
         assert_eq!(at, [(4, 1), (5, 1), (6, 7)]);
         assert!(bad[2].message.contains("plain-text"), "{}", bad[2].message);
@@ -718,7 +728,10 @@ mod tests {
         std::fs::write(&file, format!("ann:{}\n", apr1(b"old", b"salt"))).unwrap();
         let a = auth(dir.path(), "100/s");
         let client = Some("192.0.2.1".parse().unwrap());
-        assert_eq!(a.check(client, Some(&basic("ann", "old"))).await, Verdict::Pass);
+        assert_eq!(
+            a.check(client, Some(&basic("ann", "old"))).await,
+            Verdict::Pass
+        );
         // A new password, and a bad line that is skipped (with a warning).
         let text = format!("ann:{}\nbad line\n", apr1(b"new", b"salt"));
         std::fs::write(&file, text).unwrap();
@@ -727,7 +740,10 @@ mod tests {
             a.check(client, Some(&basic("ann", "old"))).await,
             Verdict::Failed(Failure::WrongPassword)
         );
-        assert_eq!(a.check(client, Some(&basic("ann", "new"))).await, Verdict::Pass);
+        assert_eq!(
+            a.check(client, Some(&basic("ann", "new"))).await,
+            Verdict::Pass
+        );
         // Gone: nobody gets in until it is back.
         std::fs::remove_file(&file).unwrap();
         a.recheck_now();
@@ -740,7 +756,11 @@ mod tests {
     #[test]
     fn a_bad_line_names_the_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("users"), "ann:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:secret\n").unwrap();
+        std::fs::write(
+            dir.path().join("users"),
+            "ann:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:secret\n",
+        )
+        .unwrap();
         let yaml = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\nroutes:\n  - { path: /, upstream: app, basic_auth: { htpasswd: users } }\n";
         let loaded = crate::config::load_str(yaml, "t.yaml", dir.path().to_path_buf()).unwrap();
         let cfg = loaded.config.routes[0].basic_auth.clone().unwrap();
