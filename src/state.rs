@@ -63,6 +63,8 @@ pub struct RouteInfo {
     pub body_limits: Option<BodyLimits>,
     /// `routes[].timeouts.response`: its upstream's response time-out on this route.
     pub response_timeout: Option<Duration>,
+    /// `routes[].allow`, `deny` and `basic_auth`; None: anyone may use the route.
+    pub access: Option<Arc<crate::limits::access::Access>>,
 }
 
 impl Snapshot {
@@ -231,9 +233,15 @@ impl Snapshot {
                 methods: None,
                 body_limits: None,
                 response_timeout: None,
+                access: None,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
+            let kept_access = previous.map(|(snap, old)| {
+                let rules: Vec<_> = snap.routes.iter().map(|r| r.access.clone()).collect();
+                (old, rules)
+            });
+            let kept_access = kept_access.as_ref().map(|(o, r)| (*o, r.as_slice()));
             let mut entries = Vec::with_capacity(cfg.routes.len());
             let mut routes = Vec::with_capacity(cfg.routes.len());
             for (i, r) in cfg.routes.iter().enumerate() {
@@ -286,6 +294,7 @@ impl Snapshot {
                         .as_ref()
                         .and_then(|t| t.response.as_ref())
                         .map(|s| s.value.0),
+                    access: crate::limits::access::build(loaded, r, kept_access)?,
                 });
             }
             (Router::new(entries), routes)

@@ -3,7 +3,7 @@
 //! use them are in `crate::limits`.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -83,12 +83,10 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
-/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address (`127.0.0.1`).
+/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address (`127.0.0.1`, a /32 or
+/// /128). Parsed and matched by `ipnet`; the messages are proxyd's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(ipnet::IpNet);
 
 impl Cidr {
     pub fn parse(text: &str) -> Result<Cidr, String> {
@@ -103,58 +101,36 @@ impl Cidr {
             format!("invalid CIDR {text:?}: {ip:?} is not an IP address; {expected}")
         })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max && !p.starts_with('+') => n,
-                _ => {
-                    return Err(format!(
-                        "invalid CIDR {text:?}: the prefix length must be 0 to {max}; {expected}"
-                    ))
-                }
-            },
+        let bad_prefix =
+            || format!("invalid CIDR {text:?}: the prefix length must be 0 to {max}; {expected}");
+        let net = match prefix {
+            None => ipnet::IpNet::from(addr),
+            // ipnet takes "+8" as 8: the text must be digits only.
+            Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(bad_prefix())
+            }
+            Some(_) => t.parse::<ipnet::IpNet>().map_err(|_| bad_prefix())?,
         };
-        let cidr = Cidr { addr, prefix };
-        if cidr.network() != addr {
+        if net.network() != addr {
             return Err(format!(
-                "invalid CIDR {text:?}: address bits set past the /{prefix} (did you mean {}/{prefix}?)",
-                cidr.network()
+                "invalid CIDR {text:?}: address bits set past the /{} (did you mean {}?)",
+                net.prefix_len(),
+                net.trunc()
             ));
         }
-        Ok(cidr)
+        Ok(Cidr(net))
     }
 
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.prefix))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.prefix))),
-        }
-    }
-
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address (`::ffff:10.1.2.3`, how a
+    /// dual-stack socket shows an IPv4 peer) matches IPv4 ranges too.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask32(self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask128(self.prefix) == u128::from(net)
-            }
-            _ => false,
-        }
+        self.0.contains(&ip) || self.0.contains(&ip.to_canonical())
     }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn mask128(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}", self.0)
     }
 }
 

@@ -8,6 +8,7 @@
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
 //! and `proxyd proxy` make of their flags (`oneliner`).
 
+pub mod access;
 pub mod access_log;
 pub mod addr;
 pub mod balance;

@@ -31,6 +31,9 @@ pub fn validate(file: &str, r: &Route) -> Result<(), ConfigError> {
             ("timeouts", r.timeouts.is_some()),
             ("rate", r.rate.is_some()),
             ("compression", r.compression.is_some()),
+            ("allow", !r.allow.is_empty()),
+            ("deny", !r.deny.is_empty()),
+            ("basic_auth", r.basic_auth.is_some()),
         ];
         if let Some((key, _)) = idle.iter().find(|(_, set)| *set) {
             return Err(at(

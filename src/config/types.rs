@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::units::{self, Secs};
 use serde_saphyr::Spanned;
 
+pub use super::access::BasicAuth;
 pub use super::balance::{Balance, Eject, HashKey, Queue, Retries};
 pub use super::compression::{Compression, Encoding, RouteCompression};
 pub use super::discovery::{Discovery, Family, Resolver};
@@ -359,6 +360,15 @@ pub struct Route {
     /// This route's time-outs, in place of the top level's and its upstream's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+    /// Only clients in these ranges may use the route (others 403); empty: any client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    /// Clients in these ranges get 403 (before `allow` is looked at).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Cidr>,
+    /// HTTP Basic authentication against an htpasswd file (401 without valid credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
 }
 
 /// `routes[].redirect`: `{ to: "https://example.com{path}", status: 301, query: keep }`.

@@ -197,6 +197,9 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         if !r.path.starts_with('/') {
             return Err(at(format!("routes: path {:?} must start with /", r.path)));
         }
+        if let Some(auth) = &r.basic_auth {
+            super::access::validate(loaded, auth)?;
+        }
         let host = match &r.host {
             Some(h) => Some(
                 HostMatch::parse(&h.value)

@@ -7,9 +7,14 @@
 //! - [`trusted`]: `trusted_proxies`, CIDR ranges whose `X-Forwarded-For` (and PROXY protocol
 //!   header) proxyd believes, and the client IP taken from them (nginx's `real_ip_recursive`).
 //!
+//! - [`access`]: a route's `allow` / `deny` address lists, and [`auth`]: its `basic_auth`
+//!   (htpasswd file, verified credentials cached, failed attempts limited per client).
+//!
 //! Everything here costs nothing on the request path when it is not configured: the pipeline
 //! sees `None` and moves on.
 
+pub mod access;
+pub mod auth;
 pub mod conns;
 pub mod rate;
 pub mod trusted;

@@ -159,6 +159,27 @@ impl RateLimiter {
         }
     }
 
+    /// Whether a request from `client` would get a token now, without taking it (a per-IP
+    /// limit answers Ok for a request without a client address).
+    pub fn peek(&self, client: Option<IpAddr>) -> Result<(), Duration> {
+        let now = now_ns();
+        let tat = match &self.kind {
+            Kind::Shared(tat) => tat.load(Ordering::Acquire),
+            Kind::PerIp { shards, .. } => {
+                let Some(ip) = client else { return Ok(()) };
+                let key = key(ip);
+                let s = shards[shard_of(key)]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                s.buckets.get(&key).copied().unwrap_or(0)
+            }
+        };
+        self.gcra
+            .take(tat, now)
+            .map(drop)
+            .map_err(Duration::from_nanos)
+    }
+
     /// Client IPs tracked now.
     pub fn tracked(&self) -> usize {
         match &self.kind {

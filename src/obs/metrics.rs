@@ -114,6 +114,8 @@ pub struct Metrics {
     tls_ok: IntCounter,
     tls_failed: IntCounter,
     rate_limited: IntCounterVec,
+    /// `proxyd_auth_failures_total` by route and reason.
+    auth_failures: IntCounterVec,
     /// `proxyd_client_connections_rejected_total` by reason, in [`Rejected`] order.
     rejected: [IntCounter; 3],
     /// Responses compressed on the fly, by coding in [`ENCODINGS`] order.
@@ -263,6 +265,12 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid counter definition");
+        let auth_failures = counter(
+            "proxyd_auth_failures_total",
+            "Credentials a route's basic_auth refused, by route and reason: malformed (an Authorization that is not Basic base64(user:password)), unknown_user, wrong_password. Requests without credentials are not counted; those refused for too many failures count in proxyd_rate_limited_total.",
+            &["route", "reason"],
+        );
+        register(&registry, &auth_failures);
         register(&registry, &rate_limited);
         register(&registry, &rejected);
         let compressed = [
@@ -314,6 +322,7 @@ impl Metrics {
             tls_ok: tls.with_label_values(&["ok"]),
             tls_failed: tls.with_label_values(&["failed"]),
             rate_limited,
+            auth_failures,
             rejected: REJECTED.map(|r| rejected.with_label_values(&[r])),
             compressed: ENCODINGS.map(|e| CompressedHandles {
                 responses: responses.with_label_values(&[e]),
@@ -467,6 +476,11 @@ impl Observe for Metrics {
         if o.trace.cause == Some(Cause::RateLimited) {
             r.rate_limited
                 .get_or_init(|| self.rate_limited.with_label_values(&[&*r.route]))
+                .inc();
+        }
+        if let Some(reason) = o.trace.auth_failure {
+            self.auth_failures
+                .with_label_values(&[&*r.route, reason])
                 .inc();
         }
         r.duration.observe(seconds(o.duration));

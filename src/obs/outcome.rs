@@ -28,6 +28,9 @@ pub struct Trace {
     pub cause: Option<Cause>,
     /// Set when the response body was compressed on the fly.
     pub compressed: Option<Compressed>,
+    /// Set when the route's basic auth refused credentials: why (`malformed`,
+    /// `unknown_user`, `wrong_password`).
+    pub auth_failure: Option<&'static str>,
 }
 
 /// A body compressed on the fly: its coding and the bytes that went in (the bytes that came

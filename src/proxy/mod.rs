@@ -5,7 +5,8 @@
 //!
 //! - `ctx`: the per-request context, and the outcome kept until the response is sent
 //! - `check`: requests refused (or redirected to https) before routing
-//! - `route`: the route, the rate limits, the upstream
+//! - `route`: the route, the rate limits, the upstream; `access`: the route's address lists
+//!   and basic auth, checked right after it is matched
 //! - `body`: the request body read (and checked) before a backend is picked; response bodies
 //! - `forward`: the request head a backend gets, admission (a backend slot, or the queue),
 //!   sending, retries; `retry`: the retry rules as plain decisions
@@ -16,6 +17,7 @@
 //! - `health`: a listener's `health_path`, answered before any phase (the server asks it
 //!   first, and neither logs nor counts what it answers)
 
+pub mod access;
 pub mod body;
 pub mod check;
 pub mod compress;
@@ -162,6 +164,9 @@ async fn phases<B: FromClient>(
     let route = route::route(ctx, &parts);
     if let Some(rule) = route.and_then(|r| r.redirect.as_deref()) {
         return route::redirect(ctx, rule, &parts);
+    }
+    if let Some(rules) = route.and_then(|r| r.access.as_deref()) {
+        access::check(ctx, rules, &parts.headers).await?;
     }
     route::limit(ctx, route)?;
     route::methods(route, &parts.method)?;
