@@ -3,6 +3,7 @@
 //! (keeping what did not change) and swaps it in; requests in flight finish on the one they
 //! started with.
 
+pub mod pages;
 pub mod route;
 pub mod site;
 
@@ -40,6 +41,10 @@ pub struct Snapshot {
     pub debug_headers: bool,
     /// `limits.rate.per_ip`: the whole proxy's rate limit per client IP.
     pub rate: Option<Arc<RateLimiter>>,
+    /// `error_pages`: for errors before a route is known (and routes without their own).
+    pub error_pages: Arc<pages::Pages>,
+    /// The maintenance switch (kept across reloads) and its settings.
+    pub maintenance: pages::MaintenanceState,
 }
 
 /// A configured route: its name (the metrics label), its upstream's index (a static route's
@@ -53,6 +58,16 @@ pub struct RouteInfo {
     pub rate: Option<Arc<RateLimiter>>,
     /// The compression in force on this route (its own, else the top level's); None: off.
     pub compression: Option<Arc<crate::config::Compression>>,
+    /// Its error pages (its own over the top level's); `intercept_errors`; whether the
+    /// maintenance switch covers it.
+    pub pages: RoutePages,
+}
+
+/// A route's error pages and maintenance.
+pub struct RoutePages {
+    pub pages: Arc<pages::Pages>,
+    pub intercept: bool,
+    pub maintenance: bool,
 }
 
 impl Snapshot {
@@ -204,6 +219,9 @@ impl Snapshot {
         });
         let (rate, mut route_rates) = crate::limits::rate::build(loaded, kept);
         let index = |name: &str| upstreams.iter().position(|u| &*u.name == name);
+        let (error_pages, mut route_pages) = pages::build(loaded)?;
+        // No route chosen for maintenance: the switch covers them all.
+        let all_maintained = !cfg.routes.iter().any(|r| r.maintenance);
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),
@@ -211,6 +229,11 @@ impl Snapshot {
                 files: None,
                 rate: None,
                 compression: cfg.compression.clone().map(Arc::new),
+                pages: RoutePages {
+                    pages: error_pages.clone(),
+                    intercept: false,
+                    maintenance: true,
+                },
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -253,6 +276,11 @@ impl Snapshot {
                         r.compression.as_ref(),
                     )
                     .map(|c| Arc::new(c.into_owned())),
+                    pages: RoutePages {
+                        pages: std::mem::take(&mut route_pages[i]),
+                        intercept: r.intercept_errors,
+                        maintenance: r.maintenance || all_maintained,
+                    },
                 });
             }
             (Router::new(entries), routes)
@@ -273,6 +301,11 @@ impl Snapshot {
             preserve_host: cfg.headers.preserve_host,
             debug_headers: cfg.headers.debug,
             rate,
+            error_pages,
+            maintenance: pages::MaintenanceState::build(
+                loaded,
+                previous.map(|(snap, _)| snap.maintenance.switch.clone()),
+            ),
         })
     }
 }

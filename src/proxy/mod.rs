@@ -12,6 +12,7 @@
 //! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's;
 //!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
+//! - `pages`: the maintenance switch's phase and `intercept_errors`
 //! - `health`: a listener's `health_path`, answered before any phase (the server asks it
 //!   first, and neither logs nor counts what it answers)
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod health;
+pub mod pages;
 pub mod respond;
 pub mod retry;
 pub mod route;
@@ -158,6 +160,7 @@ async fn phases<B: FromClient>(
     let (mut parts, incoming) = req.into_parts();
     check::check(&parts)?;
     let route = route::route(ctx, &parts);
+    pages::maintenance(ctx, route)?;
     route::limit(ctx, route)?;
     if let Some(site) = route.and_then(|r| r.files.as_deref()) {
         // A static route: its files answer; a miss goes on to its fallback, if it has one.
@@ -182,5 +185,9 @@ async fn phases<B: FromClient>(
     );
     let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
+    let answer = match pages::intercept(ctx, route, answer) {
+        Ok(answer) => answer,
+        Err(page) => return Ok(page),
+    };
     Ok(respond::respond(ctx, answer, version, compress))
 }
