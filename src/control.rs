@@ -71,7 +71,11 @@ pub fn reload(loaded: &Loaded) -> Result<String, String> {
 /// the way without an admin API).
 pub fn maintenance(loaded: &Loaded, on: bool) -> Result<String, String> {
     let (addr, token) = client::target(&loaded.config)?;
-    let path = if on { "/maintenance/on" } else { "/maintenance/off" };
+    let path = if on {
+        "/maintenance/on"
+    } else {
+        "/maintenance/off"
+    };
     client::post(addr, token.as_deref(), path, Duration::from_secs(5))
 }
 

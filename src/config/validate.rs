@@ -263,8 +263,11 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
 fn validate_pages(loaded: &Loaded) -> Result<(), ConfigError> {
     let cfg = &loaded.config;
     let file = loaded.file.as_str();
-    let lists = std::iter::once(("error_pages", &cfg.error_pages))
-        .chain(cfg.routes.iter().map(|r| ("routes: error_pages", &r.error_pages)));
+    let lists = std::iter::once(("error_pages", &cfg.error_pages)).chain(
+        cfg.routes
+            .iter()
+            .map(|r| ("routes: error_pages", &r.error_pages)),
+    );
     for (key, pages) in lists {
         let mut seen = Vec::new();
         for (status, page) in &pages.0 {
