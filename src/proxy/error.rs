@@ -85,3 +85,23 @@ pub fn error_response_h1(cause: Cause, pages: Option<&Pages>) -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_changes_the_body_and_keeps_the_headers() {
+        let snap = crate::proxy::ctx::testing::snapshot(
+            "upstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n",
+        );
+        let err = ProxyError::new(Cause::QueueDeadline, "x").retry_after(9);
+        let plain = error_response_with(&err, Some(&snap.error_pages));
+        assert_eq!(plain.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(plain.headers()["retry-after"], "9");
+        assert_eq!(plain.headers()["proxyd-error"], "queue-deadline");
+        let raw = String::from_utf8(error_response_h1(Cause::HeadersTooLarge, None)).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 431 "), "{raw}");
+        assert!(raw.contains("connection: close\r\n"), "{raw}");
+    }
+}

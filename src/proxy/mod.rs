@@ -186,8 +186,8 @@ async fn phases<B: FromClient>(
     let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
     let answer = match pages::intercept(ctx, route, answer) {
-        Ok(answer) => answer,
-        Err(page) => return Ok(page),
+        pages::Intercepted::Pass(answer) => answer,
+        pages::Intercepted::Page(page) => return Ok(page),
     };
     Ok(respond::respond(ctx, answer, version, compress))
 }

@@ -36,19 +36,29 @@ pub fn maintenance(ctx: &RequestCtx<'_>, route: Option<&RouteInfo>) -> Result<()
     }
 }
 
+/// What `intercept` made of an answer.
+pub enum Intercepted {
+    /// Not intercepted: it goes on to the respond phase.
+    Pass(Answer),
+    /// The page that replaces it.
+    Page(Response<ResponseBody>),
+}
+
 /// `intercept_errors`: an answer of 400 or more for which the route has a page becomes the
-/// page (`Err`), with the upstream's status, `proxyd-error: upstream-status`, and the
+/// page, with the upstream's status, `proxyd-error: upstream-status`, and the
 /// upstream's `Retry-After`, `Allow` and `WWW-Authenticate`; its body is discarded.
 pub fn intercept(
     ctx: &mut RequestCtx<'_>,
     route: Option<&RouteInfo>,
     answer: Answer,
-) -> Result<Answer, Response<ResponseBody>> {
+) -> Intercepted {
     let status = answer.head.status;
     let page = route
         .filter(|r| r.pages.intercept && status.as_u16() >= 400)
         .and_then(|r| r.pages.pages.get(status.as_u16()));
-    let Some(page) = page else { return Ok(answer) };
+    let Some(page) = page else {
+        return Intercepted::Pass(answer);
+    };
     ctx.trace.intercepted = true;
     let mut resp = Response::new(ResponseBody::full(page.body.clone()));
     *resp.status_mut() = status;
@@ -64,7 +74,7 @@ pub fn intercept(
         }
     }
     discard(answer.body);
-    Err(resp)
+    Intercepted::Page(resp)
 }
 
 /// Drops an intercepted body: a worker's was read ahead already (its connection is back in
