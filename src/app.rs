@@ -202,6 +202,8 @@ impl App {
                 },
             ))
         });
+        // `maintenance.file`: looked for once a second, whatever the snapshot of the moment.
+        let maintenance = tokio::spawn(crate::state::pages::watch_file(self.state.clone()));
         let upgrader = self.upgrader.clone();
         let listeners = self.listeners.clone();
         let delay = self.delay;
@@ -235,6 +237,7 @@ impl App {
             grace: self.grace,
         };
         let served = server.run(self.bound, stop).await;
+        maintenance.abort();
         // Workers go last: the requests drained above needed them.
         self.supervisors.shutdown().await;
         if let Some(admin) = admin {

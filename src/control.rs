@@ -66,6 +66,19 @@ pub fn reload(loaded: &Loaded) -> Result<String, String> {
     }
 }
 
+/// `proxyd maintenance on|off`: turns the running proxyd's maintenance switch (its admin
+/// API's `POST /maintenance/on|off`; there is no signal for it: the `maintenance.file` is
+/// the way without an admin API).
+pub fn maintenance(loaded: &Loaded, on: bool) -> Result<String, String> {
+    let (addr, token) = client::target(&loaded.config)?;
+    let path = if on {
+        "/maintenance/on"
+    } else {
+        "/maintenance/off"
+    };
+    client::post(addr, token.as_deref(), path, Duration::from_secs(5))
+}
+
 /// A reload waits for the new workers of each new or changed upstream, one group after the
 /// other, up to its start_timeout and a second.
 fn reload_patience(loaded: &Loaded) -> Duration {

@@ -69,6 +69,13 @@ enum Command {
     /// when the config has one with a fixed port, else sends SIGHUP to the pid in `pid_file`
     /// (which also rolls the workers, and whose outcome is only in that proxyd's log).
     Reload,
+    /// Turn the maintenance switch of the proxyd running this config on or off (its admin
+    /// API's `POST /maintenance/on|off`): the routes it covers answer 503 with the
+    /// maintenance page while it is on.
+    Maintenance {
+        #[arg(value_enum)]
+        switch: OnOff,
+    },
     /// Run COMMAND as N workers and balance requests across them (like gunicorn): no config
     /// file needed.
     #[command(arg_required_else_help = true)]
@@ -77,6 +84,12 @@ enum Command {
     /// file needed.
     #[command(arg_required_else_help = true)]
     Proxy(proxyd::config::oneliner::ProxyFlags),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// A flag-made config with the command line that made it.
@@ -160,6 +173,9 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Reload) = cli.command {
         return report(proxyd::control::reload(&loaded));
+    }
+    if let Some(Command::Maintenance { switch }) = cli.command {
+        return report(proxyd::control::maintenance(&loaded, switch == OnOff::On));
     }
     proxyd::logging::init(&loaded.config.log.level, loaded.config.log.format);
     for w in &warnings {

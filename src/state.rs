@@ -4,6 +4,7 @@
 //! started with.
 
 pub mod answer;
+pub mod pages;
 pub mod route;
 pub mod site;
 
@@ -41,6 +42,10 @@ pub struct Snapshot {
     pub debug_headers: bool,
     /// `limits.rate.per_ip`: the whole proxy's rate limit per client IP.
     pub rate: Option<Arc<RateLimiter>>,
+    /// `error_pages`: for errors before a route is known (and routes without their own).
+    pub error_pages: Arc<pages::Pages>,
+    /// The maintenance switch (kept across reloads) and its settings.
+    pub maintenance: pages::MaintenanceState,
 }
 
 /// A configured route: its name (the metrics label), its upstream's index (a static route's
@@ -65,6 +70,16 @@ pub struct RouteInfo {
     pub response_timeout: Option<Duration>,
     /// `routes[].allow`, `deny` and `basic_auth`; None: anyone may use the route.
     pub access: Option<Arc<crate::limits::access::Access>>,
+    /// Its error pages (its own over the top level's); `intercept_errors`; whether the
+    /// maintenance switch covers it.
+    pub pages: RoutePages,
+}
+
+/// A route's error pages and maintenance.
+pub struct RoutePages {
+    pub pages: Arc<pages::Pages>,
+    pub intercept: bool,
+    pub maintenance: bool,
 }
 
 impl Snapshot {
@@ -222,6 +237,9 @@ impl Snapshot {
             read_timeout: cfg.timeouts.client_body,
             buffer_response: cfg.limits.buffer_response,
         };
+        let (error_pages, mut route_pages) = pages::build(loaded)?;
+        // No route chosen for maintenance: the switch covers them all.
+        let all_maintained = !cfg.routes.iter().any(|r| r.maintenance);
         let (router, routes) = if cfg.routes.is_empty() {
             let all = RouteInfo {
                 name: "/".into(),
@@ -234,6 +252,11 @@ impl Snapshot {
                 body_limits: None,
                 response_timeout: None,
                 access: None,
+                pages: RoutePages {
+                    pages: error_pages.clone(),
+                    intercept: false,
+                    maintenance: true,
+                },
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -295,6 +318,11 @@ impl Snapshot {
                         .and_then(|t| t.response.as_ref())
                         .map(|s| s.value.0),
                     access: crate::limits::access::build(loaded, r, kept_access)?,
+                    pages: RoutePages {
+                        pages: std::mem::take(&mut route_pages[i]),
+                        intercept: r.intercept_errors,
+                        maintenance: r.maintenance || all_maintained,
+                    },
                 });
             }
             (Router::new(entries), routes)
@@ -310,6 +338,11 @@ impl Snapshot {
             preserve_host: cfg.headers.preserve_host,
             debug_headers: cfg.headers.debug,
             rate,
+            error_pages,
+            maintenance: pages::MaintenanceState::build(
+                loaded,
+                previous.map(|(snap, _)| snap.maintenance.switch.clone()),
+            ),
         })
     }
 }

@@ -333,13 +333,15 @@ fn body(printed: &str) -> String {
 
 #[test]
 fn print_writes_every_shipped_config_back_as_a_config_that_passes_check() {
-    // A copy of config/ (certificates included): each printout is saved beside its file, so
-    // relative paths mean the same, and must pass check and print the same again.
+    // A copy of config/ (certificates and error pages included): each printout is saved
+    // beside its file, so relative paths mean the same, and must pass check and print the
+    // same again.
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("config");
     std::fs::create_dir_all(copy.join("certs")).unwrap();
-    for sub in ["", "certs"] {
+    std::fs::create_dir_all(copy.join("errors")).unwrap();
+    for sub in ["", "certs", "errors"] {
         for entry in std::fs::read_dir(src.join(sub)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {

@@ -1,7 +1,8 @@
 //! README.md and docs/*.md stay true. Every YAML snippet is a config `proxyd check` accepts:
 //! a snippet without a listener or an upstream gets one (a loopback listener, an upstream
 //! `app`), the certificates and CA files it names are made for it (real PEM, from rcgen), so
-//! are its htpasswd files (one user), and
+//! are its htpasswd files (one user) and
+//! the error pages it names (`404: errors/404.html`, `page: ...`), and
 //! a path outside its directory that names a file of the machine it is deployed on
 //! (`/usr/local/bin/proxyd`) is pointed at this build's binary. Every `proxyd ...` command
 //! they show is one the binary knows, and every config file they name passes `proxyd check`.
@@ -84,6 +85,15 @@ fn make_files(dir: &Path, yaml: &str) {
     // A basic_auth's htpasswd file: one user (ann, password "pw", Apache's MD5).
     for file in values_of(yaml, "htpasswd") {
         write(&file, "ann:$apr1$salt$dIQSC7CZVMfwYUarWFsjy0\n".into());
+    }
+    // Error pages (`404: errors/404.html`) and the maintenance page: small HTML files.
+    let status_keys = regex::Regex::new(r"(?:^|[\s{,])\d{3}:\s*([^\s,}#]+)").unwrap();
+    let pages = status_keys
+        .captures_iter(yaml)
+        .map(|c| c[1].trim_matches('"').to_string())
+        .chain(values_of(yaml, "page"));
+    for page in pages.filter(|p| !p.starts_with('/')) {
+        write(&page, "<h1>page</h1>\n".into());
     }
     for ca in values_of(yaml, "ca") {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -4,8 +4,9 @@
 //! listeners, upstreams, backends, workers; see `status`), `/` (the live status page,
 //! `status.html`), `POST /reload` (TLS certificates; a bad new one is refused and the old one
 //! stays), `POST /upstreams/{name}/restart` (a rolling restart of that upstream's workers),
-//! and `POST /upgrade` (hand the listening sockets to a new proxyd binary and answer once it
-//! serves, or with why it did not). With `admin.token` set, every POST needs
+//! `POST /upgrade` (hand the listening sockets to a new proxyd binary and answer once it
+//! serves, or with why it did not), and `POST /maintenance/on|off`, `GET /maintenance` (the
+//! maintenance switch: the routes it covers answer 503 with the maintenance page). With `admin.token` set, every POST needs
 //! `Authorization: Bearer <token>`; GETs stay open (the listener binds loopback by default).
 //! `client` is the other side: `proxyd status`.
 
@@ -165,10 +166,16 @@ impl Admin {
         match (method, path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/readyz") => self.readiness(),
-            (&Method::GET, "/metrics") => self
-                .metrics
-                .response(&self.state.load().figures(), &self.supervisors.figures())
-                .map(ResponseBody::full),
+            (&Method::GET, "/metrics") => {
+                let snap = self.state.load();
+                self.metrics.set_maintenance(snap.maintenance.switch.on());
+                self.metrics
+                    .response(&snap.figures(), &self.supervisors.figures())
+                    .map(ResponseBody::full)
+            }
+            (&Method::GET, "/maintenance") => self.maintenance(None),
+            (&Method::POST, "/maintenance/on") => self.maintenance(Some(true)),
+            (&Method::POST, "/maintenance/off") => self.maintenance(Some(false)),
             (&Method::GET, "/status") => self.status(),
             (&Method::GET, "/") => typed(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
             (&Method::POST, "/reload") => match self.reloader.reload().await {
@@ -201,6 +208,29 @@ impl Admin {
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
+    }
+
+    /// Turns the switch on or off (`set`), then says where it stands. Held outside the
+    /// snapshot, so it outlives a reload.
+    fn maintenance(&self, set: Option<bool>) -> Response<ResponseBody> {
+        let snap = self.state.load();
+        let switch = &snap.maintenance.switch;
+        if let Some(on) = set {
+            switch.set_api(on);
+            tracing::info!(on, "maintenance switched by the admin API");
+        }
+        let mut body = format!(
+            "maintenance: {}
+",
+            if switch.on() { "on" } else { "off" }
+        );
+        if switch.by_file() {
+            // Turning the API's side off leaves the file's on.
+            if let Some(f) = &snap.maintenance.file {
+                let _ = writeln!(body, "on while {} exists", f.display());
+            }
+        }
+        text(StatusCode::OK, body)
     }
 
     fn status(&self) -> Response<ResponseBody> {

@@ -25,8 +25,19 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// Shutdown has begun: no new connections.
     pub draining: bool,
+    /// The maintenance switch: on, and by what (the admin API, the file).
+    pub maintenance: MaintenanceStatus,
     pub listeners: Vec<ListenerInfo>,
     pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Serialize)]
+pub struct MaintenanceStatus {
+    pub on: bool,
+    pub by_api: bool,
+    pub by_file: bool,
+    /// The routes it covers, by name.
+    pub routes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -191,6 +202,20 @@ pub fn collect(
             .map_or(0, |d| d.as_secs()),
         uptime_seconds: secs(now.duration_since(started).unwrap_or_default()),
         draining,
+        maintenance: {
+            let s = &snapshot.maintenance.switch;
+            MaintenanceStatus {
+                on: s.on(),
+                by_api: s.by_api(),
+                by_file: s.by_file(),
+                routes: snapshot
+                    .routes
+                    .iter()
+                    .filter(|r| r.pages.maintenance)
+                    .map(|r| r.name.to_string())
+                    .collect(),
+            }
+        },
         listeners: listeners.to_vec(),
         upstreams: snapshot
             .upstreams

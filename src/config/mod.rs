@@ -2,7 +2,8 @@
 //! their bounds (`units`), `${VAR}` expansion in values (`expand`), reading a file (`load`),
 //! the `workers:` block (`workers`), active health checks of servers (`health`), an
 //! upstream's protocol and TLS (`upstream_tls`), the binary upgrade's settings (`upgrade`),
-//! host names re-resolved (`discovery`: `resolver:`, `discovery:`), the checks that
+//! host names re-resolved (`discovery`: `resolver:`, `discovery:`), error pages and the
+//! maintenance switch (`pages`), the checks that
 //! `proxyd check` runs (`validate`),
 //! `proxyd check --print` (`print`), route rules' `{variable}` templates (`template`), a route's redirect, methods, body size and time-outs (`route_limits`), the keys a file writes and where (`written`), the
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
@@ -21,6 +22,7 @@ pub mod host;
 pub mod limits;
 pub mod load;
 pub mod oneliner;
+pub mod pages;
 pub mod print;
 pub mod route_limits;
 pub mod secrets;

@@ -34,6 +34,8 @@ pub fn validate(file: &str, r: &Route) -> Result<(), ConfigError> {
             ("allow", !r.allow.is_empty()),
             ("deny", !r.deny.is_empty()),
             ("basic_auth", r.basic_auth.is_some()),
+            ("intercept_errors", r.intercept_errors),
+            ("maintenance", r.maintenance),
         ];
         if let Some((key, _)) = idle.iter().find(|(_, set)| *set) {
             return Err(at(

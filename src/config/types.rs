@@ -15,6 +15,7 @@ pub use super::compression::{Compression, Encoding, RouteCompression};
 pub use super::discovery::{Discovery, Family, Resolver};
 pub use super::health::Health;
 pub use super::limits::{Cidr, Rate};
+pub use super::pages::{ErrorPages, Maintenance};
 pub use super::upgrade::Upgrade;
 pub use super::upstream_tls::{UpstreamProtocol, UpstreamTls};
 pub use super::workers::{Restart, Scaling, WorkerCount, WorkerHealth, WorkerListen, Workers};
@@ -73,6 +74,12 @@ pub struct Config {
     /// How often those names are looked up again.
     #[serde(default, skip_serializing_if = "Discovery::is_unset")]
     pub discovery: Discovery,
+    /// The bodies of the errors proxyd makes: status → file (relative to this file).
+    #[serde(default, skip_serializing_if = "ErrorPages::is_empty")]
+    pub error_pages: ErrorPages,
+    /// The maintenance switch: its file, page and Retry-After.
+    #[serde(default, skip_serializing_if = "Maintenance::is_unset")]
+    pub maintenance: Maintenance,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -369,6 +376,16 @@ pub struct Route {
     /// HTTP Basic authentication against an htpasswd file (401 without valid credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// Error pages of this route, over the top level's.
+    #[serde(default, skip_serializing_if = "ErrorPages::is_empty")]
+    pub error_pages: ErrorPages,
+    /// An upstream answer of 400 or more that has an error page gets the page instead of its
+    /// body (nginx's `proxy_intercept_errors on`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intercept_errors: bool,
+    /// The maintenance switch covers this route (when no route says so, it covers all).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
 }
 
 /// `routes[].redirect`: `{ to: "https://example.com{path}", status: 301, query: keep }`.

@@ -260,6 +260,65 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
     }
     validate_access_logs(loaded)?;
     validate_discovery(loaded)?;
+    validate_pages(loaded)?;
+    Ok(())
+}
+
+/// `error_pages` (top level and per route) name statuses proxyd makes, each once; the files
+/// themselves are read when the runtime state is built (`state::pages`).
+fn validate_pages(loaded: &Loaded) -> Result<(), ConfigError> {
+    let cfg = &loaded.config;
+    let file = loaded.file.as_str();
+    let lists = std::iter::once(("error_pages", &cfg.error_pages)).chain(
+        cfg.routes
+            .iter()
+            .map(|r| ("routes: error_pages", &r.error_pages)),
+    );
+    for (key, pages) in lists {
+        let mut seen = Vec::new();
+        for (status, page) in &pages.0 {
+            let code = status.value;
+            if !super::pages::STATUSES.contains(&code) {
+                return Err(ConfigError::at(
+                    file,
+                    &status.referenced,
+                    format!(
+                        "{key}: {code} is not a status proxyd answers with; expected one of {:?}",
+                        super::pages::STATUSES
+                    ),
+                ));
+            }
+            if seen.contains(&code) {
+                return Err(ConfigError::at(
+                    file,
+                    &status.referenced,
+                    format!("{key}: {code} appears twice"),
+                ));
+            }
+            seen.push(code);
+            if page.value.trim().is_empty() || page.value.ends_with('/') {
+                return Err(ConfigError::at(
+                    file,
+                    &page.referenced,
+                    format!("{key}: {code}: expected a file name"),
+                ));
+            }
+        }
+    }
+    for (key, path) in [
+        ("maintenance.file", &cfg.maintenance.file),
+        ("maintenance.page", &cfg.maintenance.page),
+    ] {
+        if let Some(p) = path.as_ref() {
+            if p.value.trim().is_empty() || p.value.ends_with('/') {
+                return Err(ConfigError::at(
+                    file,
+                    &p.referenced,
+                    format!("{key}: expected a file name"),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

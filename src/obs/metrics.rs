@@ -120,6 +120,10 @@ pub struct Metrics {
     rejected: [IntCounter; 3],
     /// Responses compressed on the fly, by coding in [`ENCODINGS`] order.
     compressed: [CompressedHandles; 3],
+    /// `proxyd_maintenance`: 1 while the maintenance switch is on (set when scraped).
+    maintenance: IntGauge,
+    /// Upstream error answers replaced by an error page (`intercept_errors`).
+    intercepted: IntCounter,
 }
 
 /// The codings proxyd compresses with (the `encoding` label).
@@ -247,6 +251,18 @@ impl Metrics {
         register(&registry, &upstream_time);
         register(&registry, &queue_wait);
         register(&registry, &client_connections_open);
+        let maintenance = IntGauge::new(
+            "proxyd_maintenance",
+            "1 while the maintenance switch is on (admin API or maintenance.file), else 0.",
+        )
+        .expect("valid gauge definition");
+        register(&registry, &maintenance);
+        let intercepted = IntCounter::new(
+            "proxyd_intercepted_responses_total",
+            "Upstream error answers replaced by an error page (routes[].intercept_errors).",
+        )
+        .expect("valid counter definition");
+        register(&registry, &intercepted);
         register(&registry, &client_connections);
         register(&registry, &tls);
         let rate_limited = IntCounterVec::new(
@@ -318,6 +334,8 @@ impl Metrics {
             by_upstream: ArcSwap::from_pointee(HashMap::new()),
             by_route: ArcSwap::from_pointee(HashMap::new()),
             client_connections_open,
+            maintenance,
+            intercepted,
             client_connections,
             tls_ok: tls.with_label_values(&["ok"]),
             tls_failed: tls.with_label_values(&["failed"]),
@@ -434,6 +452,11 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
     }
 
+    /// Sets `proxyd_maintenance` (the admin does, before a scrape is rendered).
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.set(i64::from(on));
+    }
+
     /// The `GET /metrics` response (its body as bytes: the admin frames it).
     pub fn response(
         &self,
@@ -482,6 +505,9 @@ impl Observe for Metrics {
             self.auth_failures
                 .with_label_values(&[&*r.route, reason])
                 .inc();
+        }
+        if o.trace.intercepted {
+            self.intercepted.inc();
         }
         r.duration.observe(seconds(o.duration));
         if routed.is_some() {

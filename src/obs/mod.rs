@@ -14,3 +14,7 @@ pub mod metrics;
 pub mod outcome;
 
 pub use outcome::{Compressed, Observe, Observers, Outcome, Trace};
+
+/// The `proxyd-error` of an upstream's error answer replaced by an error page
+/// (`routes[].intercept_errors`), and what the JSON access log's `error` says of it.
+pub const INTERCEPTED: &str = "upstream-status";

@@ -26,6 +26,8 @@ pub struct Trace {
     pub retries: u32,
     /// Set when proxyd answered with an error.
     pub cause: Option<Cause>,
+    /// The upstream's error answer was replaced by an error page (`intercept_errors`).
+    pub intercepted: bool,
     /// Set when the response body was compressed on the fly.
     pub compressed: Option<Compressed>,
     /// Set when the route's basic auth refused credentials: why (`malformed`,

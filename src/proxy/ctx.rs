@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::compress::Tally;
-use super::error::{error_response, ProxyError, Side};
+use super::error::{error_response_with, ProxyError, Side};
 use super::headers;
 use super::ConnInfo;
 use crate::config::Encoding;
@@ -33,6 +33,8 @@ pub struct RequestCtx<'a> {
     pub trace: Trace,
     /// The response body is compressed: its coding, and what went in (read once it is sent).
     pub compressed: Option<(Encoding, Tally)>,
+    /// The error pages in force: the top level's, the route's once it is known.
+    pub pages: &'a crate::state::pages::Pages,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -55,6 +57,7 @@ impl<'a> RequestCtx<'a> {
             ),
             trace: Trace::default(),
             compressed: None,
+            pages: &snap.error_pages,
         }
     }
 
@@ -73,7 +76,7 @@ impl<'a> RequestCtx<'a> {
             }
         }
         self.trace.cause = Some(e.cause);
-        error_response(e)
+        error_response_with(e, Some(self.pages))
     }
 
     /// Stamps the response as it goes out with the request's id (and the listener's HSTS).

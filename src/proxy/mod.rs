@@ -14,6 +14,7 @@
 //!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
 //! - `vars`: the request's values for route rules' `{variable}` templates
+//! - `pages`: the maintenance switch's phase and `intercept_errors`
 //! - `health`: a listener's `health_path`, answered before any phase (the server asks it
 //!   first, and neither logs nor counts what it answers)
 
@@ -26,6 +27,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod health;
+pub mod pages;
 pub mod respond;
 pub mod retry;
 pub mod route;
@@ -165,6 +167,7 @@ async fn phases<B: FromClient>(
     if let Some(rule) = route.and_then(|r| r.redirect.as_deref()) {
         return route::redirect(ctx, rule, &parts);
     }
+    pages::maintenance(ctx, route)?;
     if let Some(rules) = route.and_then(|r| r.access.as_deref()) {
         access::check(ctx, rules, &parts.headers).await?;
     }
@@ -193,5 +196,9 @@ async fn phases<B: FromClient>(
     );
     let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
+    let answer = match pages::intercept(ctx, route, answer) {
+        pages::Intercepted::Pass(answer) => answer,
+        pages::Intercepted::Page(page) => return Ok(page),
+    };
     Ok(respond::respond(ctx, answer, version, compress))
 }

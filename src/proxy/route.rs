@@ -34,6 +34,7 @@ pub fn route<'a>(ctx: &mut RequestCtx<'a>, parts: &request::Parts) -> Option<&'a
         .and_then(|i| snap.routes.get(i));
     if let Some(r) = route {
         ctx.trace.route = Some(r.name.clone());
+        ctx.pages = &r.pages.pages;
     }
     ctx.route = route;
     route

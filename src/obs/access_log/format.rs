@@ -106,7 +106,11 @@ pub fn json(o: &Outcome) -> String {
         upstream_time_ms: o.trace.upstream_time.map(millis),
         queue_ms: millis(o.trace.queued),
         retries: o.trace.retries,
-        error: o.trace.cause.map(|c| c.code()),
+        error: o
+            .trace
+            .cause
+            .map(|c| c.code())
+            .or(o.trace.intercepted.then_some(crate::obs::INTERCEPTED)),
         encoding: o.trace.compressed.map(|c| c.encoding),
         bytes_uncompressed: o.trace.compressed.map(|c| c.bytes_in),
         request_id: String::from_utf8_lossy(o.request_id.as_bytes()),

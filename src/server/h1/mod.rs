@@ -67,6 +67,11 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<B>,
         info: &ConnInfo,
     ) -> impl Future<Output = (Response<ResponseBody>, Option<Pending>)> + Send;
+
+    /// The bytes that answer a head refused before any handler runs (`cause`).
+    fn refused(&self, cause: Cause) -> Vec<u8> {
+        error_response_h1(cause, None)
+    }
 }
 
 /// The proxy's request pipeline (`proxy::handle`), over the live runtime state (for h2
@@ -94,6 +99,11 @@ impl Handler for Pipeline {
             let (resp, pending) = proxy::handle(req, snap, info).await;
             (resp, Some(pending))
         }
+    }
+
+    /// With the top level's error pages: no route is known for a refused head.
+    fn refused(&self, cause: Cause) -> Vec<u8> {
+        error_response_h1(cause, Some(&self.state.load().error_pages))
     }
 }
 
@@ -173,7 +183,7 @@ where
 /// Answers a head proxyd refuses (the connection closes after), and tells the observers as
 /// for any request: `seen` is what is left of the head in the buffer (its request line is
 /// logged when it is still there), `began` when its clock started.
-async fn refuse<W: AsyncWrite + Unpin, H>(
+async fn refuse<W: AsyncWrite + Unpin, H: Handler>(
     writer: &mut Writer<W>,
     cause: Cause,
     began: Instant,
@@ -181,7 +191,7 @@ async fn refuse<W: AsyncWrite + Unpin, H>(
     ctx: &Ctx<H>,
 ) {
     tracing::debug!(code = cause.code(), "refused request head");
-    let msg = error_response_h1(cause);
+    let msg = ctx.handler.refused(cause);
     let written = writer.write_all(&mut [IoSlice::new(&msg)]).await;
     let _ = writer.flush().await;
     if !ctx.observers.is_empty() {
