@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The statuses with a top-level page in these tests.
-const PAGED: [u16; 10] = [400, 404, 405, 408, 413, 429, 431, 502, 503, 504];
+const PAGED: [u16; 12] = [400, 401, 403, 404, 405, 408, 413, 429, 431, 502, 503, 504];
 
 fn page(status: u16) -> String {
     format!("<h1>page {status}</h1>\n")
@@ -34,6 +34,12 @@ fn page_dir() -> tempfile::TempDir {
     std::fs::write(dir.path().join("own413.html"), "<h1>own 413</h1>\n").unwrap();
     std::fs::write(dir.path().join("maint.html"), "<h1>back soon</h1>\n").unwrap();
     std::fs::create_dir(dir.path().join("static")).unwrap();
+    // One user (ann, password "pw", Apache's MD5).
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        "ann:$apr1$salt$dIQSC7CZVMfwYUarWFsjy0\n",
+    )
+    .unwrap();
     dir
 }
 
@@ -110,6 +116,9 @@ async fn setup() -> Setup {
         "  - { path: /intercept/, upstream: statuses, intercept_errors: true }".into(),
         "  - { path: /plain/, upstream: statuses }".into(),
         "  - { path: /maint/, upstream: ok, maintenance: true }".into(),
+        "  - { path: /denied/, upstream: ok, deny: [\"127.0.0.0/8\"] }".into(),
+        format!("  - {{ path: /private/, upstream: ok, basic_auth: {{ htpasswd: {d}/htpasswd, realm: staff }} }}"),
+        "  - { path: /only-get/, upstream: ok, methods: [GET] }".into(),
     ];
     let yaml = lines.join("\n") + "\n";
     let proxy = TestProxy::from_yaml(&yaml).await;
@@ -146,6 +155,24 @@ async fn every_error_proxyd_makes_has_its_page_and_keeps_its_headers() {
         post(addr, "/static/a", "x").await,
         405,
         "method-not-allowed",
+    ));
+    cases.push((
+        "method a route does not take",
+        post(addr, "/only-get/", "x").await,
+        405,
+        "method-not-allowed",
+    ));
+    cases.push((
+        "client address denied",
+        get(addr, "/denied/").await,
+        403,
+        "forbidden",
+    ));
+    cases.push((
+        "no credentials",
+        get(addr, "/private/").await,
+        401,
+        "unauthorized",
     ));
     let big = "x".repeat(2048).leak();
     cases.push((
@@ -203,6 +230,14 @@ async fn every_error_proxyd_makes_has_its_page_and_keeps_its_headers() {
     assert_eq!(
         by("method on a static route").header("allow"),
         Some("GET, HEAD")
+    );
+    assert_eq!(
+        by("method a route does not take").header("allow"),
+        Some("GET, HEAD")
+    );
+    assert_eq!(
+        by("no credentials").header("www-authenticate"),
+        Some("Basic realm=\"staff\"")
     );
     assert!(by("rate limited").header("retry-after").is_some());
     assert_eq!(by("queue full").header("retry-after"), Some("1"));
