@@ -159,7 +159,7 @@ fn htpasswd_lines() -> String {
         format!("bcrypt:{bcrypt_y}"),
         format!(
             "apr1:{}",
-            proxyd::limits::auth::apr1(pw("apr1").as_bytes(), b"Zq9/aB.c")
+            proxyd::limits::htpasswd::apr1(pw("apr1").as_bytes(), b"Zq9/aB.c")
         ),
         format!("sha:{{SHA}}{}", b64.encode(sha1::Sha1::digest(pw("sha")))),
         format!("crypt:{crypt}"),
@@ -304,7 +304,7 @@ async fn a_changed_htpasswd_file_takes_effect() {
     let line = |pw: &str| {
         format!(
             "ann:{}\n",
-            proxyd::limits::auth::apr1(pw.as_bytes(), b"salt")
+            proxyd::limits::htpasswd::apr1(pw.as_bytes(), b"salt")
         )
     };
     std::fs::write(&file, line("first")).unwrap();

@@ -8,7 +8,8 @@
 //!   header) proxyd believes, and the client IP taken from them (nginx's `real_ip_recursive`).
 //!
 //! - [`access`]: a route's `allow` / `deny` address lists, and [`auth`]: its `basic_auth`
-//!   (htpasswd file, verified credentials cached, failed attempts limited per client).
+//!   (htpasswd file, verified credentials cached, failed attempts limited per client);
+//!   [`htpasswd`]: the file's format and its password hashes.
 //!
 //! Everything here costs nothing on the request path when it is not configured: the pipeline
 //! sees `None` and moves on.
@@ -16,6 +17,7 @@
 pub mod access;
 pub mod auth;
 pub mod conns;
+pub mod htpasswd;
 pub mod rate;
 pub mod trusted;
 
