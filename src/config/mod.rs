@@ -4,7 +4,7 @@
 //! upstream's protocol and TLS (`upstream_tls`), the binary upgrade's settings (`upgrade`),
 //! host names re-resolved (`discovery`: `resolver:`, `discovery:`), the checks that
 //! `proxyd check` runs (`validate`),
-//! `proxyd check --print` (`print`), route rules' `{variable}` templates (`template`), the keys a file writes and where (`written`), the
+//! `proxyd check --print` (`print`), route rules' `{variable}` templates (`template`), route rules' headers and rewrites (`rules`), the keys a file writes and where (`written`), the
 //! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
 //! and `proxyd proxy` make of their flags (`oneliner`).
 
@@ -21,6 +21,7 @@ pub mod limits;
 pub mod load;
 pub mod oneliner;
 pub mod print;
+pub mod rules;
 pub mod secrets;
 pub mod template;
 pub mod types;
