@@ -4,6 +4,7 @@
 //! started with.
 
 pub mod route;
+pub mod rules;
 pub mod site;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub debug_headers: bool,
     /// `limits.rate.per_ip`: the whole proxy's rate limit per client IP.
     pub rate: Option<Arc<RateLimiter>>,
+    /// The top level's header rules: what a request no route matched gets.
+    pub rules: rules::RouteRules,
 }
 
 /// A configured route: its name (the metrics label), its upstream's index (a static route's
@@ -53,6 +56,8 @@ pub struct RouteInfo {
     pub rate: Option<Arc<RateLimiter>>,
     /// The compression in force on this route (its own, else the top level's); None: off.
     pub compression: Option<Arc<crate::config::Compression>>,
+    /// Header rules (the top level's merged in) and path rewrites.
+    pub rules: rules::RouteRules,
 }
 
 impl Snapshot {
@@ -211,6 +216,7 @@ impl Snapshot {
                 files: None,
                 rate: None,
                 compression: cfg.compression.clone().map(Arc::new),
+                rules: rules::build(cfg, None).map_err(fail)?,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -253,6 +259,7 @@ impl Snapshot {
                         r.compression.as_ref(),
                     )
                     .map(|c| Arc::new(c.into_owned())),
+                    rules: rules::build(cfg, Some(r)).map_err(fail)?,
                 });
             }
             (Router::new(entries), routes)
@@ -273,6 +280,7 @@ impl Snapshot {
             preserve_host: cfg.headers.preserve_host,
             debug_headers: cfg.headers.debug,
             rate,
+            rules: rules::build(cfg, None).map_err(fail)?,
         })
     }
 }

@@ -199,7 +199,10 @@ fn one_line(s: &str) -> String {
     let lines = s.lines().map(str::trim);
     match lines.clone().find_map(|l| l.strip_prefix("error: ")) {
         Some(e) => e.to_string(),
-        None => lines.filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+        None => lines
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -319,8 +322,15 @@ fn check_side(
     for (op, pairs) in [("set", set), ("add", add)] {
         for (name, value) in &pairs.0 {
             let key = format!("{where_}.{op}");
-            header_name(&name.value, side, &key)
+            let n = header_name(&name.value, side, &key)
                 .map_err(|m| ConfigError::at(file, &name.referenced, m))?;
+            if side == Side::Request && op == "add" && n == http::header::HOST {
+                return Err(ConfigError::at(
+                    file,
+                    &name.referenced,
+                    format!("{key}: a request has one Host; write it under set"),
+                ));
+            }
             fixed_value(&value.value, &key)
                 .map_err(|m| ConfigError::at(file, &value.referenced, m))?;
         }
@@ -340,11 +350,7 @@ fn check_side(
     Ok(())
 }
 
-fn check_response(
-    file: &str,
-    where_: &str,
-    r: &ResponseHeaderRules,
-) -> Result<(), ConfigError> {
+fn check_response(file: &str, where_: &str, r: &ResponseHeaderRules) -> Result<(), ConfigError> {
     check_side(file, where_, Side::Response, &r.set, &r.add, &r.remove)?;
     if let Some(csp) = &r.csp {
         if csp.value.trim().is_empty() || HeaderValue::from_str(&csp.value).is_err() {
@@ -374,8 +380,8 @@ pub fn validate(cfg: &super::Config, file: &str) -> Result<(), ConfigError> {
         check_response(file, "headers.response", r)?;
     }
     for r in &cfg.routes {
-        let proxied = r.upstream.is_some()
-            || r.files.as_ref().is_some_and(|f| f.fallback.is_some());
+        let proxied =
+            r.upstream.is_some() || r.files.as_ref().is_some_and(|f| f.fallback.is_some());
         // Where the route's own errors point (as `validate` does): upstream, root or host.
         let place = r
             .upstream
@@ -423,7 +429,11 @@ pub fn validate(cfg: &super::Config, file: &str) -> Result<(), ConfigError> {
         }
         for rw in &r.rewrite {
             let re = compile(&rw.from.value).map_err(|m| {
-                ConfigError::at(file, &rw.from.referenced, format!("routes: rewrite.from: {m}"))
+                ConfigError::at(
+                    file,
+                    &rw.from.referenced,
+                    format!("routes: rewrite.from: {m}"),
+                )
             })?;
             check_groups(&re, &rw.to.value).map_err(|m| {
                 ConfigError::at(file, &rw.to.referenced, format!("routes: rewrite.to: {m}"))
@@ -444,10 +454,9 @@ pub fn check_target(to: &str) -> Result<(), String> {
             "{to:?}: a path starting with / (a redirect to another site is redirect:'s job)"
         ));
     }
-    if let Some(c) = to
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || matches!(c, '#' | '"' | '<' | '>' | '\\' | '^' | '`' | '|'))
-    {
+    if let Some(c) = to.chars().find(|c| {
+        !c.is_ascii_graphic() || matches!(c, '#' | '"' | '<' | '>' | '\\' | '^' | '`' | '|')
+    }) {
         return Err(format!(
             "{to:?}: {c:?} cannot appear in a request target (percent-encode it)"
         ));
@@ -460,7 +469,8 @@ mod tests {
     use super::*;
     use crate::config::load_str;
 
-    const TOP: &str = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n";
+    const TOP: &str =
+        "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app:\n    servers: [\"127.0.0.1:9\"]\n";
 
     fn load(rest: &str) -> Result<crate::config::Loaded, String> {
         load_str(&format!("{TOP}{rest}"), "p.yaml", ".".into()).map_err(|e| e.to_string())
@@ -488,7 +498,10 @@ mod tests {
             ("\"off\"", ServerHeader::Off),
             ("false", ServerHeader::Off),
             ("proxyd", ServerHeader::Set("proxyd".into())),
-            ("\"nginx/1.0 (x)\"", ServerHeader::Set("nginx/1.0 (x)".into())),
+            (
+                "\"nginx/1.0 (x)\"",
+                ServerHeader::Set("nginx/1.0 (x)".into()),
+            ),
         ] {
             let l = load(&format!("headers: {{ server: {yaml} }}\n")).unwrap();
             assert_eq!(l.config.headers.server, want, "{yaml}");
@@ -550,7 +563,9 @@ mod tests {
     #[test]
     fn groups_in_to() {
         let re = compile("^/(?P<id>[0-9]+)/(.*)$").unwrap();
-        for ok in ["/$1", "/${1}x", "/$id/$2", "/${id}", "/$$1", "/plain", "/$0"] {
+        for ok in [
+            "/$1", "/${1}x", "/$id/$2", "/${id}", "/$$1", "/plain", "/$0",
+        ] {
             assert!(check_groups(&re, ok).is_ok(), "{ok}");
         }
         for bad in ["/$3", "/$1x", "/$name", "/${x}", "/$", "/${1"] {

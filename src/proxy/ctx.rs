@@ -14,7 +14,7 @@ use super::headers;
 use super::ConnInfo;
 use crate::config::Encoding;
 use crate::obs::{Compressed, Outcome, Trace};
-use crate::state::Snapshot;
+use crate::state::{RouteInfo, Snapshot};
 
 /// What the phases of one request share. It borrows the snapshot the request started on, so
 /// a reload cannot change a request half way.
@@ -29,6 +29,8 @@ pub struct RequestCtx<'a> {
     pub begun: Begun,
     /// What the phases found: route, upstream, backend, time queued, retries, cause.
     pub trace: Trace,
+    /// The matched route (its response rules apply to whatever answers).
+    pub route: Option<&'a RouteInfo>,
     /// The response body is compressed: its coding, and what went in (read once it is sent).
     pub compressed: Option<(Encoding, Tally)>,
 }
@@ -51,6 +53,7 @@ impl<'a> RequestCtx<'a> {
                 super::forward::client_proto(conn, req.headers()),
             ),
             trace: Trace::default(),
+            route: None,
             compressed: None,
         }
     }
@@ -73,13 +76,19 @@ impl<'a> RequestCtx<'a> {
         error_response(e)
     }
 
-    /// Stamps the response as it goes out with the request's id (and the listener's HSTS).
+    /// Stamps the response as it goes out with the request's id (and the listener's HSTS),
+    /// then the route's response rules (the top level's when no route matched): every
+    /// response passes here, proxyd's own errors and static files too.
     #[inline]
     pub fn stamp(&self, resp: &mut Response<ResponseBody>) {
         let h = resp.headers_mut();
         h.insert(self.snap.request_id.clone(), self.begun.request_id.clone());
         if let Some(hsts) = &self.conn.listener.hsts {
             h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let rules = self.route.map_or(&self.snap.rules, |r| &r.rules);
+        if let Some(ops) = rules.response.as_deref() {
+            super::rules::apply(ops, self, h);
         }
     }
 

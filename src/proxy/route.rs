@@ -31,6 +31,7 @@ pub fn route<'a>(ctx: &mut RequestCtx<'a>, parts: &request::Parts) -> Option<&'a
     if let Some(r) = route {
         ctx.trace.route = Some(r.name.clone());
     }
+    ctx.route = route;
     route
 }
 
