@@ -241,7 +241,7 @@ pub fn check_groups(re: &regex::Regex, to: &str) -> Result<(), String> {
         if !known {
             let groups = re.captures_len() - 1;
             return Err(format!(
-                "{to:?}: ${name} names no group of the regex (it has {groups}{}); write ${{N}} before a letter or digit",
+                "{to:?}: ${name} names no group of the regex (it has {groups}{}); before a letter or digit write $${{N}} (a lone ${{...}} is an environment variable)",
                 if groups == 1 { " group" } else { " groups" }
             ));
         }
