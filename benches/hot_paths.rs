@@ -18,6 +18,10 @@
 //! - metrics: `Metrics::request_done`, what every finished request costs the Prometheus
 //!   counters and histograms (a routed 200, its handles already made).
 //!
+//! - route rules: `proxy::rules::apply` (a route's response rules: two fixed sets, one
+//!   template, a remove, the security headers) on a backend's response head, and
+//!   `proxy::rewrite::apply` (strip_prefix, then a regex rewrite) on a request head.
+//!
 //! Run: `cargo bench --bench hot_paths` (add a filter: `cargo bench --bench hot_paths -- route`).
 
 use std::hint::black_box;
@@ -333,5 +337,67 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot_paths, headers, routes, balancer, admission, access_log, metrics);
+fn route_rules(c: &mut Criterion) {
+    let yaml = "listen:\n  - addr: \"127.0.0.1:0\"\nupstreams:\n  app: { servers: [\"127.0.0.1:9\"] }\nroutes:\n  - path: /api/\n    upstream: app\n    strip_prefix: true\n    rewrite: [{ from: \"^/v1/(.*)$\", to: \"/v2/$1\" }]\n    headers:\n      response: { set: { X-Frame-Options: DENY, Cache-Control: no-store, X-Route: \"{route}\" }, remove: [X-Powered-By], security: true }\n";
+    let loaded = proxyd::config::load_str(yaml, "bench.yaml", std::env::temp_dir())
+        .unwrap_or_else(|e| panic!("bench config: {e}"));
+    let snap =
+        proxyd::state::Snapshot::build(&loaded).unwrap_or_else(|e| panic!("bench snapshot: {e}"));
+    let conn = proxyd::proxy::ConnInfo::new(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 40000),
+        &Arc::new(proxyd::proxy::ListenerSettings::default()),
+        None,
+    );
+    let mut req = Request::get("/api/v1/users?id=3")
+        .header("host", "example.com")
+        .body(())
+        .expect("a request");
+    let mut ctx = proxyd::proxy::RequestCtx::new(&mut req, &snap, &conn);
+    let route = snap.routes.first();
+    ctx.route = route;
+    ctx.trace.route = route.map(|r| r.name.clone());
+    let ops = route
+        .and_then(|r| r.rules.response.as_deref())
+        .expect("response rules");
+    let mut g = c.benchmark_group("route_rules");
+    g.bench_function(
+        "response rules: 3 sets (1 template), 1 remove, security",
+        |b| {
+            b.iter_batched(
+                || response_parts().headers,
+                |mut h| {
+                    proxyd::proxy::rules::apply(ops, &ctx, &mut h);
+                    h
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.bench_function("rewrite: strip_prefix then a regex", |b| {
+        b.iter_batched(
+            || {
+                let mut p = request_parts();
+                p.uri = http::Uri::from_static("/api/v1/users?id=3");
+                p
+            },
+            |mut p| {
+                let _ = proxyd::proxy::rewrite::apply(route, &mut p);
+                p
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    hot_paths,
+    headers,
+    routes,
+    balancer,
+    admission,
+    access_log,
+    metrics,
+    route_rules
+);
 criterion_main!(hot_paths);

@@ -6,6 +6,7 @@
 pub mod answer;
 pub mod pages;
 pub mod route;
+pub mod rules;
 pub mod site;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub error_pages: Arc<pages::Pages>,
     /// The maintenance switch (kept across reloads) and its settings.
     pub maintenance: pages::MaintenanceState,
+    /// The top level's header rules: what a request no route matched gets.
+    pub rules: rules::RouteRules,
 }
 
 /// A configured route: its name (the metrics label), its upstream's index (a static route's
@@ -73,6 +76,8 @@ pub struct RouteInfo {
     /// Its error pages (its own over the top level's); `intercept_errors`; whether the
     /// maintenance switch covers it.
     pub pages: RoutePages,
+    /// Header rules (the top level's merged in) and path rewrites.
+    pub rules: rules::RouteRules,
 }
 
 /// A route's error pages and maintenance.
@@ -257,6 +262,7 @@ impl Snapshot {
                     intercept: false,
                     maintenance: true,
                 },
+                rules: rules::build(cfg, None).map_err(fail)?,
             };
             (Router::new([(None, "/".to_string(), 0)]), vec![all])
         } else {
@@ -323,6 +329,7 @@ impl Snapshot {
                         intercept: r.intercept_errors,
                         maintenance: r.maintenance || all_maintained,
                     },
+                    rules: rules::build(cfg, Some(r)).map_err(fail)?,
                 });
             }
             (Router::new(entries), routes)
@@ -343,6 +350,7 @@ impl Snapshot {
                 loaded,
                 previous.map(|(snap, _)| snap.maintenance.switch.clone()),
             ),
+            rules: rules::build(cfg, None).map_err(fail)?,
         })
     }
 }

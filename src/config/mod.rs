@@ -3,11 +3,12 @@
 //! the `workers:` block (`workers`), active health checks of servers (`health`), an
 //! upstream's protocol and TLS (`upstream_tls`), the binary upgrade's settings (`upgrade`),
 //! host names re-resolved (`discovery`: `resolver:`, `discovery:`), error pages and the
-//! maintenance switch (`pages`), the checks that
-//! `proxyd check` runs (`validate`),
-//! `proxyd check --print` (`print`), route rules' `{variable}` templates (`template`), a route's redirect, methods, body size and time-outs (`route_limits`), the keys a file writes and where (`written`), the
-//! warnings about secret files others can read (`secrets`), and the config that `proxyd run`
-//! and `proxyd proxy` make of their flags (`oneliner`).
+//! maintenance switch (`pages`), route rules: their `{variable}` templates (`template`), a
+//! route's redirect, methods, body size and time-outs (`route_limits`), its headers and
+//! rewrites (`rules`), its `allow`/`deny`/`basic_auth` (`access`); the checks that `proxyd
+//! check` runs (`validate`), `proxyd check --print` (`print`), the keys a file writes and
+//! where (`written`), the warnings about secret files others can read (`secrets`), and the
+//! config that `proxyd run` and `proxyd proxy` make of their flags (`oneliner`).
 
 pub mod access;
 pub mod access_log;
@@ -25,6 +26,7 @@ pub mod oneliner;
 pub mod pages;
 pub mod print;
 pub mod route_limits;
+pub mod rules;
 pub mod secrets;
 pub mod template;
 pub mod types;

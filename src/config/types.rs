@@ -386,6 +386,17 @@ pub struct Route {
     /// The maintenance switch covers this route (when no route says so, it covers all).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub maintenance: bool,
+    /// Header rules of this route's requests and responses, on top of `headers.request` /
+    /// `headers.response` (docs/routes.md, "Headers").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<super::rules::RouteHeaders>,
+    /// The route's path is taken off the path the upstream gets (`X-Forwarded-Prefix` says
+    /// which); nginx's `proxy_pass` with a URI part.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_prefix: bool,
+    /// Path rewrites for the upstream, the first match wins (after `strip_prefix`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<super::rules::Rewrite>,
 }
 
 /// `routes[].redirect`: `{ to: "https://example.com{path}", status: 301, query: keep }`.
@@ -604,6 +615,15 @@ pub struct Headers {
     /// Add `proxyd-backend` and `proxyd-reused` to responses (for tests and debugging).
     #[serde(default)]
     pub debug: bool,
+    /// Edits of every request a backend gets (a route's own come on top).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<super::rules::RequestHeaderRules>,
+    /// Edits of every response a client gets, proxyd's own errors included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<super::rules::ResponseHeaderRules>,
+    /// `pass` (default: the backend's, none of proxyd's), `off`, or a text for every response.
+    #[serde(default, skip_serializing_if = "super::rules::ServerHeader::is_pass")]
+    pub server: super::rules::ServerHeader,
 }
 
 impl Default for Headers {
@@ -612,6 +632,9 @@ impl Default for Headers {
             request_id: default_request_id(),
             preserve_host: true,
             debug: false,
+            request: None,
+            response: None,
+            server: super::rules::ServerHeader::Pass,
         }
     }
 }

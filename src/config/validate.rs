@@ -213,6 +213,7 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         }
     }
 
+    super::rules::validate(cfg, file)?;
     if let Some(c) = &cfg.compression {
         compression(file, c)?;
     }

@@ -23,7 +23,8 @@ pub struct RequestCtx<'a> {
     pub conn: &'a ConnInfo,
     /// The client, as `ConnInfo::client_ip` names it.
     pub client: Option<IpAddr>,
-    /// The route the request took (the route phase sets it).
+    /// The route the request took (the route phase sets it): its limits, and its response
+    /// rules, which apply to whatever answers.
     pub route: Option<&'a RouteInfo>,
     /// When the request arrived (the outcome's duration).
     pub started: tokio::time::Instant,
@@ -79,13 +80,19 @@ impl<'a> RequestCtx<'a> {
         error_response_with(e, Some(self.pages))
     }
 
-    /// Stamps the response as it goes out with the request's id (and the listener's HSTS).
+    /// Stamps the response as it goes out with the request's id (and the listener's HSTS),
+    /// then the route's response rules (the top level's when no route matched): every
+    /// response passes here, proxyd's own errors and static files too.
     #[inline]
     pub fn stamp(&self, resp: &mut Response<ResponseBody>) {
         let h = resp.headers_mut();
         h.insert(self.snap.request_id.clone(), self.begun.request_id.clone());
         if let Some(hsts) = &self.conn.listener.hsts {
             h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let rules = self.route.map_or(&self.snap.rules, |r| &r.rules);
+        if let Some(ops) = rules.response.as_deref() {
+            super::rules::apply(ops, self, h);
         }
     }
 

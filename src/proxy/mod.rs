@@ -13,7 +13,8 @@
 //! - `respond`: the backend's answer taken in (a worker's read ahead) and made the client's;
 //!   `compress`: compression on the fly, negotiated from `Accept-Encoding`
 //! - `headers`, `spool`, `error`: header rules, response buffering, the error mapping
-//! - `vars`: the request's values for route rules' `{variable}` templates
+//! - `vars`: the request's values for route rules' `{variable}` templates; `rules`: route
+//!   rules' header edits (request and response); `rewrite`: `strip_prefix` and `rewrite`
 //! - `pages`: the maintenance switch's phase and `intercept_errors`
 //! - `health`: a listener's `health_path`, answered before any phase (the server asks it
 //!   first, and neither logs nor counts what it answers)
@@ -30,7 +31,9 @@ pub mod health;
 pub mod pages;
 pub mod respond;
 pub mod retry;
+pub mod rewrite;
 pub mod route;
+pub mod rules;
 pub mod spool;
 pub mod vars;
 
@@ -194,7 +197,9 @@ async fn phases<B: FromClient>(
         &parts.method,
         &parts.headers,
     );
-    let attempt = forward::prepare(ctx, upstream, &mut parts, &body);
+    rewrite::apply(route, &mut parts)?;
+    let mut attempt = forward::prepare(ctx, upstream, &mut parts, &body);
+    rules::request(ctx, route, &mut parts, &mut attempt);
     let answer = forward::forward(ctx, upstream, Request::from_parts(parts, body), attempt).await?;
     let answer = match pages::intercept(ctx, route, answer) {
         pages::Intercepted::Pass(answer) => answer,
