@@ -1392,6 +1392,42 @@ async fn redirect_https_answers_308_and_nothing_reaches_the_backend() {
         0,
         "a redirected request reached the backend"
     );
+
+    // Behind a load balancer that terminated TLS (a trusted proxy): what it says came over
+    // https goes on; what came over http, or from anyone else, is redirected.
+    let proxy = TestProxy::from_yaml(&plain("trusted_proxies: [\"127.0.0.0/8\"]\n")).await;
+    let mut h1 = H1::connect(proxy.addr).await;
+    for (proto, status) in [
+        (Some("https"), StatusCode::OK),
+        (Some("http"), StatusCode::PERMANENT_REDIRECT),
+        (None, StatusCode::PERMANENT_REDIRECT),
+    ] {
+        let mut req = Request::get("/lb").header("host", "example.test");
+        if let Some(p) = proto {
+            req = req.header("x-forwarded-proto", p);
+        }
+        let got = h1.send(req.body(full("")).unwrap()).await;
+        assert_eq!(got.status, status, "X-Forwarded-Proto {proto:?}");
+    }
+    proxy.shutdown().await;
+    let proxy = TestProxy::from_yaml(&plain("trusted_proxies: [\"10.0.0.0/8\"]\n")).await;
+    let got = H1::connect(proxy.addr)
+        .await
+        .send(
+            Request::get("/lb")
+                .header("host", "example.test")
+                .header("x-forwarded-proto", "https")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        got.status,
+        StatusCode::PERMANENT_REDIRECT,
+        "an untrusted peer's X-Forwarded-Proto counts for nothing"
+    );
+    proxy.shutdown().await;
+    assert_eq!(backend.request_count(), 1, "only the trusted https request");
 }
 
 #[tokio::test]

@@ -96,7 +96,9 @@ pub struct Listen {
     )]
     pub max_connections: Option<usize>,
     /// On a plain listener: answer every request with a 308 to https (nginx's
-    /// `return 308 https://$host$request_uri`).
+    /// `return 308 https://$host$request_uri`), but for those a trusted proxy says came
+    /// over https (`X-Forwarded-Proto: https` from `trusted_proxies`: a load balancer that
+    /// terminated TLS).
     #[serde(default)]
     pub redirect_https: bool,
     /// The port in those redirects (default 443: none written).

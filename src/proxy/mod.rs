@@ -137,7 +137,13 @@ pub async fn handle<B: FromClient>(
     conn: &ConnInfo,
 ) -> (Response<ResponseBody>, Pending) {
     let mut ctx = RequestCtx::new(&mut req, &snap, conn);
-    if let Some(port) = conn.listener.redirect_https {
+    // Behind a load balancer that terminated TLS (a trusted proxy saying
+    // `X-Forwarded-Proto: https`), the request came over https already: no redirect loop.
+    if let Some(port) = conn
+        .listener
+        .redirect_https
+        .filter(|_| ctx.begun.scheme != "https")
+    {
         let resp = check::redirect_https(&req, port);
         let status = resp.status();
         return (resp, ctx.pending(status));
