@@ -62,11 +62,10 @@ pub fn validate(file: &str, r: &Route) -> Result<(), ConfigError> {
             ),
         ];
         if let Some((key, _)) = idle.iter().find(|(_, set)| *set) {
-            let loc = &r.files.as_ref().map(|f| &f.root.referenced);
             let msg = format!(
                 "{key}: has no effect on a static route without a fallback (files take no body and no upstream answers)"
             );
-            return Err(match loc {
+            return Err(match r.place() {
                 Some(l) => at(l, msg),
                 None => ConfigError::new(file, None, msg),
             });
@@ -108,10 +107,9 @@ fn check_redirect(file: &str, redirect: &Redirect) -> Result<(), ConfigError> {
 
 fn check_methods(file: &str, r: &Route, methods: &[Spanned<String>]) -> Result<(), ConfigError> {
     if methods.is_empty() {
-        let loc = r.upstream.as_ref().or(r.host.as_ref());
         let msg = "routes: methods: [] would refuse every request; leave methods out to take any";
-        return Err(match loc {
-            Some(l) => ConfigError::at(file, &l.referenced, msg),
+        return Err(match r.place() {
+            Some(l) => ConfigError::at(file, l, msg),
             None => ConfigError::new(file, None, msg),
         });
     }

@@ -382,14 +382,8 @@ pub fn validate(cfg: &super::Config, file: &str) -> Result<(), ConfigError> {
     for r in &cfg.routes {
         let proxied =
             r.upstream.is_some() || r.files.as_ref().is_some_and(|f| f.fallback.is_some());
-        // Where the route's own errors point (as `validate` does): upstream, root or host.
-        let place = r
-            .upstream
-            .as_ref()
-            .or(r.files.as_ref().map(|f| &f.root))
-            .or(r.host.as_ref());
-        let at = |msg: String| match place {
-            Some(p) => ConfigError::at(file, &p.referenced, msg),
+        let at = |msg: String| match r.place() {
+            Some(p) => ConfigError::at(file, p, msg),
             None => ConfigError::new(file, None, msg),
         };
         let first = |what: &str| {

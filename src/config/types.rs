@@ -401,6 +401,19 @@ pub struct Route {
     pub rewrite: Vec<super::rules::Rewrite>,
 }
 
+impl Route {
+    /// Where an error about the route as a whole points: its upstream, its static root, its
+    /// redirect's target, or its host (None: a route of only a path).
+    pub fn place(&self) -> Option<&serde_saphyr::Location> {
+        self.upstream
+            .as_ref()
+            .or(self.files.as_ref().map(|f| &f.root))
+            .map(|s| &s.referenced)
+            .or(self.redirect.as_ref().map(|r| &r.to.referenced))
+            .or(self.host.as_ref().map(|h| &h.referenced))
+    }
+}
+
 /// `routes[].redirect`: `{ to: "https://example.com{path}", status: 301, query: keep }`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -166,14 +166,8 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
     }
     let mut routes: HashMap<(Option<String>, &str), ()> = HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
-        // Where this route's errors point: its upstream, its static root, or its host.
-        let place = r
-            .upstream
-            .as_ref()
-            .or(r.files.as_ref().map(|f| &f.root))
-            .or(r.host.as_ref());
-        let at = |msg: String| match place {
-            Some(p) => err(p, msg),
+        let at = |msg: String| match r.place() {
+            Some(p) => ConfigError::at(file, p, msg),
             None => ConfigError::new(file, None, msg),
         };
         route_limits::validate(file, r)?;
