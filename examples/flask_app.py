@@ -2,6 +2,11 @@
 """The origin story's app: Flask on its development server, one request at a time
 (threaded=False). proxyd starts it with PORT in the environment. Same paths as app.py.
 Needs Flask (pip install flask).
+
+With OTEL_EXPORTER_OTLP_ENDPOINT set (and pip install opentelemetry-sdk
+opentelemetry-exporter-otlp-proto-http opentelemetry-instrumentation-flask), its spans go to
+that OpenTelemetry collector, children of the proxyd span that sent each request (its
+traceparent header): one trace across both (docs/operations.md, "Tracing").
 """
 import logging
 import os
@@ -11,6 +16,27 @@ import time
 from flask import Flask, request
 
 app = Flask(__name__)
+
+
+def traced(flask_app):
+    """Exports the app's spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set: the
+    standard OTEL_* variables (OTEL_SERVICE_NAME, OTEL_BSP_SCHEDULE_DELAY, ...) apply."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    FlaskInstrumentor().instrument_app(flask_app)
+
+
+traced(app)
 
 
 @app.route("/")
