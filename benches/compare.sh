@@ -5,6 +5,7 @@
 #                               # build; up to about 25 on a busy one (quiet waits)
 #   VARIANTS="keepalive close" DURATION=5 benches/compare.sh
 #   VARIANTS="static1k static1m gzip br zstd" DURATION=5 benches/compare.sh   # issue 17's
+#   VARIANTS="tracing" DURATION=5 benches/compare.sh                # issue 20's
 #
 # A tiny fast backend (nginx, one worker, `return 200` with a 13-byte body, static 1 KiB and
 # 1 MiB files, a ~100 KiB JSON file, a /post that discards the body) runs on the load core (1)
@@ -48,6 +49,9 @@
 #   instructions  each front end under valgrind's callgrind: user-space instructions per
 #               proxied keep-alive GET (INSTR_REQUESTS=5000 after INSTR_WARM=1000, h2load
 #               --h1 -c16), the one figure a busy machine cannot blur; needs valgrind
+#   tracing     keepalive load: nginx, proxyd without `tracing:`, and proxyd exporting the
+#               spans of 1 % and of 100 % of its requests over OTLP/HTTP to a sink on the
+#               load core (benches/compare/otlp_sink.py): CPU µs/req of each, ÷ tracing off
 # Figures per run: requests/s, p50/p99 (wrk --latency; h2load gives a mean only), errors
 # (non-2xx + socket errors), CPU µs per request (utime+stime of the front end's processes from
 # /proc over the run / requests), RSS (VmRSS of its processes at the end of the run), how busy

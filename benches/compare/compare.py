@@ -62,7 +62,7 @@ BUSY_LIMIT = env_int("BUSY_LIMIT", 50)
 BUSY_RETRIES = env_int("BUSY_RETRIES", 0)
 KEEP = os.environ.get("KEEP", "0") == "1"
 ALL_VARIANTS = ["keepalive", "close", "1k", "1m", "post16k", "static1k", "static1m", "https", "handshake", "h2",
-                "gzip", "br", "zstd", "idle", "scaling", "instructions"]
+                "gzip", "br", "zstd", "idle", "scaling", "instructions", "tracing"]
 # Served by the front end itself from the disk (issue 17): variant -> file name.
 STATIC = {"static1k": "1k", "static1m": "1m"}
 # A JSON response compressed on the fly by the front end (issue 17): variant -> coding.
@@ -891,6 +891,39 @@ def run_scaling():
             stop(f.proc)
 
 
+# The tracing variant (issue 20): proxyd with `tracing:` off, sampling 1 % and 100 % of its
+# requests, exporting to a sink on the load core, beside nginx on the same keepalive load.
+TRACING_RUNS = [("nginx", None), ("proxyd-off", None), ("proxyd-1%", 0.01), ("proxyd-100%", 1.0)]
+
+
+def run_tracing():
+    say(f"== {t()} tracing: keepalive load; proxyd without tracing:, and exporting spans of 1 % and "
+        f"100 % of its requests over OTLP/HTTP to a sink (benches/compare/otlp_sink.py, core {LOAD_CPU})")
+    (sink_port,) = free_ports(1)
+    sink = start("otlp-sink", [sys.executable, os.path.join(HERE, "otlp_sink.py"), str(sink_port)], LOAD_CPU,
+                 stdout=subprocess.PIPE)
+    try:
+        for label, sample in TRACING_RUNS:
+            name = "nginx" if label == "nginx" else "proxyd"
+            extra = {}
+            if sample is not None:
+                extra["EXTRA"] = (f"tracing: {{ otlp: \"http://127.0.0.1:{sink_port}\", sample: {sample} }}")
+            f = start_front(name, extra=extra, tag=f"-tracing-{label.replace('%', 'pct')}")
+            try:
+                measure("tracing", f, "wrk", f"http://127.0.0.1:{f.port}/", label=label)
+            finally:
+                stop(f.proc)
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        try:
+            out, _ = sink.communicate(timeout=5)
+            TRACING_SINK.append((out or b"").decode(errors="replace").strip())
+        except subprocess.TimeoutExpired:
+            stop(sink)
+
+
+TRACING_SINK = []
+
 IDLE = {}
 
 
@@ -1002,7 +1035,7 @@ def ratio(a, b, d=2):
 def report(header):
     lines = list(header)
     add = lines.append
-    order = [v for v in ALL_VARIANTS if v in VARIANTS and v not in ("idle", "scaling", "instructions")
+    order = [v for v in ALL_VARIANTS if v in VARIANTS and v not in ("idle", "scaling", "instructions", "tracing")
              and v not in COMPRESS]
     if order:
         add("")
@@ -1094,6 +1127,23 @@ def report(header):
         p, q = mean("per_thread", "rps"), mean("multi_thread", "rps")
         if p and q and q[0]:
             add(f"- per_thread ÷ multi_thread: req/s {p[0] / q[0]:.2f}")
+    if "tracing" in VARIANTS:
+        add("")
+        add("Tracing: keepalive load as above; proxyd without `tracing:`, then sampling 1 % and 100 % of "
+            "its requests (spans exported over OTLP/HTTP to a sink that answers 200).")
+        add("")
+        add("| front end | req/s | p50 ms | p99 ms | errors | CPU µs/req | ÷ proxyd off | ÷ nginx | RSS MiB |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        off = RESULTS.get(("tracing", "proxyd-off"))
+        ng = RESULTS.get(("tracing", "nginx"))
+        for label, _ in TRACING_RUNS:
+            r = RESULTS.get(("tracing", label))
+            if r:
+                add(f"| {label} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {r['errors']} | "
+                    f"{fmt(r['cpu_us'], 1)} | {fmt(ratio(r['cpu_us'], off and off['cpu_us']), 2)} | "
+                    f"{fmt(ratio(r['cpu_us'], ng and ng['cpu_us']), 2)} | {fmt(r['rss'], 1)} |")
+        for s in TRACING_SINK:
+            add(f"- the sink received: {s}")
     if IDLE:
         add("")
         add(f"Idle connections: {IDLE_CONNS} client connections, each after one keep-alive GET, held open; "
@@ -1274,6 +1324,8 @@ def run():
             run_instructions()
         elif v == "scaling":
             run_scaling()
+        elif v == "tracing":
+            run_tracing()
         elif v in STATIC or v in COMPRESS:
             run_feature(v)
         else:
