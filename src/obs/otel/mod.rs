@@ -3,8 +3,21 @@
 //! made from it here, off the request path, and handed to the exporter.
 //!
 //! - [`SpanRecord`]: one finished span, plain data: what the exporter encodes.
+//! - [`context`]: W3C `traceparent`/`tracestate`: parsed, checked, made.
+//! - [`request`]: the sampling decision (`Sampler`, once per request) and what a traced
+//!   request records (`RequestSpans`, in the outcome's `Trace`).
+//! - [`spans`]: the spans made from a finished `Outcome`.
+//! - [`observe`]: the observer that submits them to the exporter (`SpanSink`).
 
 use std::time::SystemTime;
+
+pub mod context;
+pub mod observe;
+pub mod request;
+pub mod spans;
+
+pub use observe::{observer, SpanSink};
+pub use request::{RequestSpans, Sampler};
 
 /// A span's kind, as OTLP numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
