@@ -26,8 +26,10 @@ pub struct Logging {
     pub observers: crate::obs::Observers,
     pub metrics: Arc<crate::obs::metrics::Metrics>,
     /// The access logs and the tracer in force, to keep the one a reload does not change.
-    parts: Mutex<(Vec<Arc<dyn Observe>>, Option<Arc<dyn Observe>>)>,
+    parts: Mutex<(Logs, Option<Arc<dyn Observe>>)>,
 }
+
+type Logs = Vec<Arc<dyn Observe>>;
 
 impl Logging {
     pub fn new(
