@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::config::{addr::parse_listen, Loaded};
 use crate::notify::Notifier;
-use crate::obs::Observers;
 use crate::server::drain::Drain;
 use crate::server::reload::{Logging, Reloader};
 use crate::server::upgrade::Upgrader;
@@ -92,12 +91,10 @@ impl App {
         snapshot.start_discovery(loaded)?;
         let metrics = Arc::new(crate::obs::metrics::Metrics::new());
         snapshot.prepare_metrics(&metrics);
-        let observers = Observers::new(
-            [metrics.clone() as Arc<dyn crate::obs::Observe>]
-                .into_iter()
-                .chain(access_logs)
-                .collect(),
-        );
+        // `tracing:`: spans of traced requests to the OTLP exporter, started on this runtime.
+        let tracer = cfg.tracing.as_ref().map(crate::obs::otel::observer);
+        let logging = Logging::new(metrics.clone(), access_logs, tracer);
+        let observers = logging.observers.clone();
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let listeners = Arc::new(ListenerSet::new(Spawner {
             state: state.clone(),
@@ -114,10 +111,7 @@ impl App {
             state.clone(),
             supervisors.clone(),
             listeners.clone(),
-            Logging {
-                observers,
-                metrics: metrics.clone(),
-            },
+            logging,
         ));
         let upgrader = Arc::new(
             Upgrader::new(

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub maintenance: pages::MaintenanceState,
     /// The top level's header rules: what a request no route matched gets.
     pub rules: rules::RouteRules,
+    /// `tracing:`: the trace decision each request makes (None: off, nothing traced).
+    pub tracing: Option<crate::obs::otel::Sampler>,
 }
 
 /// A configured route: its name (the metrics label), its upstream's index (a static route's
@@ -351,6 +353,10 @@ impl Snapshot {
                 previous.map(|(snap, _)| snap.maintenance.switch.clone()),
             ),
             rules: rules::build(cfg, None).map_err(fail)?,
+            tracing: cfg
+                .tracing
+                .as_ref()
+                .map(crate::obs::otel::Sampler::from_config),
         })
     }
 }

@@ -8,7 +8,8 @@
 //! rewrites (`rules`), its `allow`/`deny`/`basic_auth` (`access`); the checks that `proxyd
 //! check` runs (`validate`), `proxyd check --print` (`print`), the keys a file writes and
 //! where (`written`), the warnings about secret files others can read (`secrets`), and the
-//! config that `proxyd run` and `proxyd proxy` make of their flags (`oneliner`).
+//! config that `proxyd run` and `proxyd proxy` make of their flags (`oneliner`), the OTLP
+//! export of spans (`tracing`).
 
 pub mod access;
 pub mod access_log;
@@ -29,6 +30,7 @@ pub mod route_limits;
 pub mod rules;
 pub mod secrets;
 pub mod template;
+pub mod tracing;
 pub mod types;
 pub mod units;
 pub mod upgrade;

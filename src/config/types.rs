@@ -68,6 +68,9 @@ pub struct Config {
     /// Upstream responses compressed on the fly (off when absent); routes may override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Spans of each request exported over OTLP/HTTP (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::tracing::Tracing>,
     /// Where the host names of `servers` and `srv` are looked up (default: /etc/resolv.conf).
     #[serde(default, skip_serializing_if = "Resolver::is_unset")]
     pub resolver: Resolver,

@@ -254,6 +254,9 @@ pub fn validate_with(loaded: &Loaded, checks: Checks) -> Result<(), ConfigError>
         ));
     }
     validate_access_logs(loaded)?;
+    if let Some(t) = &cfg.tracing {
+        validate_tracing(file, t)?;
+    }
     validate_discovery(loaded)?;
     validate_pages(loaded)?;
     Ok(())
@@ -523,6 +526,47 @@ fn validate_rate_limits(loaded: &Loaded) -> Result<(), ConfigError> {
             .and_then(|b| zero(b, "routes: rate.burst"))
         {
             return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `tracing:`: an `http://host:port` collector, a ratio within 0..=1.
+fn validate_tracing(file: &str, t: &super::tracing::Tracing) -> Result<(), ConfigError> {
+    let otlp = &t.otlp;
+    let bad = |msg: &str| ConfigError::at(file, &otlp.referenced, format!("tracing.otlp: {msg}"));
+    let uri: http::Uri = otlp.value.trim().parse().map_err(|_| {
+        bad("expected the collector's OTLP/HTTP URL, like \"http://127.0.0.1:4318\"")
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported yet: give the collector's plain http:// endpoint \
+                 (a collector or agent on the host or in the pod)",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "expected an http:// URL, like \"http://127.0.0.1:4318\"",
+            ))
+        }
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() && a.port_u16().is_some() => {}
+        _ => {
+            return Err(bad(
+                "expected a host and a port, like \"http://127.0.0.1:4318\" (4318 is OTLP/HTTP's)",
+            ))
+        }
+    }
+    if let Some(s) = &t.sample {
+        if !(0.0..=1.0).contains(&s.value) {
+            return Err(ConfigError::at(
+                file,
+                &s.referenced,
+                format!("tracing.sample: {} is not within 0.0 to 1.0", s.value),
+            ));
         }
     }
     Ok(())
@@ -1071,6 +1115,46 @@ mod tests {
             "limits:\n  rate: { max_clients: 10 }\n",
             "p.yaml:7:24: limits.rate.max_clients: only used with limits.rate.per_ip or a route's rate",
         );
+    }
+
+    #[test]
+    fn tracing_errors_say_where() {
+        for (keys, want) in [
+            (
+                "tracing: { otlp: \"127.0.0.1:4318\" }\n",
+                "p.yaml:6:18: tracing.otlp: expected an http:// URL",
+            ),
+            (
+                "tracing: { otlp: \"https://collector:4318\" }\n",
+                "p.yaml:6:18: tracing.otlp: https is not supported yet",
+            ),
+            (
+                "tracing: { otlp: \"http://collector\" }\n",
+                "p.yaml:6:18: tracing.otlp: expected a host and a port",
+            ),
+            (
+                "tracing: { otlp: \"http://a b\" }\n",
+                "p.yaml:6:18: tracing.otlp: expected the collector's OTLP/HTTP URL",
+            ),
+            (
+                "tracing: { otlp: \"http://127.0.0.1:4318\", sample: 1.5 }\n",
+                "p.yaml:6:51: tracing.sample: 1.5 is not within 0.0 to 1.0",
+            ),
+            (
+                "tracing: { otlp: \"http://127.0.0.1:4318\", sample: -0.1 }\n",
+                "p.yaml:6:51: tracing.sample: -0.1 is not within",
+            ),
+        ] {
+            assert_error(SERVERS, keys, want);
+        }
+        for ok in [
+            "tracing: { otlp: \"http://127.0.0.1:4318\" }\n",
+            "tracing: { otlp: \"http://otel-collector:4318/v1/traces\", sample: 0 }\n",
+            "tracing: { otlp: \"http://[::1]:4318\", sample: 1.0, errors: true }\n",
+        ] {
+            let yaml = format!("{SERVERS}{ok}");
+            assert!(load_str(&yaml, "p.yaml", ".".into()).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! - [`metrics`]: the Prometheus registry, every metric named in one place.
 //! - [`figures`]: what a scrape reads from the upstreams and the worker supervisors.
 //! - [`access_log`]: access logs (combined, JSON, healthd), written off the request path.
+//! - [`otel`]: trace context and spans exported over OTLP/HTTP (`tracing:`).
 
 pub mod access_log;
 pub mod figures;
 pub mod metrics;
+pub mod otel;
 pub mod outcome;
 
 pub use outcome::{Compressed, Observe, Observers, Outcome, Trace};

@@ -33,6 +33,9 @@ pub struct Trace {
     /// Set when the route's basic auth refused credentials: why (`malformed`,
     /// `unknown_user`, `wrong_password`).
     pub auth_failure: Option<&'static str>,
+    /// Set when the request is traced (`tracing:`, sampled or recorded for errors): its
+    /// trace context and what its spans need. Boxed: one word when tracing is off.
+    pub spans: Option<Box<crate::obs::otel::RequestSpans>>,
 }
 
 /// A body compressed on the fly: its coding and the bytes that went in (the bytes that came
@@ -65,6 +68,13 @@ pub struct Outcome {
     /// From the request's arrival to the end of its response.
     pub duration: Duration,
     pub trace: Trace,
+}
+
+impl Trace {
+    /// The trace id, when the request is traced (for log lines).
+    pub fn trace_id(&self) -> Option<crate::obs::otel::context::TraceId> {
+        self.spans.as_deref().map(|s| s.trace_id())
+    }
 }
 
 impl Outcome {

@@ -13,6 +13,7 @@ use super::error::{error_response_with, ProxyError, Side};
 use super::headers;
 use super::ConnInfo;
 use crate::config::Encoding;
+use crate::obs::otel::context::TraceId;
 use crate::obs::{Compressed, Outcome, Trace};
 use crate::state::{RouteInfo, Snapshot};
 
@@ -44,22 +45,33 @@ impl<'a> RequestCtx<'a> {
         let started = tokio::time::Instant::now();
         let request_id = headers::ensure_request_id(req.headers_mut(), &snap.request_id);
         let client = conn.client_ip(req.headers());
+        let scheme = super::forward::client_proto(conn, req.headers());
+        let mut trace = Trace::default();
+        // Tracing off: this one branch, nothing allocated, `traceparent` passed on untouched.
+        if let Some(sampler) = &snap.tracing {
+            trace.spans = sampler.begin(req.headers_mut(), scheme);
+        }
         RequestCtx {
             snap,
             conn,
             client,
             route: None,
             started,
-            begun: Begun::of(
-                req,
-                client,
-                request_id,
-                super::forward::client_proto(conn, req.headers()),
-            ),
-            trace: Trace::default(),
+            begun: Begun::of(req, client, request_id, scheme),
+            trace,
             compressed: None,
             pages: &snap.error_pages,
         }
+    }
+
+    /// The trace id when the request is traced, for log lines (`trace_id` is then a field).
+    pub fn trace_id(&self) -> Option<tracing::field::DisplayValue<TraceId>> {
+        self.trace.trace_id().map(tracing::field::display)
+    }
+
+    /// Time since the request arrived: the offsets its spans record.
+    pub fn since_start(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn request_id(&self) -> &HeaderValue {
@@ -73,7 +85,8 @@ impl<'a> RequestCtx<'a> {
             Side::Client => tracing::debug!(%method, %target, error = %e, "refused request"),
             _ => {
                 let request_id = self.request_id();
-                tracing::warn!(%method, %target, ?request_id, error = %e, "request failed")
+                let trace_id = self.trace_id();
+                tracing::warn!(%method, %target, ?request_id, trace_id, error = %e, "request failed")
             }
         }
         self.trace.cause = Some(e.cause);

@@ -125,6 +125,10 @@ pub async fn admit(
     let waiting = tokio::time::Instant::now();
     let got = Box::pin(upstream.acquire(key, tried.to_vec())).await;
     ctx.trace.queued += waiting.elapsed();
+    if let Some(s) = ctx.trace.spans.as_deref_mut() {
+        let from = waiting.duration_since(ctx.started);
+        s.waited(from, ctx.started.elapsed());
+    }
     got
 }
 
@@ -172,6 +176,12 @@ async fn attempts(
         } else {
             None
         };
+        if let Some(s) = ctx.trace.spans.as_deref_mut() {
+            // Each attempt its own span, the parent of the app's (its `traceparent`).
+            let worker = backend.worker.as_ref().map(|w| (w.id, w.pid));
+            let at = ctx.started.elapsed();
+            s.attempt(at, backend.label.clone(), worker, req.headers_mut());
+        }
         let started = tokio::time::Instant::now();
         let sent =
             transport::send(&backend, req, &upstream.connector, attempt.response_timeout).await;
@@ -181,6 +191,9 @@ async fn attempts(
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 backend.observe_latency(nanos);
                 let status = sent.head.status;
+                if let Some(s) = ctx.trace.spans.as_deref_mut() {
+                    s.answered(sent.reused, status.as_u16());
+                }
                 match respond::receive(upstream, sent, flight, started, &attempt).await {
                     Ok(answer) => {
                         upstream.record(&backend, status.is_server_error());
@@ -199,6 +212,9 @@ async fn attempts(
         };
         upstream.record(&backend, true);
         let cause = failed.error.cause;
+        if let Some(s) = ctx.trace.spans.as_deref_mut() {
+            s.failed(ctx.started.elapsed(), cause);
+        }
         if cause == crate::error::Cause::UpstreamResponseTimeout {
             // A worker past request_timeout is hung: it is replaced, as if it had died.
             backend.report(WorkerEvent::Hung);
@@ -219,7 +235,11 @@ async fn attempts(
             }
         });
         ctx.trace.retries += 1;
-        tracing::debug!(backend = %backend.label, error = %failed.error, "retrying on another backend");
+        if let Some(s) = ctx.trace.spans.as_deref_mut() {
+            s.retrying(how == Again::Replayed);
+        }
+        let trace_id = ctx.trace_id();
+        tracing::debug!(backend = %backend.label, trace_id, error = %failed.error, "retrying on another backend");
         req = again;
         tried.push(backend);
         previous = Some(failed.error);

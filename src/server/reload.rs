@@ -17,13 +17,61 @@ use tokio::time::Instant;
 use super::listeners::ListenerSet;
 use super::{conn_setup, listener_fingerprint, open_listener, serving};
 use crate::config::{addr::parse_listen, load_file, Loaded};
+use crate::obs::Observe;
 use crate::state::Snapshot;
 use crate::workers::Supervisors;
 
-/// What a reload changes when the access-log settings change.
+/// What a reload changes when the access-log or `tracing:` settings change: the observers.
 pub struct Logging {
     pub observers: crate::obs::Observers,
     pub metrics: Arc<crate::obs::metrics::Metrics>,
+    /// The access logs and the tracer in force, to keep the one a reload does not change.
+    parts: Mutex<(Logs, Option<Arc<dyn Observe>>)>,
+}
+
+type Logs = Vec<Arc<dyn Observe>>;
+
+impl Logging {
+    pub fn new(
+        metrics: Arc<crate::obs::metrics::Metrics>,
+        logs: Vec<Arc<dyn Observe>>,
+        tracer: Option<Arc<dyn Observe>>,
+    ) -> Logging {
+        let observers = crate::obs::Observers::new(Logging::list(&metrics, &logs, &tracer));
+        Logging {
+            observers,
+            metrics,
+            parts: Mutex::new((logs, tracer)),
+        }
+    }
+
+    fn list(
+        metrics: &Arc<crate::obs::metrics::Metrics>,
+        logs: &[Arc<dyn Observe>],
+        tracer: &Option<Arc<dyn Observe>>,
+    ) -> Vec<Arc<dyn Observe>> {
+        std::iter::once(metrics.clone() as Arc<dyn Observe>)
+            .chain(logs.iter().cloned())
+            .chain(tracer.iter().cloned())
+            .collect()
+    }
+
+    /// Swaps in new access logs and/or a new tracer (`Some(None)`: tracing now off).
+    fn replace(
+        &self,
+        logs: Option<Vec<Arc<dyn Observe>>>,
+        tracer: Option<Option<Arc<dyn Observe>>>,
+    ) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(logs) = logs {
+            parts.0 = logs;
+        }
+        if let Some(tracer) = tracer {
+            parts.1 = tracer;
+        }
+        self.observers
+            .replace(Logging::list(&self.metrics, &parts.0, &parts.1));
+    }
 }
 
 pub struct Reloader {
@@ -206,12 +254,25 @@ impl Reloader {
         // New routes and upstreams show zeroed histograms from now on, as at start.
         next.prepare_metrics(&self.logging.metrics);
         self.state.store(Arc::new(next));
-        if let Some(logs) = new_logs {
-            let metrics = self.logging.metrics.clone() as Arc<dyn crate::obs::Observe>;
-            self.logging
-                .observers
-                .replace(std::iter::once(metrics).chain(logs).collect());
+        // `tracing:` changed: a new exporter (and its observer); the old one goes with the
+        // last request that holds it.
+        let traced = |l: &Loaded| {
+            crate::config::fingerprint::strip_locations(&format!("{:?}", l.config.tracing))
+        };
+        let tracing_changed = traced(&old) != traced(&new);
+        let new_tracer =
+            tracing_changed.then(|| new.config.tracing.as_ref().map(crate::obs::otel::observer));
+        if new_logs.is_some() {
             summary.push_str("; access logs reopened with the new settings");
+        }
+        if let Some(t) = &new_tracer {
+            summary.push_str(match t {
+                Some(_) => "; tracing: new settings",
+                None => "; tracing off",
+            });
+        }
+        if new_logs.is_some() || new_tracer.is_some() {
+            self.logging.replace(new_logs, new_tracer);
         }
         {
             let set = &self.listeners;

@@ -57,6 +57,8 @@ pub enum WorkerEvent {
 #[derive(Debug)]
 pub struct WorkerLink {
     pub id: u64,
+    /// The worker's process id (spans of requests name it).
+    pub pid: u32,
     pub events: UnboundedSender<(u64, WorkerEvent)>,
     /// Requests after which the worker is recycled (0: never).
     pub max_requests: u64,
@@ -64,9 +66,15 @@ pub struct WorkerLink {
 }
 
 impl WorkerLink {
-    pub fn new(id: u64, events: UnboundedSender<(u64, WorkerEvent)>, max_requests: u64) -> Self {
+    pub fn new(
+        id: u64,
+        pid: u32,
+        events: UnboundedSender<(u64, WorkerEvent)>,
+        max_requests: u64,
+    ) -> Self {
         WorkerLink {
             id,
+            pid,
             events,
             max_requests,
             recycle_sent: AtomicBool::new(false),

@@ -431,7 +431,7 @@ async fn start(
     } else {
         cfg.max_requests + jitter
     };
-    let link = WorkerLink::new(id, events.clone(), max_requests);
+    let link = WorkerLink::new(id, process.pid, events.clone(), max_requests);
     let backend = group.upstream.new_backend(process.addr.clone(), link);
     group.upstream.add(backend.clone());
     tracing::info!(upstream = %group.spec.upstream, worker = id, pid = process.pid, "worker ready");

@@ -84,6 +84,9 @@ struct JsonLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_uncompressed: Option<u64>,
     request_id: Cow<'a, str>,
+    /// The W3C trace id, when the request was traced (`tracing:`): logs and traces join.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     host: Option<Cow<'a, str>>,
     user_agent: Option<Cow<'a, str>>,
     referer: Option<Cow<'a, str>>,
@@ -114,6 +117,7 @@ pub fn json(o: &Outcome) -> String {
         encoding: o.trace.compressed.map(|c| c.encoding),
         bytes_uncompressed: o.trace.compressed.map(|c| c.bytes_in),
         request_id: String::from_utf8_lossy(o.request_id.as_bytes()),
+        trace_id: o.trace.trace_id().map(|t| t.to_string()),
         host: text(o.host.as_ref()),
         user_agent: text(o.user_agent.as_ref()),
         referer: text(o.referer.as_ref()),
