@@ -3,8 +3,16 @@
 //! made from it here, off the request path, and handed to the exporter.
 //!
 //! - [`SpanRecord`]: one finished span, plain data: what the exporter encodes.
+//! - [`export`]: the [`Exporter`](export::Exporter): a bounded queue the request path pushes
+//!   to without waiting, and a task that sends batches over OTLP/HTTP.
+//! - [`otlp`]: OTLP's protobuf messages, encoded by hand from `SpanRecord`s.
+//! - `client`: the exporter's minimal HTTP/1.1 POST (plain http://, keep-alive).
 
 use std::time::SystemTime;
+
+mod client;
+pub mod export;
+pub mod otlp;
 
 /// A span's kind, as OTLP numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
