@@ -165,8 +165,6 @@ struct Collector {
     state: Arc<State>,
     /// Spans received so far.
     spans: watch::Receiver<usize>,
-    /// When set, each answer waits for a permit (taken and forgotten).
-    hold: Option<Arc<Semaphore>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -197,7 +195,8 @@ impl Collector {
         let (count_tx, spans) = watch::channel(0usize);
         let count_tx = Arc::new(count_tx);
         let st = state.clone();
-        let held = hold.clone();
+        // When set, each answer waits for a permit (taken and forgotten).
+        let held = hold;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
@@ -208,9 +207,7 @@ impl Collector {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (st, count_tx, held) = (st.clone(), count_tx.clone(), held.clone());
-                        async move {
-                            Ok::<_, Infallible>(answer(req, &st, &count_tx, held).await)
-                        }
+                        async move { Ok::<_, Infallible>(answer(req, &st, &count_tx, held).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(conn), svc)
@@ -222,7 +219,6 @@ impl Collector {
             addr,
             state,
             spans,
-            hold,
             task,
         }
     }
