@@ -412,6 +412,10 @@ async fn spans_arrive_with_every_field_intact() {
     };
     exporter.submit(vec![server, attempt, queue]);
     collector.wait_spans(3).await;
+    let stats = until(&exporter, "3 spans counted exported", |s| s.exported == 3).await;
+    assert_eq!(stats.requests, [1, 0, 0, 0]);
+    assert_eq!(stats.dropped_queue_full + stats.dropped_export_failed, 0);
+    assert!(metric("proxyd_trace_spans_exported_total") >= 3.0);
 
     let got = collector.state.got.lock().unwrap();
     assert_eq!(got.len(), 1);
@@ -492,12 +496,6 @@ async fn spans_arrive_with_every_field_intact() {
             code: 2
         })
     );
-    drop(got);
-
-    let stats = until(&exporter, "3 spans counted exported", |s| s.exported == 3).await;
-    assert_eq!(stats.requests, [1, 0, 0, 0]);
-    assert_eq!(stats.dropped_queue_full + stats.dropped_export_failed, 0);
-    assert!(metric("proxyd_trace_spans_exported_total") >= 3.0);
 }
 
 #[tokio::test]

@@ -120,7 +120,12 @@ impl Client {
         conn.write_all(head.as_bytes()).await?;
         conn.write_all(body).await?;
         self.buf.clear();
-        let (answer, head_len, body_len, keep) = loop {
+        let Head {
+            answer,
+            len: head_len,
+            body: body_len,
+            keep,
+        } = loop {
             if self.buf.len() >= MAX_HEAD {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -175,9 +180,20 @@ fn stale(e: &io::Error) -> bool {
     )
 }
 
-/// The answer, its head's length, its body's length (when framed by Content-Length) and
-/// whether the connection may be kept; None while the head is incomplete.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(Answer, usize, Option<usize>, bool)>> {
+/// An answer's head as read.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    answer: Answer,
+    /// Bytes of the head.
+    len: usize,
+    /// The body's length, when framed by Content-Length.
+    body: Option<usize>,
+    /// The connection may be kept for the next request.
+    keep: bool,
+}
+
+/// None while the head is incomplete.
+fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -207,15 +223,15 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Answer, usize, Option<usize>, bo
     if matches!(status, 204 | 304) {
         body_len = Some(0);
     }
-    Ok(Some((
-        Answer {
+    Ok(Some(Head {
+        answer: Answer {
             status,
             retry_after,
         },
-        head_len,
-        body_len,
+        len: head_len,
+        body: body_len,
         keep,
-    )))
+    }))
 }
 
 #[cfg(test)]
@@ -246,19 +262,22 @@ mod tests {
 
     #[test]
     fn answer_heads_say_status_length_and_keep_alive() {
-        let (a, n, len, keep) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             .unwrap()
             .unwrap();
-        assert_eq!((a.status, n, len, keep), (200, 38, Some(2), true));
-        let (a, _, _, keep) = parse_head(
+        assert_eq!(
+            (h.answer.status, h.len, h.body, h.keep),
+            (200, 38, Some(2), true)
+        );
+        let h = parse_head(
             b"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
         )
         .unwrap()
         .unwrap();
-        assert_eq!(a.retry_after, Some(Duration::from_secs(3)));
-        assert!(!keep);
-        let (_, _, _, keep) = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert!(!keep);
+        assert_eq!(h.answer.retry_after, Some(Duration::from_secs(3)));
+        assert!(!h.keep);
+        let h = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
     }
