@@ -22,6 +22,11 @@
 //!   template, a remove, the security headers) on a backend's response head, and
 //!   `proxy::rewrite::apply` (strip_prefix, then a regex rewrite) on a request head.
 //!
+//! - tracing: `obs::otel::otlp::encode` (a batch of 510 spans, a request's server, queue-wait
+//!   and attempt span 170 times over), off the request path in the exporter's task; and
+//!   `Exporter::submit`, what a traced request costs the request path: its 3 spans handed
+//!   over (made outside the timed part), taken by the queue or dropped at a full one.
+//!
 //! Run: `cargo bench --bench hot_paths` (add a filter: `cargo bench --bench hot_paths -- route`).
 
 use std::hint::black_box;
@@ -390,8 +395,129 @@ fn route_rules(c: &mut Criterion) {
     g.finish();
 }
 
+/// A traced request's spans: server (8 attributes), queue wait, one attempt (6 attributes).
+fn request_spans(n: u8) -> Vec<proxyd::obs::otel::SpanRecord> {
+    use proxyd::obs::otel::{SpanKind, SpanRecord, Value};
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let server = SpanRecord {
+        trace_id: [n; 16],
+        span_id: [1; 8],
+        parent_span_id: Some([9; 8]),
+        trace_state: None,
+        name: "GET /api/v1/items".into(),
+        kind: SpanKind::Server,
+        start,
+        end: start + Duration::from_millis(12),
+        attributes: vec![
+            ("http.request.method", Value::Str("GET".into())),
+            ("url.path", Value::Str("/api/v1/items".into())),
+            ("http.route", Value::Str("api".into())),
+            ("http.response.status_code", Value::Int(200)),
+            ("client.address", Value::Str("203.0.113.7".into())),
+            ("server.address", Value::Str("api.example.com".into())),
+            ("http.response.body.size", Value::Int(5321)),
+            ("proxyd.upstream", Value::Str("flask".into())),
+        ],
+        error: None,
+    };
+    let queue = SpanRecord {
+        span_id: [2; 8],
+        parent_span_id: Some([1; 8]),
+        name: "queue wait".into(),
+        kind: SpanKind::Internal,
+        attributes: vec![("proxyd.queue.depth", Value::Int(3))],
+        ..server.clone()
+    };
+    let attempt = SpanRecord {
+        span_id: [3; 8],
+        parent_span_id: Some([1; 8]),
+        name: "GET".into(),
+        kind: SpanKind::Client,
+        attributes: vec![
+            ("server.address", Value::Str("127.0.0.1".into())),
+            ("server.port", Value::Int(5001)),
+            ("proxyd.worker.id", Value::Int(2)),
+            ("proxyd.worker.pid", Value::Int(41234)),
+            ("proxyd.connection.reused", Value::Bool(true)),
+        ],
+        ..server.clone()
+    };
+    vec![server, queue, attempt]
+}
+
+fn tracing(c: &mut Criterion) {
+    use proxyd::obs::otel::export::Exporter;
+    use proxyd::obs::otel::otlp;
+    let mut g = c.benchmark_group("tracing");
+    let batch: Vec<_> = (0..170).flat_map(request_spans).collect();
+    let prelude = otlp::Prelude::new("proxyd");
+    let mut out = Vec::new();
+    g.bench_function("otlp::encode 510 spans", |b| {
+        b.iter(|| {
+            out.clear();
+            otlp::encode(black_box(&prelude), black_box(&batch), &mut out);
+            out.len()
+        })
+    });
+    // The collector's port is closed: the task drops each batch as soon as the connection
+    // is refused, on its own thread. A tight loop of submits outruns any task, so the two
+    // cases are timed apart: taken (in rounds of 2,000 requests that fit the queue, each
+    // drained untimed before the next) and dropped at a full queue.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let start = |yaml: &str| {
+        let cfg: proxyd::config::tracing::Tracing =
+            serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("tracing config: {e}"));
+        rt.block_on(async { Exporter::start(&cfg) })
+    };
+    let exporter = start("otlp: \"http://127.0.0.1:9\"\nqueue: 8192\nbatch: 512\nflush: 1ms\n");
+    let settled = |s: proxyd::obs::otel::export::Stats| {
+        s.exported + s.dropped_export_failed + s.dropped_queue_full
+    };
+    g.measurement_time(Duration::from_secs(2));
+    g.bench_function("Exporter::submit a request's 3 spans (taken)", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(2000);
+                left -= n;
+                let requests: Vec<_> = (0..n).map(|_| request_spans(1)).collect();
+                let want = settled(exporter.stats()) + 3 * n;
+                let t = std::time::Instant::now();
+                for spans in requests {
+                    exporter.submit(spans);
+                }
+                timed += t.elapsed();
+                while settled(exporter.stats()) < want {
+                    std::thread::yield_now();
+                }
+            }
+            timed
+        })
+    });
+    let taken = exporter.stats();
+    let full = start("otlp: \"http://127.0.0.1:9\"\nqueue: 1\nflush: 1h\n");
+    g.bench_function(
+        "Exporter::submit a request's 3 spans (queue full: dropped)",
+        |b| {
+            b.iter_batched(
+                || request_spans(1),
+                |spans| full.submit(spans),
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.finish();
+    eprintln!("tracing: taken run {taken:?}; full run {:?}", full.stats());
+}
+
 criterion_group!(
     hot_paths,
+    tracing,
     headers,
     routes,
     balancer,

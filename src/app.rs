@@ -42,6 +42,8 @@ pub struct Start {
 /// A proxyd with its listeners bound and its workers started, not accepting yet.
 pub struct App {
     bound: Vec<Listener>,
+    /// Metrics, access logs, the tracer: what each must finish goes before the exit.
+    observers: crate::obs::Observers,
     admin: Option<std::net::TcpListener>,
     admin_token: Option<String>,
     state: Arc<ArcSwap<Snapshot>>,
@@ -124,6 +126,7 @@ impl App {
         );
         Ok(App {
             bound,
+            observers,
             admin: admin.map(|(_, l)| l),
             admin_token: cfg
                 .admin
@@ -232,6 +235,8 @@ impl App {
         };
         let served = server.run(self.bound, stop).await;
         maintenance.abort();
+        // The spans of the requests drained above go to the collector before the runtime ends.
+        self.observers.close().await;
         // Workers go last: the requests drained above needed them.
         self.supervisors.shutdown().await;
         if let Some(admin) = admin {

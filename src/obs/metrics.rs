@@ -841,6 +841,7 @@ fn scrape(upstreams: &[UpstreamFigures], groups: &[WorkerGroupFigures]) -> Vec<M
         resolutions.collect(),
         changes.collect(),
         access_log_dropped().collect(),
+        trace_export(),
     ]
     .into_iter()
     .flatten()
@@ -869,4 +870,43 @@ fn access_log_dropped() -> IntCounterVec {
         .with_label_values(&[] as &[&str])
         .inc_by(super::access_log::dropped());
     dropped
+}
+
+/// The span exporter's counters (`tracing:`), of every exporter the process started; none
+/// while tracing is off.
+fn trace_export() -> Vec<MetricFamily> {
+    let Some(t) = super::otel::export::totals() else {
+        return Vec::new();
+    };
+    let exported = counter(
+        "proxyd_trace_spans_exported_total",
+        "Spans the OTLP collector took (a 2xx answer to their export request).",
+        &[],
+    );
+    exported
+        .with_label_values(&[] as &[&str])
+        .inc_by(t.exported);
+    let dropped = counter(
+        "proxyd_trace_spans_dropped_total",
+        "Spans dropped, by reason: queue_full (tracing.queue spans were waiting for export), export_failed (their batch got no 2xx answer within tracing.timeout: collector down, slow, or refusing).",
+        &["reason"],
+    );
+    dropped
+        .with_label_values(&["queue_full"])
+        .inc_by(t.dropped_queue_full);
+    dropped
+        .with_label_values(&["export_failed"])
+        .inc_by(t.dropped_export_failed);
+    let requests = counter(
+        "proxyd_trace_export_requests_total",
+        "OTLP export requests to the collector, by result: ok (2xx), rejected (another status), failed (no connection or it broke), timeout.",
+        &["result"],
+    );
+    for (result, n) in super::otel::export::RESULTS.iter().zip(t.requests) {
+        requests.with_label_values(&[result]).inc_by(n);
+    }
+    [exported.collect(), dropped.collect(), requests.collect()]
+        .into_iter()
+        .flatten()
+        .collect()
 }

@@ -87,7 +87,15 @@ impl Outcome {
 /// Something that wants to know about every finished request.
 pub trait Observe: Send + Sync {
     fn request_done(&self, outcome: &Outcome);
+
+    /// What it must finish before proxyd exits (the tracer's last export); most have none.
+    fn close(&self) -> Option<Closing<'_>> {
+        None
+    }
 }
+
+/// An observer's last work at exit.
+pub type Closing<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// The observers of a server; cheap to clone. A config reload can replace the set (new
 /// access logs), and every clone sees the new one.
@@ -107,6 +115,16 @@ impl Observers {
 
     pub fn is_empty(&self) -> bool {
         self.0.load().is_empty()
+    }
+
+    /// Lets each observer finish its last work (`Observe::close`), one after the other.
+    pub async fn close(&self) {
+        let list = self.0.load_full();
+        for o in list.iter() {
+            if let Some(closing) = o.close() {
+                closing.await;
+            }
+        }
     }
 
     /// Swaps in a new set; the old observers go when the last request using them is done.

@@ -8,11 +8,18 @@
 //!   request records (`RequestSpans`, in the outcome's `Trace`).
 //! - [`spans`]: the spans made from a finished `Outcome`.
 //! - [`observe`]: the observer that submits them to the exporter (`SpanSink`).
+//! - [`export`]: the [`Exporter`](export::Exporter): a bounded queue the request path pushes
+//!   to without waiting, and a task that sends batches over OTLP/HTTP.
+//! - [`otlp`]: OTLP's protobuf messages, encoded by hand from `SpanRecord`s.
+//! - `client`: the exporter's minimal HTTP/1.1 POST (plain http://, keep-alive).
 
 use std::time::SystemTime;
 
+mod client;
 pub mod context;
+pub mod export;
 pub mod observe;
+pub mod otlp;
 pub mod request;
 pub mod spans;
 

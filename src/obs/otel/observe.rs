@@ -12,6 +12,11 @@ use crate::obs::{Observe, Outcome};
 /// `submit` must never block (the exporter drops, and counts, what its queue cannot hold).
 pub trait SpanSink: Send + Sync {
     fn submit(&self, spans: Vec<SpanRecord>);
+
+    /// Sends what it holds, for proxyd's exit.
+    fn close(&self) -> Option<crate::obs::outcome::Closing<'_>> {
+        None
+    }
 }
 
 /// Makes the spans of each traced outcome and submits them.
@@ -35,6 +40,10 @@ impl Observe for Tracer {
             self.sink.submit(super::spans::spans(o));
         }
     }
+
+    fn close(&self) -> Option<crate::obs::outcome::Closing<'_>> {
+        self.sink.close()
+    }
 }
 
 /// The observer of `tracing:`, its exporter started on the current runtime. The app builds
@@ -43,18 +52,19 @@ pub fn observer(cfg: &Tracing) -> Arc<dyn Observe> {
     Arc::new(Tracer::new(start_exporter(cfg)))
 }
 
-/// The OTLP exporter for `cfg`.
-// MERGE: with the exporter's branch this becomes `super::export::Exporter::start(cfg)` (with
-// `impl SpanSink for Exporter` calling its `submit`); until then spans go nowhere.
+/// The OTLP exporter for `cfg`, started on the current runtime.
 fn start_exporter(cfg: &Tracing) -> Arc<dyn SpanSink> {
-    tracing::debug!(otlp = %cfg.otlp.value, "tracing: no OTLP exporter in this build yet");
-    Arc::new(Nowhere)
+    super::export::Exporter::start(cfg)
 }
 
-struct Nowhere;
+impl SpanSink for super::export::Exporter {
+    fn submit(&self, spans: Vec<SpanRecord>) {
+        super::export::Exporter::submit(self, spans)
+    }
 
-impl SpanSink for Nowhere {
-    fn submit(&self, _spans: Vec<SpanRecord>) {}
+    fn close(&self) -> Option<crate::obs::outcome::Closing<'_>> {
+        Some(Box::pin(self.shutdown()))
+    }
 }
 
 #[cfg(test)]
