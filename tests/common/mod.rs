@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod otlp;
 pub mod procs;
 pub mod tools;
 pub mod workers;
