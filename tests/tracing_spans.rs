@@ -203,10 +203,12 @@ async fn metric_reaches(admin: SocketAddr, series: &str, at_least: f64) -> f64 {
     }
 }
 
-/// An address nothing listens on.
-async fn nothing_listens() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// An address nothing listens on: bound (so no other test's listener gets the port while
+/// the socket is kept) but never listening, so a connection to it is refused.
+fn nothing_listens() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 /// A backend that holds each request until the test adds a permit to `gate`, and records
@@ -554,7 +556,7 @@ async fn sample_zero_exports_only_what_the_caller_sampled() {
 #[tokio::test]
 async fn errors_are_exported_at_sample_zero_and_successes_are_not() {
     let backend = TestBackend::echo().await;
-    let dead = nothing_listens().await;
+    let (dead, _kept) = nothing_listens();
     let collector = Collector::start().await;
     let list = format!("\"{}\"", backend.addr);
     let yaml = format!(
@@ -640,7 +642,7 @@ async fn a_full_export_queue_drops_spans_and_never_a_request() {
 #[tokio::test]
 async fn the_collector_down_costs_spans_not_requests() {
     let backend = TestBackend::echo().await;
-    let down = nothing_listens().await;
+    let (down, _kept) = nothing_listens();
     let proxy = proxy(&[backend.addr], "", &format!("http://{down}"), "").await;
     let admin = proxy.admin.unwrap();
     let before = metric(admin, EXPORT_FAILED).await;
