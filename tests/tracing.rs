@@ -8,14 +8,10 @@ mod common;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{full, Got, TestBackend, TestProxy, H1};
 use http::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
@@ -240,66 +236,16 @@ async fn a_reload_turns_tracing_on_and_off() {
     assert_eq!(seen(&backend, "traceparent").as_deref(), Some("garbage"));
 }
 
-/// Two servers; the first request either gets is read and its connection closed (the
-/// backend "died"), the rest are answered. Returns the request heads received.
-async fn dies_once() -> (Vec<SocketAddr>, Arc<Mutex<Vec<String>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let died = Arc::new(AtomicBool::new(false));
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
-        let (heads, died) = (heads.clone(), died.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (heads, died) = (heads.clone(), died.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while common::find(&buf, b"\r\n\r\n").is_none() {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf).into_owned());
-                    if died.swap(true, Ordering::SeqCst) {
-                        let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                            )
-                            .await;
-                    }
-                });
-            }
-        });
-    }
-    (addrs, heads)
-}
-
-fn traceparent_in(head: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("traceparent")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no traceparent in {head}"))
-}
-
 #[tokio::test]
 async fn each_attempt_of_a_retried_request_has_its_own_span() {
-    let (servers, heads) = dies_once().await;
+    let (servers, heads) = common::dies_once().await;
     let proxy = TestProxy::to(&servers, &traced("")).await;
     let got = get(proxy.addr, &[("traceparent", VALID)]).await;
     assert_eq!(got.status, 200, "{}", got.text());
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 2, "the request went twice");
-    let (t1, p1, _) = parsed(&traceparent_in(&heads[0]));
-    let (t2, p2, _) = parsed(&traceparent_in(&heads[1]));
+    let (t1, p1, _) = parsed(&common::traceparent_in(&heads[0]));
+    let (t2, p2, _) = parsed(&common::traceparent_in(&heads[1]));
     assert_eq!((t1.as_str(), t2.as_str()), (TRACE, TRACE));
     assert_ne!(p1, p2, "one span per attempt");
     assert_ne!(p1, PARENT);

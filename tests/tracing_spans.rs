@@ -10,14 +10,12 @@ mod common;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::otlp::{pb, Collector};
 use common::{full, Got, TestBackend, TestProxy, H1};
 use http::{HeaderMap, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -271,56 +269,6 @@ impl Gated {
     }
 }
 
-/// Two servers; the first request either gets is read and its connection closed (the
-/// backend "died"), the rest are answered. Returns the request heads in arrival order.
-async fn dies_once() -> (Vec<SocketAddr>, Arc<Mutex<Vec<String>>>) {
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let died = Arc::new(AtomicBool::new(false));
-    let mut addrs = Vec::new();
-    for _ in 0..2 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
-        let (heads, died) = (heads.clone(), died.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (heads, died) = (heads.clone(), died.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while common::find(&buf, b"\r\n\r\n").is_none() {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    heads
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf).into_owned());
-                    if died.swap(true, Ordering::SeqCst) {
-                        let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                            )
-                            .await;
-                    }
-                });
-            }
-        });
-    }
-    (addrs, heads)
-}
-
-fn traceparent_in(head: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("traceparent")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no traceparent in {head}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The tree
 
@@ -453,7 +401,7 @@ async fn an_incoming_traceparent_is_continued() {
 
 #[tokio::test]
 async fn a_retried_request_has_two_attempt_spans() {
-    let (servers, heads) = dies_once().await;
+    let (servers, heads) = common::dies_once().await;
     let collector = Collector::start().await;
     let proxy = proxy(&servers, "", &collector.url(), "").await;
     let got = get(proxy.addr, "/", &[]).await;
@@ -464,8 +412,8 @@ async fn a_retried_request_has_two_attempt_spans() {
     assert_eq!(spans.len(), 3, "{spans:#?}");
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 2, "the request went twice");
-    let (trace, p1) = parsed(&traceparent_in(&heads[0]));
-    let (trace2, p2) = parsed(&traceparent_in(&heads[1]));
+    let (trace, p1) = parsed(&common::traceparent_in(&heads[0]));
+    let (trace2, p2) = parsed(&common::traceparent_in(&heads[1]));
     assert_eq!(trace, trace2);
     let t = tree(&spans, &trace);
     assert_eq!(t.server.parent_span_id, Vec::<u8>::new());

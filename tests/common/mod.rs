@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -695,4 +695,54 @@ impl Drop for ProxydProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Two servers; the first request either gets is read and its connection closed (the
+/// backend "died"), the rest are answered. Returns the request heads in arrival order.
+pub async fn dies_once() -> (Vec<SocketAddr>, Arc<Mutex<Vec<String>>>) {
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let died = Arc::new(AtomicBool::new(false));
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let (heads, died) = (heads.clone(), died.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (heads, died) = (heads.clone(), died.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while find(&buf, b"\r\n\r\n").is_none() {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    if died.swap(true, Ordering::SeqCst) {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                            )
+                            .await;
+                    }
+                });
+            }
+        });
+    }
+    (addrs, heads)
+}
+
+pub fn traceparent_in(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("traceparent")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no traceparent in {head}"))
 }
