@@ -51,7 +51,9 @@
 #               --h1 -c16), the one figure a busy machine cannot blur; needs valgrind
 #   tracing     keepalive load: nginx, proxyd without `tracing:`, and proxyd exporting the
 #               spans of 1 % and of 100 % of its requests over OTLP/HTTP to a sink on the
-#               load core (benches/compare/otlp_sink.py): CPU µs/req of each, ÷ tracing off
+#               load core (benches/compare/otlp_sink.py): CPU µs/req of each (2 runs, ABBA),
+#               ÷ tracing off; with valgrind, instructions per request of each (callgrind);
+#               PROXYD_BASELINE=path adds a proxyd built without tracing ("proxyd-before")
 # Figures per run: requests/s, p50/p99 (wrk --latency; h2load gives a mean only), errors
 # (non-2xx + socket errors), CPU µs per request (utime+stime of the front end's processes from
 # /proc over the run / requests), RSS (VmRSS of its processes at the end of the run), how busy

@@ -447,7 +447,8 @@ class Front:
         return tree(self.proc.pid)
 
 
-def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thread", extra=None, tag=""):
+def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thread", extra=None, tag="",
+                binary=None):
     """`wrap` goes before the front end's command (valgrind for the instructions variant);
     `runtime` is proxyd's runtime shape when threads > 1; `extra` fills the templates'
     per-variant placeholders (front_extra), `tag` names the rendered config."""
@@ -478,7 +479,7 @@ def start_front(name, threads=1, pinned=True, wrap=(), wait=15, runtime="per_thr
                       TLS_PORT=tls_port, BACKEND_PORT=BACKEND_PORT, CERT=f"{CERTS}/ec.pem",
                       KEY=f"{CERTS}/ec.key", THREADS=threads, RUNTIME=runtime,
                       EXTRA=extra.get("EXTRA", ""))
-        p = start("proxyd", wrap + [PROXYD, "-c", conf], cpu)
+        p = start("proxyd", wrap + [binary or PROXYD, "-c", conf], cpu)
     else:
         raise ValueError(name)
     f = Front(name, p, port, tls_port)
@@ -893,7 +894,15 @@ def run_scaling():
 
 # The tracing variant (issue 20): proxyd with `tracing:` off, sampling 1 % and 100 % of its
 # requests, exporting to a sink on the load core, beside nginx on the same keepalive load.
-TRACING_RUNS = [("nginx", None), ("proxyd-off", None), ("proxyd-1%", 0.01), ("proxyd-100%", 1.0)]
+# PROXYD_BASELINE (a proxyd built without tracing, e.g. from the commit before it) adds its
+# row, "proxyd-before": what tracing off costs against no tracing code at all. The proxyd runs
+# go twice, the second round in reverse order (ABBA), and with valgrind each also gets its
+# instructions per request counted (deterministic where CPU time is noisy).
+BASELINE = os.environ.get("PROXYD_BASELINE")
+TRACING_MODES = ([("proxyd-before", None)] if BASELINE else []) + [
+    ("proxyd-off", None), ("proxyd-1%", 0.01), ("proxyd-100%", 1.0)]
+TRACING_RUNS = [("nginx", None)] + TRACING_MODES
+TRACING_INSTR = {}
 
 
 def run_tracing():
@@ -902,17 +911,44 @@ def run_tracing():
     (sink_port,) = free_ports(1)
     sink = start("otlp-sink", [sys.executable, os.path.join(HERE, "otlp_sink.py"), str(sink_port)], LOAD_CPU,
                  stdout=subprocess.PIPE)
+    def extra_of(sample):
+        if sample is None:
+            return {}
+        return {"EXTRA": f"tracing: {{ otlp: \"http://127.0.0.1:{sink_port}\", sample: {sample} }}"}
+
+    def binary_of(label):
+        return BASELINE if label == "proxyd-before" else None
+
     try:
-        for label, sample in TRACING_RUNS:
-            name = "nginx" if label == "nginx" else "proxyd"
-            extra = {}
-            if sample is not None:
-                extra["EXTRA"] = (f"tracing: {{ otlp: \"http://127.0.0.1:{sink_port}\", sample: {sample} }}")
-            f = start_front(name, extra=extra, tag=f"-tracing-{label.replace('%', 'pct')}")
-            try:
-                measure("tracing", f, "wrk", f"http://127.0.0.1:{f.port}/", label=label)
-            finally:
-                stop(f.proc)
+        f = start_front("nginx", tag="-tracing-nginx")
+        try:
+            measure("tracing", f, "wrk", f"http://127.0.0.1:{f.port}/", label="nginx")
+        finally:
+            stop(f.proc)
+        for rnd, modes in enumerate((TRACING_MODES, TRACING_MODES[::-1])):
+            for label, sample in modes:
+                f = start_front("proxyd", extra=extra_of(sample), binary=binary_of(label),
+                                tag=f"-tracing-{label.replace('%', 'pct')}")
+                try:
+                    r = measure("tracing", f, "wrk", f"http://127.0.0.1:{f.port}/", label=f"{label}#{rnd + 1}")
+                finally:
+                    stop(f.proc)
+        for label, _ in TRACING_MODES:
+            runs = [RESULTS.get(("tracing", f"{label}#{k}")) for k in (1, 2)]
+            runs = [x for x in runs if x]
+            if runs:
+                RESULTS[("tracing", label)] = {
+                    k: (sum(x[k] for x in runs if x[k] is not None) / len(runs)
+                        if all(x[k] is not None for x in runs) else None)
+                    for k in ("rps", "p50", "p99", "cpu_us", "rss")
+                } | {"errors": sum(x["errors"] for x in runs)}
+        if shutil.which("valgrind") and shutil.which("callgrind_control"):
+            for label, sample in TRACING_MODES:
+                n = count_instructions("proxyd", label, extra_of(sample), binary=binary_of(label))
+                if n is not None:
+                    TRACING_INSTR[label] = n
+        else:
+            NOTES.append("tracing: valgrind is not installed: no instruction counts")
     finally:
         sink.send_signal(signal.SIGTERM)
         try:
@@ -986,34 +1022,44 @@ def run_instructions():
     for name in FRONTS:
         if name == "direct":
             continue
-        out = os.path.join(DIR, f"callgrind-{name}.out")
-        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-        f = start_front(name, wrap=wrap, wait=120)
-        try:
-            url = f"http://127.0.0.1:{f.port}/"
-            h2load = ["h2load", "--h1", "-c16", "-m1"]
-            run_bounded(f"instr-{name}-warm", h2load + [f"-n{INSTR_WARM}", url], 300)
-            pid = str(f.proc.pid)
-            run_bounded(f"instr-{name}-zero", ["callgrind_control", "-z", pid], 60)
-            load = run_bounded(f"instr-{name}", h2load + [f"-n{INSTR_REQUESTS}", url], 600)
-            before = set(os.listdir(DIR))
-            run_bounded(f"instr-{name}-dump", ["callgrind_control", "-d", pid], 60)
-            dumps = sorted(x for x in set(os.listdir(DIR)) - before if x.startswith(f"callgrind-{name}.out"))
-            total = None
-            for d in dumps:
-                with open(os.path.join(DIR, d), errors="replace") as fh:
-                    for line in fh:
-                        if line.startswith(("summary:", "totals:")):
-                            total = int(line.split()[1])
-            r = parse_h2load(load)
-            done = r["requests"] if r["errors"] == 0 else None
-            if total is None or not done:
-                NOTES.append(f"instructions: no callgrind figure for {name} (dumps {dumps}, done {done})")
-                continue
-            INSTR[name] = total / done
-            say(f"  {name:<8} {total:,} instructions / {done} requests = {total / done:,.0f} per request")
-        finally:
-            stop(f.proc, grace=30)
+        n = count_instructions(name, name, {})
+        if n is not None:
+            INSTR[name] = n
+
+
+def count_instructions(name, label, extra, binary=None):
+    """Instructions per request of front end `name` (run with `extra`, proxyd's `binary`)
+    under callgrind, as run_instructions describes; None (and a note) when it failed."""
+    # valgrind reads % in a file name as a format (%p: the pid).
+    safe = label.replace("%", "pct")
+    out = os.path.join(DIR, f"callgrind-{safe}.out")
+    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    f = start_front(name, wrap=wrap, wait=120, extra=extra, tag=f"-instr-{safe}", binary=binary)
+    try:
+        url = f"http://127.0.0.1:{f.port}/"
+        h2load = ["h2load", "--h1", "-c16", "-m1"]
+        run_bounded(f"instr-{label}-warm", h2load + [f"-n{INSTR_WARM}", url], 300)
+        pid = str(f.proc.pid)
+        run_bounded(f"instr-{label}-zero", ["callgrind_control", "-z", pid], 60)
+        load = run_bounded(f"instr-{label}", h2load + [f"-n{INSTR_REQUESTS}", url], 600)
+        before = set(os.listdir(DIR))
+        run_bounded(f"instr-{label}-dump", ["callgrind_control", "-d", pid], 60)
+        dumps = sorted(x for x in set(os.listdir(DIR)) - before if x.startswith(f"callgrind-{safe}.out"))
+        total = None
+        for d in dumps:
+            with open(os.path.join(DIR, d), errors="replace") as fh:
+                for line in fh:
+                    if line.startswith(("summary:", "totals:")):
+                        total = int(line.split()[1])
+        r = parse_h2load(load)
+        done = r["requests"] if r["errors"] == 0 else None
+        if total is None or not done:
+            NOTES.append(f"instructions: no callgrind figure for {label} (dumps {dumps}, done {done})")
+            return None
+        say(f"  {label:<12} {total:,} instructions / {done} requests = {total / done:,.0f} per request")
+        return total / done
+    finally:
+        stop(f.proc, grace=30)
 
 
 # ------------------------------------------------------------------ report
@@ -1130,18 +1176,22 @@ def report(header):
     if "tracing" in VARIANTS:
         add("")
         add("Tracing: keepalive load as above; proxyd without `tracing:`, then sampling 1 % and 100 % of "
-            "its requests (spans exported over OTLP/HTTP to a sink that answers 200).")
+            "its requests (spans exported over OTLP/HTTP to a sink that answers 200); each proxyd row "
+            "the mean of 2 runs (ABBA); instructions per request by callgrind (h2load --h1 -c16, "
+            f"{INSTR_REQUESTS} requests after {INSTR_WARM}), exporter included.")
         add("")
-        add("| front end | req/s | p50 ms | p99 ms | errors | CPU µs/req | ÷ proxyd off | ÷ nginx | RSS MiB |")
-        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        add("| front end | req/s | p50 ms | p99 ms | errors | CPU µs/req | ÷ proxyd off | ÷ nginx | RSS MiB | instructions/req | ÷ off |")
+        add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         off = RESULTS.get(("tracing", "proxyd-off"))
         ng = RESULTS.get(("tracing", "nginx"))
         for label, _ in TRACING_RUNS:
             r = RESULTS.get(("tracing", label))
             if r:
+                ins = TRACING_INSTR.get(label)
                 add(f"| {label} | {fmt(r['rps'], 0)} | {fmt(r['p50'], 2)} | {fmt(r['p99'], 2)} | {r['errors']} | "
                     f"{fmt(r['cpu_us'], 1)} | {fmt(ratio(r['cpu_us'], off and off['cpu_us']), 2)} | "
-                    f"{fmt(ratio(r['cpu_us'], ng and ng['cpu_us']), 2)} | {fmt(r['rss'], 1)} |")
+                    f"{fmt(ratio(r['cpu_us'], ng and ng['cpu_us']), 2)} | {fmt(r['rss'], 1)} | "
+                    f"{fmt(ins, 1)} | {fmt(ratio(ins, TRACING_INSTR.get('proxyd-off')), 3)} |")
         for s in TRACING_SINK:
             add(f"- the sink received: {s}")
     if IDLE:
