@@ -388,18 +388,6 @@ fn load(
         .collect()
 }
 
-async fn admin_post(admin: SocketAddr, path: &str) -> Got {
-    H1::connect(admin)
-        .await
-        .send(
-            Request::post(path)
-                .header("host", "admin")
-                .body(full(""))
-                .unwrap(),
-        )
-        .await
-}
-
 /// Polls `/maint/x` until its status is `want` (30 s at most).
 async fn maint_until(addr: SocketAddr, want: StatusCode) -> Got {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -434,7 +422,7 @@ async fn maintenance_by_the_admin_api_and_by_a_file_under_load() {
 
     // The admin API.
     assert_eq!(get(addr, "/maint/x").await.status, StatusCode::OK);
-    let on = admin_post(admin, "/maintenance/on").await;
+    let on = common::admin_post(admin, "/maintenance/on").await;
     assert_eq!(
         (on.status, on.text().as_str()),
         (StatusCode::OK, "maintenance: on\n")
@@ -447,10 +435,10 @@ async fn maintenance_by_the_admin_api_and_by_a_file_under_load() {
     let metrics = get(admin, "/metrics").await.text();
     assert!(metrics.contains("\nproxyd_maintenance 1\n"), "{metrics}");
     // A reload keeps it on.
-    let reload = admin_post(admin, "/reload").await;
+    let reload = common::admin_post(admin, "/reload").await;
     assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
     assert_maintained(&get(addr, "/maint/x").await);
-    let off = admin_post(admin, "/maintenance/off").await;
+    let off = common::admin_post(admin, "/maintenance/off").await;
     assert_eq!(off.text(), "maintenance: off\n");
     assert_eq!(get(addr, "/maint/x").await.status, StatusCode::OK);
 
@@ -461,7 +449,7 @@ async fn maintenance_by_the_admin_api_and_by_a_file_under_load() {
     let st = status(admin).await;
     assert_eq!(st["maintenance"]["by_file"], true);
     // The API's off leaves the file's on.
-    let off = admin_post(admin, "/maintenance/off").await;
+    let off = common::admin_post(admin, "/maintenance/off").await;
     assert!(
         off.text().starts_with("maintenance: on\n"),
         "{}",
@@ -497,7 +485,7 @@ async fn the_admins_maintenance_posts_need_the_token() {
     );
     let proxy = TestProxy::from_yaml(&yaml).await;
     let admin = proxy.admin.unwrap();
-    let refused = admin_post(admin, "/maintenance/on").await;
+    let refused = common::admin_post(admin, "/maintenance/on").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(get(proxy.addr, "/x").await.status, StatusCode::OK);
     let on = H1::connect(admin)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::procs::*;
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -97,18 +97,6 @@ async fn metric(admin: SocketAddr, metric: &str, labels: &[&str]) -> Option<f64>
             .all(|want| names.split(',').any(|n| n == *want))
             .then(|| value.trim().parse().ok())?
     })
-}
-
-async fn post(admin: SocketAddr, path: &str) -> Got {
-    H1::connect(admin)
-        .await
-        .send(
-            Request::post(path)
-                .header("host", "admin")
-                .body(full(""))
-                .unwrap(),
-        )
-        .await
 }
 
 /// A file that releases held requests once it exists.
@@ -372,7 +360,7 @@ async fn crashes_and_rolling_restarts_keep_the_scaled_count() {
     let before_roll = marker.pids();
 
     // A rolling restart replaces both, one at a time, and keeps the count.
-    let got = post(admin, "/upstreams/app/restart").await;
+    let got = common::admin_post(admin, "/upstreams/app/restart").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     wait_for("the old workers to stop", || {
         before_roll.iter().all(|p| !alive(*p))
@@ -484,7 +472,7 @@ async fn reload_to_a_range_waits_for_its_min_workers() {
         config(&marker, "{min: 3, max: 4, scale_down_after: 1h}", ""),
     )
     .unwrap();
-    let got = post(admin, "/reload").await;
+    let got = common::admin_post(admin, "/reload").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     // The swap waited for the new range's min: 3 ready workers the moment it answers.
     let upstream = proxy.upstream("app");
@@ -500,7 +488,7 @@ async fn reload_to_a_range_waits_for_its_min_workers() {
         config(&marker, "{min: 2, max: 4, scale_down_after: 1h}", ""),
     )
     .unwrap();
-    let got = post(admin, "/reload").await;
+    let got = common::admin_post(admin, "/reload").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     assert_eq!(proxy.upstream("app").ready_count(), 2);
     wait_for("the old group's workers to stop", || {

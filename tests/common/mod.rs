@@ -518,6 +518,19 @@ impl H2 {
     }
 }
 
+/// A POST of no body to the admin listener at `admin` (no token).
+pub async fn admin_post(admin: SocketAddr, path: &str) -> Got {
+    H1::connect(admin)
+        .await
+        .send(
+            Request::post(path)
+                .header("host", "admin")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+}
+
 /// The /status report of the admin listener at `admin`.
 pub async fn status(admin: SocketAddr) -> serde_json::Value {
     let got = tokio::time::timeout(Duration::from_secs(30), get(admin, "/status"))
